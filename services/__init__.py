@@ -1,0 +1,1 @@
+"""Claire de Binaire: paper-trading services."""

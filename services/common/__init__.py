@@ -1,0 +1,1 @@
+"""Shared runtime: settings, events, bus, store, HTTP, logging, lifecycle."""

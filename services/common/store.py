@@ -1,0 +1,192 @@
+"""PostgreSQL access: asyncpg pool and versioned, idempotent migrations.
+
+Migrations are the files `services/common/migrations/NNNN_name.sql`, applied in order, each in
+its own transaction, under an advisory lock so that services starting together do not race.
+An applied migration is recorded with its checksum; a changed file is an error, never a reason
+to rewrite the database. Migrations only add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+logger = logging.getLogger("cdb.store")
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x0CDB_0001
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The database's migration history does not match the code."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the SQL text."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Return the migrations of `directory` in version order.
+
+    Raises:
+        MigrationError: Two files share a version.
+    """
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"duplicate migration version {version}")
+        found[version] = Migration(version, match.group(2), path.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
+    """Apply pending migrations; safe to run concurrently and repeatedly.
+
+    Args:
+        conn: A connection (not inside a transaction).
+        directory: Where the SQL files are.
+
+    Returns:
+        The versions applied by this call (empty when up to date).
+
+    Raises:
+        MigrationError: An applied migration's file changed.
+    """
+    applied_now: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        applied = {r["version"]: r["checksum"] for r in rows}
+        for m in load_migrations(directory):
+            if m.version in applied:
+                if applied[m.version] != m.checksum:
+                    raise MigrationError(
+                        f"migration {m.version:04d}_{m.name} changed after it was applied; "
+                        "add a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    m.version, m.name, m.checksum,
+                )
+            applied_now.append(m.version)
+            logger.info("applied migration %04d_%s", m.version, m.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+class Store:
+    """An asyncpg pool plus the runtime's own queries."""
+
+    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 5) -> None:
+        """Remember the DSN; `open()` connects.
+
+        Args:
+            dsn: PostgreSQL URL.
+            min_size: Minimum pool size.
+            max_size: Maximum pool size.
+        """
+        self._dsn = dsn
+        self._min = min_size
+        self._max = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The open pool.
+
+        Raises:
+            RuntimeError: `open()` was not called.
+        """
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def open(self, run_migrations: bool = True) -> None:
+        """Connect and (by default) apply migrations."""
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=self._min, max_size=self._max, command_timeout=30
+        )
+        if run_migrations:
+            async with self.pool.acquire() as conn:
+                await migrate(conn)
+
+    async def close(self) -> None:
+        """Close the pool (waits for connections in use)."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> bool:
+        """Return True when PostgreSQL answers."""
+        if self._pool is None:
+            return False
+        try:
+            async with self._pool.acquire(timeout=2) as conn:
+                return bool(await conn.fetchval("SELECT 1", timeout=2) == 1)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+
+    async def record_alert(self, alert: Any) -> bool:
+        """Persist an alert event once (by event id).
+
+        Args:
+            alert: An `Alert` event.
+
+        Returns:
+            True when it was new.
+        """
+        status = await self.pool.execute(
+            """INSERT INTO alerts (event_id, code, level, message, source, context, ts)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, to_timestamp($7 / 1000.0))
+               ON CONFLICT (event_id) DO NOTHING""",
+            alert.event_id, alert.code, alert.level, alert.message, alert.source,
+            _json(alert.context), alert.timestamp,
+        )
+        return bool(status.endswith(" 1"))
+
+
+def _json(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value, default=str).decode()
+
+
+async def run_migrations(dsn: str) -> list[int]:
+    """Connect once and apply migrations (used by `cdb db migrate`)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

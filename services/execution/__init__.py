@@ -1,0 +1,1 @@
+"""Paper execution: simulated fills of approved orders, positions, cash and PnL."""

@@ -1,0 +1,1 @@
+"""Replay: market data from bundled candle files, the third market data source."""

@@ -1,0 +1,1 @@
+"""Risk manager: six protection layers between signals and orders."""

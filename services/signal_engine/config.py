@@ -1,0 +1,162 @@
+"""Configuration of the signal engine.
+
+`SignalSettings` is read from the environment (the seed's names, defaults and ranges; a value
+out of range warns and falls back to the default). `SignalConfig` carries the same values in
+engine-friendly units: the pure engine takes a `SignalConfig` only, so tests and the backtest
+build one directly without touching the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from services.common.settings import BaseServiceSettings
+
+INTERVAL_MS: dict[str, int] = {
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "60m": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
+"""Ranking intervals the engine supports (MEXC kline intervals) in milliseconds."""
+
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
+
+
+class SignalSettings(BaseServiceSettings):
+    """Environment settings of the signal engine service."""
+
+    SERVICE_NAME: ClassVar[str] = "signal_engine"
+    DEFAULT_PORT: ClassVar[int] = 8001
+
+    LOOKBACK_MINUTES: int = Field(
+        default=15, ge=1, le=240, description="Length of the momentum window in minutes"
+    )
+    INTERVAL: str = Field(
+        default="1m",
+        pattern=r"^(1m|5m|15m|30m|60m|4h|1d)$",
+        description="Ranking interval: the symbols are ranked at each interval boundary",
+    )
+    TOP_N: int = Field(default=5, ge=1, le=50, description="Symbols in the buy set per ranking")
+    SYMBOL_WHITELIST: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9, ]*$",
+        description="Comma-separated symbols to rank (BTCUSDT,ETHUSDT); empty ranks all seen",
+    )
+    MIN_MOMENTUM_PCT: float = Field(
+        default=0.5, ge=0, le=50, description="Momentum (percent) a symbol needs to be bought"
+    )
+    SELL_MOMENTUM_PCT: float = Field(
+        default=-0.5, ge=-50, le=0, description="Momentum (percent) below which a sell is emitted"
+    )
+    MIN_QUOTE_VOLUME: float = Field(
+        default=0.0,
+        ge=0,
+        description="Quote volume over the lookback window a symbol needs to be bought",
+    )
+    SIGNAL_NOTIONAL: float = Field(
+        default=1000.0, gt=0, description="Size of each signal, notional in the quote currency"
+    )
+
+    @field_validator("SYMBOL_WHITELIST")
+    @classmethod
+    def _whitelist_names_symbols(cls, value: str) -> str:
+        """Refuse a whitelist entry that is not a symbol (exit 1 instead of a late error)."""
+        parse_whitelist(value)
+        return value
+
+
+def parse_whitelist(raw: str) -> tuple[str, ...]:
+    """Parse a comma-separated symbol list.
+
+    Args:
+        raw: Symbols separated by commas, any case, blanks allowed (`"btcusdt, ETHUSDT"`).
+
+    Returns:
+        The distinct symbols, upper-case and sorted; empty when `raw` names none.
+
+    Raises:
+        ValueError: An entry is not a valid symbol.
+    """
+    symbols = {part.strip().upper() for part in raw.split(",") if part.strip()}
+    for symbol in symbols:
+        if not _SYMBOL.match(symbol):
+            raise ValueError(f"invalid symbol {symbol!r} in the whitelist")
+    return tuple(sorted(symbols))
+
+
+@dataclass(frozen=True, slots=True)
+class SignalConfig:
+    """Signal parameters as the engine uses them.
+
+    The defaults equal the settings' defaults. Momentum thresholds are in percent, as in the
+    settings (0.5 = 0.5 %).
+
+    Attributes:
+        lookback_minutes: Length of the momentum window.
+        interval_ms: Ranking interval in milliseconds (see `INTERVAL_MS`).
+        top_n: Size of the top set (symbols that get a buy when they enter it).
+        whitelist: Symbols to rank (stored upper-case, sorted, distinct); empty ranks every
+            symbol seen.
+        min_momentum_pct: Momentum (percent) a symbol needs to be in the top set.
+        sell_momentum_pct: Momentum (percent, <= 0) below which a sell is emitted.
+        min_quote_volume: Quote volume over the window a symbol needs to be bought.
+        signal_notional: Size of every signal (quote currency).
+    """
+
+    lookback_minutes: int = 15
+    interval_ms: int = 60_000
+    top_n: int = 5
+    whitelist: tuple[str, ...] = ()
+    min_momentum_pct: float = 0.5
+    sell_momentum_pct: float = -0.5
+    min_quote_volume: float = 0.0
+    signal_notional: float = 1000.0
+
+    def __post_init__(self) -> None:
+        """Normalize the whitelist and refuse values the engine cannot work with.
+
+        Raises:
+            ValueError: A value is out of the engine's domain (the settings enforce the real
+                ranges) or the whitelist names an invalid symbol.
+        """
+        if self.lookback_minutes < 1:
+            raise ValueError("lookback_minutes must be at least 1")
+        if self.interval_ms < 1:
+            raise ValueError("interval_ms must be positive")
+        if self.top_n < 1:
+            raise ValueError("top_n must be at least 1")
+        if self.min_momentum_pct < 0 or self.sell_momentum_pct > 0:
+            raise ValueError("min_momentum_pct must be >= 0 and sell_momentum_pct <= 0")
+        if self.min_quote_volume < 0 or self.signal_notional <= 0:
+            raise ValueError("min_quote_volume must be >= 0 and signal_notional positive")
+        object.__setattr__(self, "whitelist", parse_whitelist(",".join(self.whitelist)))
+
+    @classmethod
+    def from_settings(cls, s: SignalSettings) -> SignalConfig:
+        """Build the engine configuration from the service settings.
+
+        Args:
+            s: The validated settings.
+
+        Returns:
+            The same values under the engine's names and units.
+
+        """
+        return cls(
+            lookback_minutes=s.LOOKBACK_MINUTES,
+            interval_ms=INTERVAL_MS[s.INTERVAL],
+            top_n=s.TOP_N,
+            whitelist=parse_whitelist(s.SYMBOL_WHITELIST),
+            min_momentum_pct=s.MIN_MOMENTUM_PCT,
+            sell_momentum_pct=s.SELL_MOMENTUM_PCT,
+            min_quote_volume=s.MIN_QUOTE_VOLUME,
+            signal_notional=s.SIGNAL_NOTIONAL,
+        )

@@ -1,0 +1,80 @@
+"""The seed's configuration rule: missing -> exit 1 naming it; out of range -> WARNING + default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from pydantic import Field
+
+from services.common.settings import BaseServiceSettings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class DemoSettings(BaseServiceSettings):
+    SERVICE_NAME: ClassVar[str] = "demo"
+    TOP_N: int = Field(default=5, ge=1, le=50, description="How many")
+
+
+def test_missing_required_variable_raises_exit_code_1_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@localhost/db")
+    with pytest.raises(SettingsError) as info:
+        load_settings(DemoSettings)
+    assert info.value.code == 1
+    assert "REDIS_URL" in info.value.message
+
+
+def test_out_of_range_value_logs_warning_and_falls_back_to_default(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@localhost/db")
+    monkeypatch.setenv("TOP_N", "500")
+    with caplog.at_level(logging.WARNING, logger="cdb.settings"):
+        settings = load_settings(DemoSettings)
+    assert settings.TOP_N == 5
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert "TOP_N" in warning.getMessage() and "5" in warning.getMessage()
+
+
+def test_unparsable_value_is_an_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@localhost/db")
+    monkeypatch.setenv("TOP_N", "five")
+    with pytest.raises(SettingsError) as info:
+        load_settings(DemoSettings)
+    assert "TOP_N" in info.value.message
+
+
+def test_secret_values_never_appear_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2-secret@localhost:6379/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@localhost/db")
+    monkeypatch.setenv("TOP_N", "nope")
+    with pytest.raises(SettingsError) as info:
+        load_settings(DemoSettings)
+    assert "hunter2" not in info.value.message
+    monkeypatch.setenv("TOP_N", "3")
+    settings = load_settings(DemoSettings)
+    assert "hunter2" not in repr(settings)
+
+
+def test_service_process_without_redis_url_exits_1_with_a_message_naming_it() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.support.counting_service"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "REDIS_URL" in proc.stderr
