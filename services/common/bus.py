@@ -18,7 +18,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
@@ -322,7 +322,7 @@ class Bus:
             return pending, len(rest or [])
         return 0, int(await self.redis.xlen(key))
 
-    async def drained(self, groups: dict[str, Sequence[str]]) -> bool:
+    async def drained(self, groups: Mapping[str, Sequence[str]]) -> bool:
         """Return True when every listed group has nothing pending and nothing undelivered.
 
         Args:
@@ -357,6 +357,7 @@ class Consumer:
         handler: Handler,
         consumer_name: str | None = None,
         on_batch_done: Callable[[], Awaitable[None]] | None = None,
+        before_flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Set up the consumer.
 
@@ -367,6 +368,9 @@ class Consumer:
             handler: Called with (stream, event); returns derived events or `DEFER`.
             consumer_name: Stable name (restarts find their own pending entries).
             on_batch_done: Awaited after each round's outputs are published.
+            before_flush: Awaited before a round's outputs are published and its entries
+                acked: the service commits the round's effects here (one transaction per
+                round). Transient failures are retried; the entries stay pending meanwhile.
         """
         self.bus = bus
         self.group = group
@@ -374,6 +378,9 @@ class Consumer:
         self.handler = handler
         self.name = consumer_name or f"{group}-{socket.gethostname()}"
         self.on_batch_done = on_batch_done
+        self.before_flush = before_flush
+        self.current: Entry | None = None
+        """The entry being handled (its stream entry id orders redeliveries)."""
         self.stats = ConsumerStats()
         self.backlog: dict[str, collections.deque[Entry]] = {
             s: collections.deque() for s in self.streams
@@ -566,6 +573,7 @@ class Consumer:
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             started = time.perf_counter()
+            self.current = entry
             try:
                 result = await self.handler(stream, event)
             except RETRYABLE as exc:
@@ -638,6 +646,19 @@ class Consumer:
     async def _flush(self, stop: asyncio.Event) -> None:
         if not (self._outgoing or self._acks or self._dead):
             return
+        if self.before_flush is not None:
+            backoff = Backoff(base=0.1, cap=5.0)
+            while True:
+                try:
+                    await self.before_flush()
+                    break
+                except RETRYABLE as exc:
+                    if stop.is_set():
+                        raise BusUnavailableError("stopped before the batch was committed") from exc
+                    delay = backoff.next_delay()
+                    logger.warning("commit of a batch failed (%s); retry in %.2fs",
+                                   type(exc).__name__, delay)
+                    await asyncio.sleep(delay)
         outgoing, acks, dead = self._outgoing, self._acks, self._dead
         self._outgoing, self._acks, self._dead = [], {}, []
         await self.bus.publish_many(outgoing, acks, dead)

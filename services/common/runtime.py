@@ -146,20 +146,23 @@ class Runtime(Generic[SettingsT]):
         metrics.SERVICE_READY.labels(self.service_cls.name).set(1 if all(checks.values()) else 0)
         return checks
 
-    async def _open_store(self) -> Store:
+    async def _open_store(self) -> Store | None:
+        """Open the store, waiting for PostgreSQL; None when stopped before it came up."""
         store = Store(self.settings.DATABASE_URL.get_secret_value())
         delay = 0.2
-        while True:
+        while not self.stop_event.is_set():
             try:
                 await store.open()
                 return store
             except (OSError, ConnectionError) as exc:
-                if self.stop_event.is_set():
-                    raise
+                with contextlib.suppress(Exception):
+                    await store.close()
                 logger.warning("postgres unavailable (%s); retrying in %.1fs",
                                type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
                 delay = min(delay * 2, 5.0)
+        return None
 
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -177,6 +180,10 @@ class Runtime(Generic[SettingsT]):
         self.bus = Bus(bus_config(self.settings, name))
         if self.service_cls.uses_store:
             self.store = await self._open_store()
+            if self.store is None:
+                await self.bus.close()
+                logger.info("stopped before startup completed")
+                return 0
         self.service = self.service_cls(self.settings, self.bus, self.store)
         await self.service.start()
         app = create_app(name, self._ready)
@@ -254,6 +261,10 @@ def run_service(
         return asyncio.run(runtime.main())
     except KeyboardInterrupt:  # pragma: no cover - signal handler normally wins
         return 0
+    except Exception:
+        # Logged through the redacting handler: a bare traceback would bypass it.
+        logger.exception("service failed")
+        return 1
 
 
 def main_for(service_cls: type[Service[Any]], settings_cls: type[BaseServiceSettings]) -> None:

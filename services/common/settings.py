@@ -81,6 +81,11 @@ class BaseServiceSettings(BaseSettings):
     CONSUMER_NAME: str = Field(
         default="", description="Consumer name in the groups (default: service-hostname)"
     )
+    CLOCK: str = Field(
+        default="wall",
+        pattern=r"^(wall|event)$",
+        description="Time source of decisions: wall clock (live) or event time (replay)",
+    )
 
     @field_validator("*", mode="wrap")
     @classmethod

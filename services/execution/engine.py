@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Any
 
 from services.common.events import (
     NAMESPACE,
@@ -413,6 +414,19 @@ class ExecutionEngine:
         return ExecutionOutput(result=result, fill=None, alerts=[])
 
     # ------------------------------------------------------------------ persistence
+
+    def quotes(self) -> dict[str, list[Any]]:
+        """Return the latest quote per symbol: [timestamp, price, bid, ask, quote volume]."""
+        return {symbol: list(q) for symbol, q in self._quotes.items()}
+
+    def restore_quotes(self, quotes: dict[str, list[Any]]) -> None:
+        """Restore the quotes saved by `quotes` (after a restart, before new market data).
+
+        Args:
+            quotes: Symbol -> [timestamp, price, bid, ask, quote volume].
+        """
+        for symbol, (ts, price, bid, ask, volume) in quotes.items():
+            self._quotes[symbol] = (int(ts), float(price), bid, ask, float(volume))
 
     def snapshot(self) -> PortfolioSnapshot:
         """Return the account's state (cash, positions, PnL, fees, handled results)."""

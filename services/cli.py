@@ -1,0 +1,606 @@
+"""The `cdb` command: run services, bring the system up, backtest, migrate, check, risk admin.
+
+`cdb up` starts the embedded Redis and PostgreSQL (unless REDIS_URL / DATABASE_URL are set),
+then the services as separate processes with a live status table. With the replay source
+(the default) it replays the bundled sample lock-step and ends with the run report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from services.registry import PIPELINE, SERVICES
+
+app = typer.Typer(
+    help="Claire de Binaire: paper trading on crypto spot markets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
+risk_app = typer.Typer(help="Risk manager administration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+app.add_typer(risk_app, name="risk")
+
+console = Console()
+err = Console(stderr=True)
+
+BTC_PROFILE = {
+    "PAPER_START_EQUITY": "1.0",
+    "SIGNAL_NOTIONAL": "0.02",
+    "MIN_ORDER_NOTIONAL": "0.0001",
+}
+"""Defaults for BTC-quoted candle data (the bundled sample): an account of 1 BTC."""
+
+
+def _profile_for(symbols: list[str]) -> dict[str, str]:
+    """Account defaults that fit the data's quote currency (env values take precedence)."""
+    if symbols and all(s.endswith("BTC") for s in symbols):
+        return {k: v for k, v in BTC_PROFILE.items() if k not in os.environ}
+    return {}
+
+
+# -- cdb run ---------------------------------------------------------------------------------
+
+
+@app.command()
+def run(service: Annotated[str, typer.Argument(help="Service name, e.g. risk_manager")]) -> None:
+    """Run one service in the foreground (as `python -m services.<name>`)."""
+    from services.common.runtime import run_service
+
+    spec = SERVICES.get(service)
+    if spec is None:
+        err.print(f"unknown service {service!r}; one of: {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    service_cls, settings_cls = spec.load()
+    raise typer.Exit(run_service(service_cls, settings_cls))
+
+
+# -- cdb backtest ----------------------------------------------------------------------------
+
+
+def _write_report(report: dict[str, Any], path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    console.print(f"report written to {path}")
+
+
+@app.command()
+def backtest(
+    data_dir: Annotated[Path, typer.Argument(help="Directory of candle files")] = Path(
+        "services/replay/sample"
+    ),
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+    symbols: Annotated[str, typer.Option(help="Comma-separated symbols (default: all)")] = "",
+    minutes: Annotated[int, typer.Option(help="Minutes from the start (0: all)")] = 0,
+) -> None:
+    """Run the engines in-process on candle files, as fast as possible."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.replay.backtest import Pipeline, run_backtest
+    from services.replay.candles import CandleFileError, read_candles
+    from services.replay.report import build_report, render
+
+    try:
+        wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
+        candles = read_candles(data_dir, wanted, minutes or None)
+    except (CandleFileError, ValueError) as exc:
+        err.print(f"[red]cannot read candles:[/red] {exc}")
+        raise typer.Exit(1) from None
+    configs = _engine_configs(list(candles.symbols))
+    pipeline = Pipeline(*configs, keep_trace=False)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("backtest"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} candles"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("run", total=candles.candles)
+        done = 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            if done % 20_000 < n:
+                progress.update(task, completed=done)
+
+        record = run_backtest(candles, pipeline, step)
+    elapsed = time.perf_counter() - started
+    result = build_report(record, "backtest")
+    from services.replay.report import render as _render
+
+    _render(result, console)
+    console.print(
+        f"{candles.candles:,} candles in {elapsed:.2f}s "
+        f"({candles.candles / max(elapsed, 1e-9):,.0f} candles/s)"
+    )
+    _write_report(result, report)
+    del render
+
+
+def _engine_configs(symbols: list[str]) -> tuple[Any, Any, Any]:
+    """Engine configurations from the environment (plus the data's profile)."""
+    from services.common.settings import load_settings
+    from services.execution.config import ExecutionConfig, ExecutionSettings
+    from services.risk_manager.config import RiskConfig, RiskSettings
+    from services.signal_engine.config import SignalConfig, SignalSettings
+
+    overrides: dict[str, Any] = {
+        "REDIS_URL": "redis://unused",
+        "DATABASE_URL": "postgresql://unused",
+    }
+    env = {
+        **_profile_for(symbols),
+        "SYMBOL_WHITELIST": os.environ.get("SYMBOL_WHITELIST") or ",".join(symbols),
+    }
+    with _patched_env(env):
+        sig = SignalConfig.from_settings(load_settings(SignalSettings, **overrides))
+        risk = RiskConfig.from_settings(load_settings(RiskSettings, **overrides))
+        ex = ExecutionConfig.from_settings(load_settings(ExecutionSettings, **overrides))
+    return sig, risk, ex
+
+
+@contextlib.contextmanager
+def _patched_env(values: dict[str, str]) -> Any:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# -- cdb up ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A service process started by `cdb up`."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    health: str = "starting"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _spawn(name: str, env: dict[str, str], port: int, logs: Path) -> Proc:
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    handle = log.open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}"],
+        env={**env, "HTTP_PORT": str(port)},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    handle.close()
+    return Proc(name, port, process, log)
+
+
+def _stop_all(procs: list[Proc], timeout: float = 10.0) -> None:
+    for p in procs:
+        if p.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            p.process.wait(remaining)
+        except subprocess.TimeoutExpired:
+            p.process.kill()
+            p.process.wait(5)
+
+
+class Status:
+    """Collects what the live status table shows."""
+
+    def __init__(self, redis_url: str, prefix: str, procs: list[Proc]) -> None:
+        """Prepare the collectors."""
+        import redis
+
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=1)
+        self.prefix = prefix
+        self.procs = procs
+        self.http = httpx.Client(timeout=0.5)
+        self.lengths: dict[str, int] = {}
+        self.rates: dict[str, float] = {}
+        self.last = time.monotonic()
+        self.risk: dict[str, Any] = {}
+        self.alerts: list[str] = []
+        self.progress: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        """Poll health, stream lengths, the risk state, recent alerts and replay progress."""
+        now = time.monotonic()
+        span = max(now - self.last, 1e-3)
+        self.last = now
+        for p in self.procs:
+            if p.process.poll() is not None:
+                p.health = f"exited ({p.process.returncode})"
+                continue
+            try:
+                r = self.http.get(f"http://127.0.0.1:{p.port}/ready")
+                p.health = "ready" if r.status_code == 200 else "not ready"
+            except httpx.HTTPError:
+                p.health = "starting"
+        with contextlib.suppress(Exception):
+            for stream in ("market_data", "signals", "orders", "order_results", "alerts"):
+                n = int(self.redis.xlen(self.prefix + stream))
+                self.rates[stream] = max(0.0, (n - self.lengths.get(stream, n)) / span)
+                self.lengths[stream] = n
+            raw: Any = self.redis.xrevrange(self.prefix + "alerts", count=4)
+            self.alerts = []
+            for _, fields in raw or []:
+                a = orjson.loads(fields[b"data"])
+                self.alerts.append(f"{a['level']:<8} {a['code']:<16} {a['message'][:70]}")
+            prog: Any = self.redis.hgetall(self.prefix + "replay:progress")
+            self.progress = {k.decode(): v.decode() for k, v in prog.items()}
+        risk = next((p for p in self.procs if p.name == "risk_manager"), None)
+        if risk is not None:
+            with contextlib.suppress(Exception):
+                self.risk = self.http.get(f"http://127.0.0.1:{risk.port}/risk/state").json()
+
+    def render(self) -> Group:
+        """The status as rich tables."""
+        procs = Table(title="Claire de Binaire", expand=False)
+        for col in ("service", "pid", "port", "status"):
+            procs.add_column(col)
+        for p in self.procs:
+            procs.add_row(p.name, str(p.process.pid), str(p.port), p.health)
+        streams = Table(title="Streams")
+        for col in ("stream", "entries", "events/s"):
+            streams.add_column(col, justify="right" if col != "stream" else "left")
+        for s, n in self.lengths.items():
+            streams.add_row(s, f"{n:,}", f"{self.rates.get(s, 0.0):,.0f}")
+        account = Table(title="Account", show_header=False)
+        r = self.risk
+        if r:
+            equity = float(r.get("equity", 0.0))
+            exposure = float(r.get("exposure", 0.0))
+            account.add_row("trading state", str(r.get("state")))
+            account.add_row("equity", f"{equity:,.6f}")
+            account.add_row("exposure", f"{exposure / equity * 100 if equity else 0:.2f} %")
+            account.add_row("drawdown", f"{float(r.get('drawdown', 0.0)) * 100:.2f} %")
+            if r.get("halt_reason"):
+                account.add_row("halt reason", str(r["halt_reason"]))
+        if self.progress:
+            account.add_row(
+                "replay",
+                f"{self.progress.get('done', '0')}/"
+                f"{self.progress.get('total', '?')} bars "
+                f"({self.progress.get('state', '')})",
+            )
+        alerts = Table(title="Latest alerts", show_header=False)
+        for line in self.alerts or ["(none)"]:
+            alerts.add_row(line)
+        return Group(procs, streams, account, alerts)
+
+    def line(self) -> str:
+        """A one-line status for non-terminal output."""
+        r = self.risk
+        parts = [f"{p.name}={p.health}" for p in self.procs]
+        if self.progress:
+            parts.append(f"replay {self.progress.get('done', 0)}/{self.progress.get('total')}")
+        if r:
+            parts.append(f"state={r.get('state')} equity={float(r.get('equity', 0)):.6f}")
+        return " ".join(parts)
+
+    def close(self) -> None:
+        """Close the clients."""
+        self.http.close()
+        self.redis.close()
+
+
+async def _prepare_database(base_url: str, name: str) -> str:
+    """Create a fresh database for a replay run (dropping older replay runs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    conn = await asyncpg.connect(base_url)
+    try:
+        old = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'cdb_replay_%'")
+        for row in old:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@app.command()
+def up(
+    source: Annotated[
+        str, typer.Option(help="replay (bundled or --data) or mexc (live)")
+    ] = "replay",
+    data: Annotated[Path | None, typer.Option(help="Candle directory for the replay")] = None,
+    minutes: Annotated[int, typer.Option(help="Replay only this many minutes (0: all)")] = 0,
+    speed: Annotated[float, typer.Option(help="Replay speed factor (0: lock-step)")] = 0.0,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+    data_dir: Annotated[Path, typer.Option(help="Embedded servers' data")] = Path(".cdb"),
+) -> None:
+    """Start Redis, PostgreSQL and the services; replay ends with the report."""
+    from services.common.infra import free_port, infrastructure
+    from services.common.logs import configure_logging
+    from services.replay.candles import CandleFileError, read_candles
+    from services.replay.config import SAMPLE_DIR
+
+    configure_logging(service="cdb")
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if source not in ("replay", "mexc"):
+        err.print("--source must be replay or mexc")
+        raise typer.Exit(2)
+    symbols: list[str] = []
+    candles = None
+    if source == "replay":
+        try:
+            candles = read_candles(data or SAMPLE_DIR, None, minutes or None)
+        except (CandleFileError, ValueError) as exc:
+            err.print(f"[red]cannot read candles:[/red] {exc}")
+            raise typer.Exit(1) from None
+        symbols = list(candles.symbols)
+    stamp = datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S")
+    where = "external" if os.environ.get("REDIS_URL") else f"embedded under {data_dir}"
+    err.print(f"starting Redis and PostgreSQL ({where})")
+    with infrastructure(
+        data_dir, os.environ.get("REDIS_URL") or None, os.environ.get("DATABASE_URL") or None
+    ) as infra:
+        env = {k: v for k, v in os.environ.items()}
+        env.update(infra.env())
+        env.setdefault("RISK_ADMIN_TOKEN", _admin_token(data_dir))
+        if source == "replay":
+            env["DATABASE_URL"] = asyncio.run(
+                _prepare_database(infra.database_url, f"cdb_replay_{stamp}")
+            )
+            env["STREAM_PREFIX"] = f"replay{stamp}:"
+            env["CLOCK"] = "event"
+            env.setdefault("SYMBOL_WHITELIST", ",".join(symbols))
+            env["REPLAY_DIR"] = str((data or SAMPLE_DIR).resolve())
+            env["REPLAY_MINUTES"] = str(minutes)
+            env["REPLAY_SPEED"] = str(speed)
+            env.update(_profile_for(symbols))
+            names = [*PIPELINE, "replay"]
+        else:
+            names = ["ws_screener", "rest_screener", *PIPELINE]
+        logs = data_dir / "logs"
+        procs: list[Proc] = []
+        status: Status | None = None
+        code = 0
+        try:
+            for name in names:
+                procs.append(_spawn(name, env, free_port(), logs))
+            status = Status(infra.redis_url, env.get("STREAM_PREFIX", ""), procs)
+            code = _watch(status, procs, source)
+            if source == "replay" and code == 0:
+                assert candles is not None
+                equity = float(env.get("PAPER_START_EQUITY", "10000"))
+                result = asyncio.run(_replay_report(env["DATABASE_URL"], candles, equity))
+                from services.replay.report import render
+
+                render(result, console)
+                _write_report(result, report)
+        except KeyboardInterrupt:
+            err.print("stopping")
+        finally:
+            if status is not None:
+                status.close()
+            _stop_all(procs)
+        raise typer.Exit(code)
+
+
+def _admin_token(data_dir: Path) -> str:
+    """A generated admin token for local runs, kept in the data directory (mode 0600)."""
+    import secrets
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "risk_admin_token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _watch(status: Status, procs: list[Proc], source: str) -> int:
+    """Show the live status until the replay finishes, a service dies or Ctrl-C."""
+    replay = next((p for p in procs if p.name == "replay"), None)
+    interactive = console.is_terminal
+    last_line = 0.0
+
+    def finished() -> int | None:
+        if replay is not None and replay.process.poll() is not None:
+            return replay.process.returncode
+        for p in procs:
+            if p is not replay and p.process.poll() is not None:
+                err.print(
+                    f"[red]{p.name} exited with code {p.process.returncode}; see {p.log}[/red]"
+                )
+                return 1
+        return None
+
+    if interactive:
+        with Live(status.render(), console=console, refresh_per_second=4) as live:
+            while (code := finished()) is None:
+                status.refresh()
+                live.update(status.render())
+                time.sleep(0.5)
+            status.refresh()
+            live.update(status.render())
+    else:
+        while (code := finished()) is None:
+            status.refresh()
+            if time.monotonic() - last_line > 5:
+                last_line = time.monotonic()
+                err.print(status.line())
+            time.sleep(0.5)
+    if replay is not None and code != 0:
+        err.print(f"[red]replay exited with code {code}; see {replay.log}[/red]")
+    del source
+    return int(code)
+
+
+async def _replay_report(database_url: str, candles: Any, equity: float) -> dict[str, Any]:
+    """Build the run report from what the services recorded in PostgreSQL."""
+    from services.replay.report import build_report, load_record
+
+    record = await load_record(database_url, list(candles.symbols), equity)
+    record.candles = candles.candles
+    record.first_ms = candles.first_timestamp
+    record.last_ms = candles.last_timestamp
+    return build_report(record, "replay")
+
+
+# -- cdb db / config / risk ------------------------------------------------------------------
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the schema migrations to DATABASE_URL (idempotent)."""
+    from services.common.store import run_migrations
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        err.print("DATABASE_URL is not set")
+        raise typer.Exit(1)
+    applied = asyncio.run(run_migrations(url))
+    console.print(f"applied migrations: {applied or 'none (up to date)'}")
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate every service's environment; print the values (never a secret)."""
+    from pydantic import SecretStr, ValidationError
+
+    table = Table(title="Configuration")
+    for col in ("service", "variable", "value", "default"):
+        table.add_column(col)
+    failed = False
+    for name, spec in SERVICES.items():
+        try:
+            _, settings_cls = spec.load()
+        except ImportError as exc:
+            table.add_row(name, "-", f"[red]not available: {exc}[/red]", "")
+            continue
+        try:
+            settings = settings_cls()
+        except ValidationError as exc:
+            failed = True
+            for e in exc.errors():
+                table.add_row(
+                    name, ".".join(str(x) for x in e["loc"]), f"[red]{e['msg']}[/red]", ""
+                )
+            continue
+        for var, info in settings_cls.model_fields.items():
+            value = getattr(settings, var)
+            secret = isinstance(value, SecretStr) or "Secret" in str(info.annotation)
+            shown = ("****" if value else "(unset)") if secret else str(value)
+            default = "(required)" if info.is_required() else str(info.default)
+            table.add_row(name, var, shown, default)
+    console.print(table)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _risk_url() -> str:
+    return os.environ.get("RISK_URL", "http://127.0.0.1:8002").rstrip("/")
+
+
+def _token() -> str:
+    token = os.environ.get("RISK_ADMIN_TOKEN", "")
+    if not token:
+        path = Path(".cdb/risk_admin_token")
+        token = path.read_text().strip() if path.exists() else ""
+    if not token:
+        err.print("RISK_ADMIN_TOKEN is not set")
+        raise typer.Exit(1)
+    return token
+
+
+@risk_app.command("status")
+def risk_status() -> None:
+    """Show the trading state (RISK_URL, default http://127.0.0.1:8002)."""
+    try:
+        state = httpx.get(f"{_risk_url()}/risk/state", timeout=5).json()
+    except httpx.HTTPError as exc:
+        err.print(f"risk manager unreachable at {_risk_url()}: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    console.print_json(data=state)
+
+
+def _post(path: str, body: dict[str, Any]) -> None:
+    try:
+        r = httpx.post(
+            f"{_risk_url()}{path}",
+            json=body,
+            timeout=10,
+            headers={"Authorization": f"Bearer {_token()}"},
+        )
+    except httpx.HTTPError as exc:
+        err.print(f"risk manager unreachable at {_risk_url()}: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    if r.status_code != 200:
+        err.print(f"refused ({r.status_code}): {r.text}")
+        raise typer.Exit(1)
+    console.print_json(data=r.json())
+
+
+@risk_app.command("halt")
+def risk_halt(
+    reason: Annotated[str, typer.Option(help="Why")],
+    by: Annotated[str, typer.Option(help="Who")] = os.environ.get("USER", "operator"),
+) -> None:
+    """Halt trading by hand (exits still pass)."""
+    import uuid
+
+    _post("/risk/halt", {"request_id": str(uuid.uuid4()), "halted_by": by, "reason": reason})
+
+
+@risk_app.command("release")
+def risk_release(
+    reason: Annotated[str, typer.Option(help="Why")],
+    by: Annotated[str, typer.Option(help="Who")] = os.environ.get("USER", "operator"),
+    request_id: Annotated[str, typer.Option(help="Idempotency key (default: new)")] = "",
+) -> None:
+    """Release a HALT (idempotent per request id)."""
+    import uuid
+
+    _post(
+        "/risk/release",
+        {"request_id": request_id or str(uuid.uuid4()), "released_by": by, "reason": reason},
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,175 @@
+"""Batch commits for the pipeline services: effects, snapshot, watermarks and outbox together.
+
+A consumer round handles several entries in memory, then (in the consumer's `before_flush`)
+commits in ONE PostgreSQL transaction: the rows the handlers recorded, the engine snapshot, the
+highest stream entry id handled per stream (the watermark) and the events to publish (the
+outbox). Only then are the events published and the entries acked; the outbox rows are deleted
+after the publish. After a crash the service restores the snapshot, republishes the outbox
+(consumers downstream are idempotent) and skips redelivered entries at or below the
+watermark, so every entry takes effect exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.common.bus import Bus, Outgoing, RetryableError
+from services.common.events import dump_event, parse_event
+from services.common.store import Store
+
+EntryId = tuple[int, int]
+
+PG_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    TimeoutError,
+)
+
+
+def entry_id(raw: bytes | str) -> EntryId:
+    """Parse a stream entry id (`<ms>-<seq>`) into a comparable tuple."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Ledger:
+    """Collects one round's writes and commits them with the service's snapshot."""
+
+    def __init__(
+        self, store: Store, bus: Bus, service: str, snapshot: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Prepare an empty batch.
+
+        Args:
+            store: The PostgreSQL store.
+            bus: The bus (to republish the outbox).
+            service: Service name (key of its snapshot, watermarks and outbox rows).
+            snapshot: Returns the engine state to persist with each batch.
+        """
+        self.store = store
+        self.bus = bus
+        self.service = service
+        self.snapshot = snapshot
+        self.writes: list[tuple[str, Sequence[Any]]] = []
+        self.outputs: list[Outgoing] = []
+        self.watermarks: dict[str, EntryId] = {}
+        self._dirty_marks: set[str] = set()
+        self._outbox_max = 0
+        self.lock = asyncio.Lock()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def load(self) -> dict[str, Any] | None:
+        """Read the saved snapshot and watermarks; return the snapshot (None on first start)."""
+        rows = await self.store.pool.fetch(
+            "SELECT key, value FROM service_state WHERE service = $1", self.service
+        )
+        snap: dict[str, Any] | None = None
+        for row in rows:
+            value = orjson.loads(row["value"])
+            if row["key"] == "snapshot":
+                snap = value
+            elif row["key"].startswith("watermark:"):
+                self.watermarks[row["key"][len("watermark:"):]] = (int(value[0]), int(value[1]))
+        return snap
+
+    async def republish_outbox(self) -> int:
+        """Publish what a crashed run committed but may not have published; return the count."""
+        rows = await self.store.pool.fetch(
+            "SELECT id, stream, payload FROM outbox WHERE service = $1 ORDER BY id", self.service
+        )
+        for row in rows:
+            await self.bus.publish(row["stream"], parse_event(row["stream"], row["payload"]))
+        if rows:
+            await self.store.pool.execute(
+                "DELETE FROM outbox WHERE service = $1 AND id <= $2", self.service, rows[-1]["id"]
+            )
+        return len(rows)
+
+    # -- one round -----------------------------------------------------------------------------
+
+    def seen(self, stream: str, raw_id: bytes) -> bool:
+        """True when the entry was handled and committed before (a redelivery)."""
+        mark = self.watermarks.get(stream)
+        return mark is not None and entry_id(raw_id) <= mark
+
+    def handled(self, stream: str, raw_id: bytes) -> None:
+        """Move the stream's watermark to this entry."""
+        eid = entry_id(raw_id)
+        mark = self.watermarks.get(stream)
+        if mark is None or eid > mark:
+            self.watermarks[stream] = eid
+            self._dirty_marks.add(stream)
+
+    def add(self, sql: str, *args: Any) -> None:
+        """Queue a statement for the round's transaction."""
+        self.writes.append((sql, args))
+
+    def emit(self, outputs: Sequence[Outgoing]) -> Sequence[Outgoing]:
+        """Record events the round publishes (they go into the outbox); return them."""
+        self.outputs.extend(outputs)
+        return outputs
+
+    async def commit(self) -> None:
+        """Commit the round: writes, snapshot, watermarks and outbox in one transaction.
+
+        Raises:
+            RetryableError: PostgreSQL is unreachable; the consumer retries the commit.
+        """
+        async with self.lock:
+            writes, outputs = self.writes, self.outputs
+            snap = orjson.dumps(self.snapshot()).decode()
+            marks = [(f"watermark:{s}", orjson.dumps(list(self.watermarks[s])).decode())
+                     for s in self._dirty_marks]
+            try:
+                async with self.store.pool.acquire() as conn, conn.transaction():
+                    for sql, args in writes:
+                        await conn.execute(sql, *args)
+                    state = [("snapshot", snap), *marks]
+                    await conn.executemany(
+                        "INSERT INTO service_state (service, key, value, updated_at) "
+                        "VALUES ($1, $2, $3::jsonb, now()) ON CONFLICT (service, key) "
+                        "DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                        [(self.service, k, v) for k, v in state],
+                    )
+                    if outputs:
+                        ids = await conn.fetch(
+                            "INSERT INTO outbox (service, stream, payload) "
+                            "SELECT $1, s, p FROM unnest($2::text[], $3::bytea[]) AS t(s, p) "
+                            "RETURNING id",
+                            self.service,
+                            [o.stream for o in outputs],
+                            [dump_event(o.event) for o in outputs],
+                        )
+                        self._outbox_max = max(r["id"] for r in ids)
+            except PG_TRANSIENT as exc:
+                raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
+            self.writes, self.outputs = [], []
+            self._dirty_marks.clear()
+
+    async def published(self) -> None:
+        """Delete the outbox rows of the round just published."""
+        if self._outbox_max:
+            upto, self._outbox_max = self._outbox_max, 0
+            # On failure the rows stay for the next start to republish; harmless.
+            with contextlib.suppress(*PG_TRANSIENT):
+                await self.store.pool.execute(
+                    "DELETE FROM outbox WHERE service = $1 AND id <= $2", self.service, upto
+                )
+
+    async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
+        """Commit out-of-round changes (HTTP commands, timers) and publish their events."""
+        self.emit(outputs)
+        await self.commit()
+        for out in outputs:
+            await self.bus.publish(out.stream, out.event)
+        # The outbox rows go with the next round's cleanup: they may hold that round's events.

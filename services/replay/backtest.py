@@ -1,0 +1,172 @@
+"""The backtest: the same engines wired in-process, no Redis or PostgreSQL.
+
+`Pipeline` feeds one bar at a time through the signal engine, the risk engine and the
+execution engine in exactly the order the services see the events in a lock-step replay
+through Redis (see `backoffice/docs/ARCHITECTURE.md`, "Determinism"):
+
+1. every market data event of the bar: the risk engine (then a time tick when the event is
+   the first of a new timestamp), the execution engine, the signal engine;
+2. the exit orders the risk engine emitted on that market data, each filled and its result
+   returned to the risk engine;
+3. the bar's signals in order, each decided, its order filled and the result returned.
+
+All clocks are event time: market data at its timestamp, signals at theirs, orders at the
+decision time. So a backtest and a replay through the five services decide alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from services.common.events import Alert, MarketData, Order
+from services.execution.config import ExecutionConfig
+from services.execution.engine import ExecutionEngine
+from services.replay.candles import Bar
+from services.replay.report import RunRecord
+from services.risk_manager.config import RiskConfig
+from services.risk_manager.engine import RiskEngine
+from services.risk_manager.models import Decision, RiskOutput
+from services.signal_engine.config import SignalConfig
+from services.signal_engine.engine import SignalEngine
+
+
+@dataclass(slots=True)
+class Trace:
+    """Everything the pipeline decided, for comparisons with a replay through Redis."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class Pipeline:
+    """The three engines wired directly to each other."""
+
+    def __init__(
+        self,
+        signal: SignalConfig,
+        risk: RiskConfig,
+        execution: ExecutionConfig,
+        keep_trace: bool = True,
+    ) -> None:
+        """Build the engines.
+
+        Args:
+            signal: Signal engine configuration (its whitelist should name the replayed
+                symbols, so each bar is ranked as soon as it is complete).
+            risk: Risk engine configuration.
+            execution: Execution engine configuration.
+            keep_trace: Keep every decision, order and alert (for comparisons).
+        """
+        self.signal = SignalEngine(signal)
+        self.risk = RiskEngine(risk)
+        self.execution = ExecutionEngine(execution)
+        self.record = RunRecord(start_equity=execution.start_equity,
+                                symbols=list(signal.whitelist))
+        self.trace = Trace() if keep_trace else None
+        self._last_tick = -1
+        self._bar_ts: int | None = None
+
+    def _risk_output(self, out: RiskOutput) -> list[Order]:
+        record = self.record
+        for d in out.decisions:
+            record.decisions.append((d.outcome, d.check))
+        for a in out.alerts:
+            record.alerts.append((a.code, a.level))
+        record.orders += len(out.orders)
+        if self.trace is not None:
+            self.trace.decisions.extend(out.decisions)
+            self.trace.orders.extend(out.orders)
+            self.trace.alerts.extend(out.alerts)
+        return out.orders
+
+    def _execute(self, orders: Iterable[Order]) -> None:
+        record = self.record
+        for order in orders:
+            result = self.execution.on_order(order, order.timestamp)
+            if result.fill is not None:
+                f = result.fill
+                record.fills.append((f.side, f.fee, f.realized_pnl))
+            for a in result.alerts:
+                record.alerts.append((a.code, a.level))
+            if self.trace is not None:
+                self.trace.alerts.extend(result.alerts)
+            followup = self.risk.on_order_result(result.result, result.result.timestamp)
+            if not followup.is_empty:
+                self._execute(self._risk_output(followup))
+
+    def on_bar(self, events: Iterable[MarketData], timestamp: int) -> None:
+        """Process one bar (every symbol's market data of one minute).
+
+        Args:
+            events: The bar's market data, in symbol order.
+            timestamp: The bar's time (close time), Unix epoch ms.
+        """
+        record = self.record
+        if self._bar_ts is not None:
+            record.equity_points.append(self.execution.equity)
+        else:
+            record.first_ms = timestamp
+        self._bar_ts = timestamp
+        risk = self.risk
+        execution = self.execution
+        signal = self.signal
+        exits: list[Order] = []
+        signals = []
+        for md in events:
+            ts = md.timestamp
+            out = risk.on_market_data(md, ts)
+            if not out.is_empty:
+                exits.extend(self._risk_output(out))
+            if ts > self._last_tick:
+                self._last_tick = ts
+                tick = risk.on_tick(ts)
+                if not tick.is_empty:
+                    exits.extend(self._risk_output(tick))
+            execution.on_market_data(md)
+            found = signal.on_market_data(md)
+            if found:
+                signals.extend(found)
+            record.candles += 1
+        record.last_ms = timestamp
+        if exits:
+            self._execute(exits)
+        for sig in signals:
+            decided = risk.on_signal(sig, sig.timestamp)
+            if decided is None:  # pragma: no cover - every result is returned above
+                raise RuntimeError("risk engine deferred a signal with no order outstanding")
+            self._execute(self._risk_output(decided))
+
+    def finish(self) -> RunRecord:
+        """Close the run and return its record."""
+        record = self.record
+        execution = self.execution
+        record.final_cash = execution.cash
+        record.final_equity = execution.equity
+        record.realized_pnl = execution.realized_pnl
+        record.total_fees = execution.total_fees
+        record.trading_state = str(self.risk.state)
+        return record
+
+
+def run_backtest(
+    bars: Iterable[Bar],
+    pipeline: Pipeline,
+    progress: Callable[[int], None] | None = None,
+) -> RunRecord:
+    """Feed every bar through the pipeline.
+
+    Args:
+        bars: Bars in time order.
+        pipeline: The wired engines.
+        progress: Called with the number of candles of each bar processed.
+
+    Returns:
+        The run record.
+    """
+    for bar in bars:
+        pipeline.on_bar(bar.events, bar.timestamp)
+        if progress is not None:
+            progress(len(bar.events))
+    return pipeline.finish()

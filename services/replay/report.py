@@ -1,0 +1,247 @@
+"""The run report: trades, fees, PnL, max drawdown, decisions and alerts.
+
+One format for both ways of running: `cdb backtest` builds it from the in-process engines, and
+`cdb up` builds it from PostgreSQL after a replay. Both fill a `RunRecord` and call
+`build_report`, so the same data gives the same report (a test compares them).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROUND = 8
+"""Decimals kept for money figures in the report."""
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What a run produced, in recording order.
+
+    Attributes:
+        start_equity: Paper account start equity.
+        decisions: (outcome, deciding check) per decision.
+        fills: (side, fee, realized PnL) per fill.
+        alerts: (code, level) per alert.
+        equity_points: Account equity at the end of each bar (replay) or minute.
+        final_cash: Cash at the end.
+        final_equity: Equity at the end (cash plus positions at the last prices).
+        realized_pnl: Realized PnL at the end, net of fees of closed quantities.
+        total_fees: Fees paid.
+        orders: Orders emitted.
+        trading_state: Trading state at the end.
+        symbols: Symbols of the run.
+        first_ms: Time of the first market data, Unix epoch ms.
+        last_ms: Time of the last market data, Unix epoch ms.
+        candles: Market data events processed.
+    """
+
+    start_equity: float
+    decisions: list[tuple[str, str]] = field(default_factory=list)
+    fills: list[tuple[str, float, float]] = field(default_factory=list)
+    alerts: list[tuple[str, str]] = field(default_factory=list)
+    equity_points: list[float] = field(default_factory=list)
+    final_cash: float = 0.0
+    final_equity: float = 0.0
+    realized_pnl: float = 0.0
+    total_fees: float = 0.0
+    orders: int = 0
+    trading_state: str = "ACTIVE"
+    symbols: list[str] = field(default_factory=list)
+    first_ms: int | None = None
+    last_ms: int | None = None
+    candles: int = 0
+
+
+def max_drawdown(points: Iterable[float]) -> float:
+    """Return the largest fall from a running peak, as a fraction of that peak.
+
+    Args:
+        points: Equity values in time order.
+
+    Returns:
+        The maximum drawdown in [0, 1]; 0.0 for fewer than two points.
+    """
+    peak = 0.0
+    worst = 0.0
+    for value in points:
+        if value > peak:
+            peak = value
+        elif peak > 0:
+            worst = max(worst, (peak - value) / peak)
+    return worst
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+def build_report(record: RunRecord, source: str) -> dict[str, Any]:
+    """Build the report from a run record.
+
+    Args:
+        record: What the run produced.
+        source: How the run was made (`backtest` or `replay`); not compared between runs.
+
+    Returns:
+        A JSON-ready dict.
+    """
+    by_outcome = Counter(outcome for outcome, _ in record.decisions)
+    by_check = Counter(check for _, check in record.decisions)
+    by_pair = Counter(f"{outcome}:{check}" for outcome, check in record.decisions)
+    fees = 0.0
+    realized_from_fills = 0.0
+    for _, fee, pnl in record.fills:
+        fees += fee
+        realized_from_fills += pnl
+    equity = record.final_equity
+    curve = [*record.equity_points, equity]
+    return {
+        "source": source,
+        "symbols": sorted(record.symbols),
+        "period": {"first": _iso(record.first_ms), "last": _iso(record.last_ms)},
+        "candles": record.candles,
+        "trades": {
+            "orders": record.orders,
+            "fills": len(record.fills),
+            "buys": sum(1 for side, _, _ in record.fills if side == "buy"),
+            "sells": sum(1 for side, _, _ in record.fills if side == "sell"),
+        },
+        "fees": round(fees, ROUND),
+        "pnl": {
+            "start_equity": round(record.start_equity, ROUND),
+            "final_equity": round(equity, ROUND),
+            "total": round(equity - record.start_equity, ROUND),
+            "return_pct": round((equity / record.start_equity - 1) * 100, 6),
+            "realized": round(record.realized_pnl, ROUND),
+            "unrealized": round(equity - record.final_cash - _held_cost(record), ROUND),
+            "cash": round(record.final_cash, ROUND),
+        },
+        "max_drawdown_pct": round(max_drawdown(curve) * 100, 6),
+        "decisions": {
+            "total": len(record.decisions),
+            "by_outcome": dict(sorted(by_outcome.items())),
+            "by_check": dict(sorted(by_check.items())),
+            "by_outcome_and_check": dict(sorted(by_pair.items())),
+        },
+        "alerts": dict(sorted(Counter(code for code, _ in record.alerts).items())),
+        "alerts_by_level": dict(sorted(Counter(level for _, level in record.alerts).items())),
+        "trading_state": record.trading_state,
+    }
+
+
+def _held_cost(record: RunRecord) -> float:
+    """Cost of the held positions: what cash went into them and has not come back."""
+    return record.start_equity + record.realized_pnl - record.final_cash
+
+
+def comparable(report: dict[str, Any]) -> dict[str, Any]:
+    """Return the report without the fields that name how it was made."""
+    return {k: v for k, v in report.items() if k != "source"}
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    """Print the report as tables.
+
+    Args:
+        report: A report from `build_report`.
+        console: Where to print.
+    """
+    pnl = report["pnl"]
+    trades = report["trades"]
+    summary = Table(title=f"Run report ({report['source']})", show_header=False)
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    period = report["period"]
+    rows = [
+        ("symbols", ", ".join(report["symbols"])),
+        ("period", f"{period['first']} .. {period['last']}"),
+        ("candles", f"{report['candles']:,}"),
+        ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
+        ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
+        ("fees", f"{report['fees']:,.6f}"),
+        ("start equity", f"{pnl['start_equity']:,.2f}"),
+        ("final equity", f"{pnl['final_equity']:,.2f}"),
+        ("PnL (total)", f"{pnl['total']:,.4f} ({pnl['return_pct']:.3f} %)"),
+        ("PnL realized / unrealized", f"{pnl['realized']:,.4f} / {pnl['unrealized']:,.4f}"),
+        ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
+        ("trading state", report["trading_state"]),
+    ]
+    for name, value in rows:
+        summary.add_row(name, value)
+    console.print(summary)
+    decisions = Table(title="Decisions by outcome and deciding check")
+    decisions.add_column("outcome:check")
+    decisions.add_column("count", justify="right")
+    for key, count in report["decisions"]["by_outcome_and_check"].items():
+        decisions.add_row(key, str(count))
+    decisions.add_row("total", str(report["decisions"]["total"]))
+    console.print(decisions)
+    alerts = Table(title="Alerts by code")
+    alerts.add_column("code")
+    alerts.add_column("count", justify="right")
+    for code, count in report["alerts"].items():
+        alerts.add_row(code, str(count))
+    console.print(alerts)
+
+
+async def load_record(database_url: str, symbols: list[str], start_equity: float) -> RunRecord:
+    """Read what the services recorded in PostgreSQL into a run record.
+
+    The final account is rebuilt from the execution service's committed snapshot with the
+    engine's own code, so the figures equal an in-process backtest's.
+
+    Args:
+        database_url: The run's database.
+        symbols: The run's symbols.
+        start_equity: The paper account's start equity (PAPER_START_EQUITY).
+
+    Returns:
+        The record (candles and period are the caller's to fill).
+    """
+    import asyncpg
+    import orjson
+
+    from services.execution.config import ExecutionConfig
+    from services.execution.engine import ExecutionEngine
+    from services.execution.models import PortfolioSnapshot
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        snap_row = await conn.fetchval(
+            "SELECT value FROM service_state WHERE service = 'execution' AND key = 'snapshot'"
+        )
+        risk_row = await conn.fetchval(
+            "SELECT value FROM service_state WHERE service = 'risk_manager' AND key = 'snapshot'"
+        )
+        decisions = await conn.fetch("SELECT outcome, check_name FROM risk_decisions ORDER BY seq")
+        fills = await conn.fetch("SELECT side, fee, realized_pnl FROM fills ORDER BY seq")
+        alerts = await conn.fetch("SELECT code, level FROM alerts ORDER BY ts, event_id")
+        points = await conn.fetch("SELECT equity FROM equity_curve ORDER BY ts")
+        orders = await conn.fetchval("SELECT count(*) FROM orders")
+    finally:
+        await conn.close()
+    saved = orjson.loads(snap_row) if snap_row else None
+    engine = ExecutionEngine(ExecutionConfig(start_equity=start_equity))
+    if saved is not None:
+        engine.restore(PortfolioSnapshot.from_dict(saved["portfolio"]))
+        engine.restore_quotes(saved.get("quotes", {}))
+    risk = orjson.loads(risk_row)["engine"] if risk_row else {}
+    record = RunRecord(start_equity=start_equity, symbols=symbols)
+    record.decisions = [(r["outcome"], r["check_name"]) for r in decisions]
+    record.fills = [(r["side"], float(r["fee"]), float(r["realized_pnl"])) for r in fills]
+    record.alerts = [(r["code"], r["level"]) for r in alerts]
+    record.equity_points = [float(r["equity"]) for r in points]
+    record.orders = int(orders or 0)
+    record.trading_state = str(risk.get("state", "ACTIVE"))
+    record.final_cash = engine.cash
+    record.final_equity = engine.equity
+    record.realized_pnl = engine.realized_pnl
+    record.total_fees = engine.total_fees
+    return record

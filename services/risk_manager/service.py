@@ -1,0 +1,332 @@
+"""Risk manager service: the I/O shell around `RiskEngine`.
+
+Consumes `market_data`, `order_results` and `signals` in that priority order (one consumer,
+so the engine sees one ordered sequence), records every decision, order, state change and
+halt in PostgreSQL with the engine snapshot (one transaction per round, see
+`services.common.ledger`), then publishes orders and alerts. A second consumer records every
+alert of every service. HTTP adds `GET /risk/state`, `POST /risk/halt` and
+`POST /risk/release` (bearer RISK_ADMIN_TOKEN, idempotent per request_id).
+
+With CLOCK=event (replay) the engine's clock is the events' time: a signal newer than the
+latest market data waits until that market data has been applied, and a time tick follows the
+first market data of each new timestamp. With CLOCK=wall a one-second timer ticks the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from typing import Any, ClassVar
+
+import orjson
+from fastapi import FastAPI, Header, HTTPException
+from prometheus_client import Counter, Gauge
+from pydantic import BaseModel, Field
+
+from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
+from services.common.events import Alert, EventBase, MarketData, OrderResult, Signal
+from services.common.ledger import Ledger
+from services.common.runtime import Service, Task
+from services.risk_manager.config import RiskConfig, RiskSettings
+from services.risk_manager.engine import RiskEngine
+from services.risk_manager.models import RiskOutput, RiskSnapshot, TradingState
+
+logger = logging.getLogger("cdb.risk_manager")
+
+DECISIONS = Counter(
+    "cdb_risk_decisions_total", "Risk decisions by outcome and deciding check",
+    ["outcome", "check"],
+)
+TRADING_STATE = Gauge(
+    "cdb_trading_state", "1 for the current trading state", ["state"]
+)
+EQUITY = Gauge("cdb_equity", "Account equity in the quote currency (risk view)")
+EXPOSURE = Gauge("cdb_exposure_ratio", "Open positions' value as a fraction of equity")
+DRAWDOWN = Gauge("cdb_drawdown_ratio", "Drawdown vs the day's baseline equity")
+TICK_TO_ORDER = Gauge(
+    "cdb_tick_to_order_seconds_last", "Wall time from a signal's market data to its order"
+)
+
+GROUP = "risk_manager"
+RECORDER_GROUP = "alerts_recorder"
+
+
+def _ms(ts: int | None) -> Any:
+    """Convert epoch ms to a value for `to_timestamp($n / 1000.0)` (None stays None)."""
+    return ts
+
+
+class HaltRequest(BaseModel):
+    """Body of `POST /risk/halt`."""
+
+    request_id: str = Field(min_length=1, max_length=100)
+    halted_by: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class ReleaseRequest(BaseModel):
+    """Body of `POST /risk/release`."""
+
+    request_id: str = Field(min_length=1, max_length=100)
+    released_by: str = Field(min_length=1, max_length=100)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class PauseRequest(BaseModel):
+    """Body of `POST /risk/pause`."""
+
+    paused: bool
+
+
+class RiskService(Service[RiskSettings]):
+    """Six protection layers between signals and orders."""
+
+    name: ClassVar[str] = "risk_manager"
+
+    async def start(self) -> None:
+        """Restore the engine from PostgreSQL and republish what a crash left unpublished."""
+        self.config = RiskConfig.from_settings(self.settings)
+        self.event_clock = self.settings.CLOCK == "event"
+        self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot)
+        saved = await self.ledger.load()
+        if saved is None:
+            self.engine = RiskEngine(self.config)
+        else:
+            self.engine = RiskEngine.restore(self.config, RiskSnapshot.from_dict(saved["engine"]))
+        self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
+        rows = await self.store.pool.fetch(
+            "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL"
+        )
+        self.decided: set[str] = {r["s"] for r in rows}
+        republished = await self.ledger.republish_outbox()
+        self.consumer = Consumer(
+            self.bus, GROUP, ["market_data", "order_results", "signals"], self.handle,
+            self.consumer_name, before_flush=self.ledger.commit,
+            on_batch_done=self.ledger.published,
+        )
+        self.recorder = Consumer(
+            self.bus, RECORDER_GROUP, ["alerts"], self.record_alert, self.consumer_name
+        )
+        self._update_gauges()
+        logger.info("risk engine restored", extra={
+            "state": str(self.engine.state), "republished": republished,
+            "restored": saved is not None, "clock": self.settings.CLOCK,
+        })
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick}
+
+    def consumers(self) -> list[Consumer]:
+        """The decision consumer and the alert recorder."""
+        return [self.consumer, self.recorder]
+
+    def tasks(self) -> list[Task]:
+        """A one-second engine tick on the wall clock (live mode)."""
+        return [] if self.event_clock else [self._ticker]
+
+    # -- handling ------------------------------------------------------------------------------
+
+    def _now(self, event_ts: int) -> int:
+        return event_ts if self.event_clock else int(time.time() * 1000)
+
+    async def handle(self, stream: str, event: EventBase) -> HandlerResult:
+        """Apply one event to the engine and queue its records."""
+        entry = self.consumer.current
+        assert entry is not None
+        if self.ledger.seen(stream, entry.entry_id):
+            return []
+        engine = self.engine
+        outputs: list[Outgoing] = []
+        if stream == "market_data":
+            assert isinstance(event, MarketData)
+            now = self._now(event.timestamp)
+            self._apply(engine.on_market_data(event, now), outputs)
+            if self.event_clock and event.timestamp > self.last_tick:
+                self.last_tick = event.timestamp
+                self._apply(engine.on_tick(event.timestamp), outputs)
+        elif stream == "order_results":
+            assert isinstance(event, OrderResult)
+            self._apply(engine.on_order_result(event, self._now(event.timestamp)), outputs)
+        else:
+            assert isinstance(event, Signal)
+            if event.signal_id not in self.decided:
+                last = engine.last_data_ms
+                if self.event_clock and (last is None or event.timestamp > last):
+                    return DEFER
+                decided = engine.on_signal(event, self._now(event.timestamp))
+                if decided is None:
+                    return DEFER
+                self.decided.add(event.signal_id)
+                self._apply(decided, outputs)
+        self.ledger.handled(stream, entry.entry_id)
+        if outputs:
+            self._update_gauges()
+        return self.ledger.emit(outputs)
+
+    def _apply(self, out: RiskOutput, outputs: list[Outgoing]) -> None:
+        """Queue the records of one engine output and collect its events."""
+        if out.is_empty:
+            return
+        add = self.ledger.add
+        for d in out.decisions:
+            DECISIONS.labels(d.outcome, d.check).inc()
+            add(
+                "INSERT INTO risk_decisions (decision_id, signal_id, order_id, symbol, side, "
+                "outcome, check_name, requested_size, approved_size, compared, ts) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, to_timestamp($11 / 1000.0)) "
+                "ON CONFLICT (decision_id) DO NOTHING",
+                d.decision_id, d.signal_id, d.order_id, d.symbol, d.side, d.outcome, d.check,
+                d.requested_size, d.approved_size, orjson.dumps(d.values).decode(), d.ts_ms,
+            )
+        for o in out.orders:
+            add(
+                "INSERT INTO orders (order_id, signal_id, symbol, side, size, quantity, reason, "
+                "trimmed, ts, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                "to_timestamp($9 / 1000.0), $10::jsonb) ON CONFLICT (order_id) DO NOTHING",
+                o.order_id, o.signal_id, o.symbol, o.side, o.size, o.quantity, o.reason,
+                o.trimmed, o.timestamp, o.model_dump_json(exclude_none=True),
+            )
+            outputs.append(Outgoing("orders", o))
+        for a in out.alerts:
+            outputs.append(Outgoing("alerts", a))
+        change = out.state_change
+        if change is not None:
+            add(
+                "INSERT INTO trading_state (id, state, halt_reason, halted_since, manual_paused, "
+                "pause_reasons, updated_at) VALUES (1, $1, $2, to_timestamp($3 / 1000.0), $4, "
+                "$5, to_timestamp($6 / 1000.0)) ON CONFLICT (id) DO UPDATE SET "
+                "state = EXCLUDED.state, halt_reason = EXCLUDED.halt_reason, "
+                "halted_since = EXCLUDED.halted_since, manual_paused = EXCLUDED.manual_paused, "
+                "pause_reasons = EXCLUDED.pause_reasons, updated_at = EXCLUDED.updated_at",
+                str(change.state), self.engine.halt_reason, _ms(change.halted_since_ms),
+                change.manual_paused, list(change.pause_reasons), change.ts_ms,
+            )
+            if change.state == TradingState.HALTED and change.halted_since_ms == change.ts_ms:
+                add(
+                    "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
+                    "to_timestamp($3 / 1000.0))",
+                    self.engine.halt_reason or change.reason, "risk_manager", change.ts_ms,
+                )
+
+    async def record_alert(self, stream: str, event: EventBase) -> HandlerResult:
+        """Persist one alert (any service's) once."""
+        assert isinstance(event, Alert)
+        await self.store.record_alert(event)
+        return []
+
+    def _update_gauges(self) -> None:
+        engine = self.engine
+        for state in TradingState:
+            TRADING_STATE.labels(str(state)).set(1 if engine.state == state else 0)
+        EQUITY.set(engine.equity)
+        equity = engine.equity
+        EXPOSURE.set(engine.exposure / equity if equity > 0 else 0.0)
+        DRAWDOWN.set(engine.drawdown)
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if stop.is_set():
+                return
+            out = self.engine.on_tick(int(time.time() * 1000))
+            if not out.is_empty:
+                outputs: list[Outgoing] = []
+                self._apply(out, outputs)
+                self._update_gauges()
+                await self.ledger.commit_now(outputs)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The trading state as `GET /risk/state` reports it."""
+        e = self.engine
+        return {
+            "state": str(e.state),
+            "halt_reason": e.halt_reason,
+            "halted_since_ms": e.halted_since_ms,
+            "manual_paused": e.manual_paused,
+            "pause_reasons": list(e.pause_reasons),
+            "equity": e.equity,
+            "cash": e.cash,
+            "exposure": e.exposure,
+            "drawdown": e.drawdown,
+            "baseline_equity": e.baseline_equity,
+            "positions": {
+                s: {"qty": p.qty, "avg_price": p.avg_price} for s, p in e.positions.items()
+            },
+            "outstanding_orders": len(e.outstanding),
+            "last_data_ms": e.last_data_ms,
+        }
+
+    def _authorize(self, authorization: str | None) -> None:
+        token = self.settings.RISK_ADMIN_TOKEN
+        if token is None or not token.get_secret_value():
+            raise HTTPException(503, "RISK_ADMIN_TOKEN is not configured")
+        expected = f"Bearer {token.get_secret_value()}"
+        if authorization is None or not hmac.compare_digest(authorization, expected):
+            raise HTTPException(401, "missing or wrong bearer token")
+
+    async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]]) -> None:
+        outputs: list[Outgoing] = []
+        self._apply(out, outputs)
+        self.ledger.add(extra_sql[0], *extra_sql[1])
+        self._update_gauges()
+        await self.ledger.commit_now(outputs)
+
+    def routes(self, app: FastAPI) -> None:
+        """Add the risk endpoints."""
+
+        @app.get("/risk/state")
+        async def get_state() -> dict[str, Any]:
+            return self.state()
+
+        @app.post("/risk/halt")
+        async def post_halt(
+            body: HaltRequest, authorization: str | None = Header(default=None)
+        ) -> dict[str, Any]:
+            self._authorize(authorization)
+            now = int(time.time() * 1000)
+            out = self.engine.halt(body.reason, body.halted_by, now)
+            result = "halted" if out.state_change is not None else "already halted"
+            if out.state_change is not None:
+                await self._command(out, (
+                    "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
+                    "to_timestamp($3 / 1000.0))", (body.reason, body.halted_by, now)))
+            logger.warning("halt requested", extra={"by": body.halted_by, "result": result})
+            return {"result": result, "state": self.state()}
+
+        @app.post("/risk/release")
+        async def post_release(
+            body: ReleaseRequest, authorization: str | None = Header(default=None)
+        ) -> dict[str, Any]:
+            self._authorize(authorization)
+            async with self.ledger.lock:
+                known = await self.store.pool.fetchrow(
+                    "SELECT result FROM releases WHERE request_id = $1", body.request_id
+                )
+            if known is not None:
+                return {"result": known["result"], "duplicate": True, "state": self.state()}
+            now = int(time.time() * 1000)
+            out = self.engine.release(body.released_by, body.reason, now)
+            result = "released" if out.state_change is not None else "nothing to release"
+            await self._command(out, (
+                "INSERT INTO releases (request_id, released_by, reason, result) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
+                (body.request_id, body.released_by, body.reason, result)))
+            logger.warning("release requested", extra={"by": body.released_by, "result": result})
+            return {"result": result, "duplicate": False, "state": self.state()}
+
+        @app.post("/risk/pause")
+        async def post_pause(
+            body: PauseRequest, authorization: str | None = Header(default=None)
+        ) -> dict[str, Any]:
+            self._authorize(authorization)
+            out = self.engine.set_manual_pause(body.paused, int(time.time() * 1000))
+            outputs: list[Outgoing] = []
+            self._apply(out, outputs)
+            await self.ledger.commit_now(outputs)
+            return {"state": self.state()}

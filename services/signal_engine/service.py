@@ -1,0 +1,98 @@
+"""Signal engine service: the I/O shell around the momentum `SignalEngine`.
+
+Consumes `market_data`, records each signal in PostgreSQL before publishing it on `signals`
+(one transaction per round, see `services.common.ledger`). With CLOCK=wall a timer ranks an
+interval that ended without an event of the next one (a quiet market).
+
+The rolling windows are kept in memory only: after a restart they refill within
+LOOKBACK_MINUTES (the engine emits nothing for a symbol until its window has history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, ClassVar
+
+from prometheus_client import Counter, Gauge
+
+from services.common.bus import Consumer, HandlerResult, Outgoing
+from services.common.events import EventBase, MarketData, Signal
+from services.common.ledger import Ledger
+from services.common.runtime import Service, Task
+from services.signal_engine.config import SignalConfig, SignalSettings
+from services.signal_engine.engine import SignalEngine
+
+logger = logging.getLogger("cdb.signal_engine")
+
+SIGNALS = Counter("cdb_signals_total", "Signals emitted by direction", ["direction"])
+SYMBOLS = Gauge("cdb_signal_symbols_tracked", "Symbols with a momentum window")
+RANKINGS = Counter("cdb_signal_rankings_total", "Rankings made")
+
+GROUP = "signal_engine"
+
+
+class SignalService(Service[SignalSettings]):
+    """Momentum ranking of the market data into buy and sell signals."""
+
+    name: ClassVar[str] = "signal_engine"
+
+    async def start(self) -> None:
+        """Build the engine and republish what a crash left unpublished."""
+        self.engine = SignalEngine(SignalConfig.from_settings(self.settings))
+        self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot)
+        await self.ledger.load()
+        await self.ledger.republish_outbox()
+        self.consumer = Consumer(
+            self.bus, GROUP, ["market_data"], self.handle, self.consumer_name,
+            before_flush=self.ledger.commit, on_batch_done=self.ledger.published,
+        )
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"rankings": self.engine.rankings, "top": list(self.engine.top_set)}
+
+    def consumers(self) -> list[Consumer]:
+        """The market data consumer."""
+        return [self.consumer]
+
+    def tasks(self) -> list[Task]:
+        """The quiet-market ranking timer (wall clock only)."""
+        return [] if self.settings.CLOCK == "event" else [self._timer]
+
+    async def handle(self, stream: str, event: EventBase) -> HandlerResult:
+        """Apply one market data event; record and emit the signals of a ranking."""
+        entry = self.consumer.current
+        assert entry is not None and isinstance(event, MarketData)
+        if self.ledger.seen(stream, entry.entry_id):
+            return []
+        signals = self.engine.on_market_data(event)
+        self.ledger.handled(stream, entry.entry_id)
+        return self.ledger.emit(self._record(signals))
+
+    def _record(self, signals: list[Signal]) -> list[Outgoing]:
+        SYMBOLS.set(self.engine.symbols_tracked)
+        if not signals:
+            return []
+        RANKINGS.inc()
+        for s in signals:
+            SIGNALS.labels(s.direction).inc()
+            self.ledger.add(
+                "INSERT INTO signals (signal_id, event_id, symbol, direction, size, "
+                "signal_strength, reason, ts) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+                "to_timestamp($8 / 1000.0)) ON CONFLICT (signal_id) DO NOTHING",
+                s.signal_id, s.event_id, s.symbol, s.direction, s.size, s.signal_strength,
+                s.reason, s.timestamp,
+            )
+        return [Outgoing("signals", s) for s in signals]
+
+    async def _timer(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if stop.is_set():
+                return
+            signals = self.engine.rank_if_due(int(time.time() * 1000))
+            if signals:
+                await self.ledger.commit_now(self._record(signals))

@@ -1,0 +1,1 @@
+"""WebSocket screener: MEXC spot push streams (protobuf) into throttled market data."""
