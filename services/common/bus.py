@@ -414,12 +414,11 @@ class Consumer:
             await self.setup(stop)
             await self._read_own_pending(stop)
             while not stop.is_set():
-                try:
-                    await self._round(stop)
-                except BusUnavailableError:
-                    if stop.is_set():
-                        break
-                    raise
+                await self._round(stop)
+        except BusUnavailableError:
+            # Told to stop while Redis was away (also during setup): a stop, not a failure.
+            if not stop.is_set():
+                raise
         finally:
             self.stats.running = False
 

@@ -352,3 +352,27 @@ async def test_secret_values_never_appear_in_the_output_of_a_service_that_cannot
     for secret in (SECRET_TOKEN, SECRET_REDIS, SECRET_PG):
         assert secret not in output
 
+
+
+async def test_sigterm_while_redis_is_unreachable_exits_0_within_10_s_without_an_error(
+    infra: Infrastructure, database_url: str, prefix: str, processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    env = service_env(infra, database_url, prefix, CONSUMER_NAME="counter-r",
+                      REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    service = start_service(env, tmp_path)
+    processes.append(service)
+    await eventually(lambda: "redis unavailable during" in service.output(), START_TIMEOUT_S,
+                     "the consumer to wait for redis")
+    async with httpx.AsyncClient() as client:
+        assert await http_status(client, service.base_url + "/ready") == 503
+
+    service.proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    code = await asyncio.to_thread(wait_exit, service.proc, 15)
+
+    assert code == 0
+    assert time.monotonic() - sent < 10
+    output = service.output()
+    assert '"level":"ERROR"' not in output, output[-3000:]
+    assert '"service stopped"' in output
