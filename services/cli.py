@@ -41,7 +41,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 BTC_PROFILE = {
     "PAPER_START_EQUITY": "1.0",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from services.common.events import Alert, MarketData, Order
 from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
+from services.execution.models import Fill
 from services.replay.candles import Bar
 from services.replay.report import RunRecord
 from services.risk_manager.config import RiskConfig
@@ -38,6 +39,7 @@ class Trace:
     decisions: list[Decision] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
 
 
 class Pipeline:
@@ -88,6 +90,8 @@ class Pipeline:
             if result.fill is not None:
                 f = result.fill
                 record.fills.append((f.side, f.fee, f.realized_pnl))
+                if self.trace is not None:
+                    self.trace.fills.append(f)
             for a in result.alerts:
                 record.alerts.append((a.code, a.level))
             if self.trace is not None:

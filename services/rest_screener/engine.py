@@ -148,7 +148,7 @@ def sane_book(bid: float | None, ask: float | None) -> Book:
 
 
 def _rows(body: object, what: str) -> list[object]:
-    if isinstance(body, Mapping):
+    if isinstance(body, Mapping) and "symbol" in body:
         return [body]
     if isinstance(body, list):
         return body
@@ -187,13 +187,13 @@ def parse_tickers(body: object) -> tuple[dict[str, Ticker24h], list[Rejection]]:
     """Validate a /ticker/24hr body.
 
     Args:
-        body: The decoded JSON (list of rows, or one row).
+        body: The decoded JSON (list of rows, or one row naming a symbol).
 
     Returns:
         Tickers by symbol and the rows refused (a duplicated symbol keeps its first row).
 
     Raises:
-        MalformedResponseError: The body is not a list (or object) of rows.
+        MalformedResponseError: The body is neither a list of rows nor one row.
     """
     tickers: dict[str, Ticker24h] = {}
     rejected: list[Rejection] = []

@@ -1,0 +1,113 @@
+"""The pipeline as processes over real Redis and PostgreSQL decides like the backtest."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.common.infra import Infrastructure
+from services.replay.report import build_report, comparable, load_record
+from tests.conftest import fresh_database
+from tests.e2e.pipeline import (
+    SERVICES,
+    PipelineProcesses,
+    backtest,
+    pipeline_env,
+    recorded,
+)
+
+pytestmark = pytest.mark.slow
+MINUTES = 240
+
+
+def run_pipeline(infra: Infrastructure, prefix: str, minutes: int = MINUTES,
+                 kill: list[tuple[str, int]] | None = None,
+                 garbage_at: int | None = None) -> tuple[str, PipelineProcesses]:
+    """Replay `minutes` of the sample; SIGKILL and restart services when the replay passes
+    the given bar counts; optionally add malformed market data at a bar count."""
+    database_url = fresh_database(infra.database_url)
+    env = pipeline_env(infra, database_url, prefix, minutes)
+    procs = PipelineProcesses(env, Path(tempfile.mkdtemp(prefix="cdb-e2e-")))
+    client = redis.Redis.from_url(infra.redis_url)
+    try:
+        for name in SERVICES:
+            procs.start(name)
+        procs.start("replay")
+        pending = sorted(kill or [], key=lambda k: k[1])
+        garbage_done = garbage_at is None
+        while procs.procs["replay"].poll() is None and (pending or not garbage_done):
+            done = int(client.hget(prefix + "replay:progress", "done") or 0)
+            if pending and done >= pending[0][1]:
+                name, _ = pending.pop(0)
+                procs.kill(name)
+                time.sleep(0.5)
+                procs.start(name)
+            if not garbage_done and garbage_at is not None and done >= garbage_at:
+                client.xadd(prefix + "market_data", {"data": b'{"type": "market_data", "pri'})
+                client.xadd(prefix + "market_data", {"data": b'{"symbol": "ETHBTC"}'})
+                garbage_done = True
+            time.sleep(0.02)
+        assert procs.wait_replay() == 0, procs.log("replay")[-3000:]
+        return database_url, procs
+    finally:
+        client.close()
+        procs.stop()
+
+
+def test_a_lock_step_replay_through_the_services_equals_the_backtest(
+    infra: Infrastructure, prefix: str
+) -> None:
+    database_url, _ = run_pipeline(infra, prefix)
+    reference, trace = backtest(MINUTES)
+    record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
+    record.candles, record.first_ms, record.last_ms = (
+        reference.candles, reference.first_ms, reference.last_ms)
+    assert comparable(build_report(record, "replay")) == comparable(
+        build_report(reference, "backtest"))
+    rows = asyncio.run(recorded(database_url))
+    expected = [(d.decision_id, d.signal_id, d.order_id, d.outcome, d.check)
+                for d in trace.decisions]
+    assert rows["decisions"] == expected
+    assert [o[0] for o in rows["orders"]] == [o.order_id for o in trace.orders]
+    assert len(trace.orders) > 10, "the sample makes enough orders to compare"
+
+
+def test_killing_the_risk_manager_and_the_execution_mid_replay_loses_and_doubles_nothing(
+    infra: Infrastructure, prefix: str
+) -> None:
+    database_url, procs = run_pipeline(
+        infra, prefix, kill=[("risk_manager", 60), ("execution", 150)])
+    _, trace = backtest(MINUTES)
+    rows = asyncio.run(recorded(database_url))
+    assert sorted(o[0] for o in rows["orders"]) == sorted(o.order_id for o in trace.orders)
+    assert sorted(rows["fills"]) == sorted(
+        (f.order_id, pytest.approx(f.qty), pytest.approx(f.price), pytest.approx(f.fee))
+        for f in trace.fills)
+    assert [d[0] for d in rows["decisions"]] == [d.decision_id for d in trace.decisions]
+    assert "risk engine restored" in procs.log("risk_manager")
+    assert procs.log("risk_manager").count('"restored": true') + procs.log(
+        "risk_manager").count('"restored":true') >= 1
+
+
+def test_malformed_market_data_is_dead_lettered_with_an_alert_while_trading_goes_on(
+    infra: Infrastructure, prefix: str
+) -> None:
+    database_url, _ = run_pipeline(infra, prefix, minutes=120, garbage_at=40)
+    client = redis.Redis.from_url(infra.redis_url)
+    try:
+        dead = client.xrange(prefix + "market_data.dlq")
+    finally:
+        client.close()
+    groups = sorted({fields[b"group"].decode() for _, fields in dead})
+    assert groups == ["execution", "risk_manager", "signal_engine"]
+    assert len(dead) == 6
+    reference, trace = backtest(120)
+    rows = asyncio.run(recorded(database_url))
+    assert [o[0] for o in rows["orders"]] == [o.order_id for o in trace.orders]
+    record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
+    assert [c for c, _ in record.alerts].count("DEAD_LETTER") == 6
