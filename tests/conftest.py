@@ -74,7 +74,9 @@ async def bus(infra: Infrastructure, prefix: str) -> AsyncIterator[Bus]:
     await b.close()
 
 
-def service_env(infra: Infrastructure, database_url: str, prefix: str, **extra: str) -> dict[str, str]:
+def service_env(
+    infra: Infrastructure, database_url: str, prefix: str, **extra: str
+) -> dict[str, str]:
     """Environment for a service process under test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDB_", "COUNT_"))}
     env.update(

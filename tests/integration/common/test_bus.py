@@ -80,7 +80,7 @@ async def test_creating_an_existing_group_is_harmless_and_other_errors_surface(b
     await bus.ensure_group("market_data", "g")
     await bus.ensure_group("market_data", "g")
     await bus.redis.set(bus.key("not_a_stream"), "x")
-    with pytest.raises(Exception, match="WRONGTYPE|wrong kind"):
+    with pytest.raises(Exception, match=r"WRONGTYPE|wrong kind"):
         await bus.ensure_group("not_a_stream", "g")
 
 
