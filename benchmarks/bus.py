@@ -191,7 +191,7 @@ async def latency(url: str, rate: float, seconds: float, batch: int) -> list[flo
     received: dict[str, float] = {}
     total = int(rate * seconds)
     try:
-        await _wait_for_group(producer, prefix)
+        await _wait_for_group(producer, prefix, proc)
 
         async def produce() -> None:
             key = f"{prefix}{SOURCE}"
@@ -231,9 +231,10 @@ async def latency(url: str, rate: float, seconds: float, batch: int) -> list[flo
     return [(received[e] - sent[e]) * 1000 for e in order]
 
 
-async def _wait_for_group(client: aioredis.Redis, prefix: str) -> None:
+async def _wait_for_group(client: aioredis.Redis, prefix: str,
+                          proc: mp.process.BaseProcess) -> None:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.is_alive():
         with contextlib.suppress(Exception):
             if await client.xinfo_groups(f"{prefix}{SOURCE}"):
                 return

@@ -385,7 +385,7 @@ class Consumer:
         self.backlog: dict[str, collections.deque[Entry]] = {
             s: collections.deque() for s in self.streams
         }
-        self._held: set[bytes] = set()
+        self._held: set[tuple[str, bytes]] = set()  # (stream, entry id): ids repeat across streams
         self._claim_cursor: dict[str, bytes] = {s: b"0-0" for s in self.streams}
         self._last_claim = 0.0
         self._outgoing: list[Outgoing] = []
@@ -489,9 +489,10 @@ class Consumer:
                 self._hold(Entry(stream, entry_id, fields or None, 1))
 
     def _hold(self, entry: Entry, front: bool = False) -> None:
-        if entry.entry_id in self._held:
+        key = (entry.stream, entry.entry_id)
+        if key in self._held:
             return
-        self._held.add(entry.entry_id)
+        self._held.add(key)
         if front:
             self.backlog[entry.stream].appendleft(entry)
         else:
@@ -523,7 +524,7 @@ class Consumer:
             self._claim_cursor[stream] = next_cursor if isinstance(next_cursor, bytes) else str(
                 next_cursor
             ).encode()
-            fresh = [(i, f) for i, f in rows if i not in self._held]
+            fresh = [(i, f) for i, f in rows if (stream, i) not in self._held]
             if not fresh:
                 continue
             counts = await self._delivery_counts(stream, fresh[0][0], fresh[-1][0])
@@ -545,7 +546,7 @@ class Consumer:
                     break
                 queue.popleft()
                 if outcome == "keep":
-                    self._held.discard(entry.entry_id)
+                    self._held.discard((entry.stream, entry.entry_id))
 
     async def _process(
         self, entry: Entry, stop: asyncio.Event
@@ -606,7 +607,7 @@ class Consumer:
 
     def _ack(self, entry: Entry) -> None:
         self._acks.setdefault((entry.stream, self.group), []).append(entry.entry_id)
-        self._held.discard(entry.entry_id)
+        self._held.discard((entry.stream, entry.entry_id))
 
     def _dead_letter(self, entry: Entry, error: str, reason: str, field: str = "") -> None:
         raw = (entry.fields or {}).get(DATA, b"")

@@ -240,6 +240,7 @@ class EmbeddedPostgres:
         self.process = subprocess.Popen(
             [str(_pg_bin() / "postgres"), "-D", str(self.pgdata), "-h", "127.0.0.1",
              "-p", str(self.port), "-k", str(self.pgdata), "-c", "fsync=on",
+             "-c", "synchronous_commit=off",
              "-c", "max_connections=200", "-c", "shared_buffers=64MB"],
             stdout=log_fh, stderr=log_fh, start_new_session=True,
             **_run_as(self.system_user),  # type: ignore[call-overload]

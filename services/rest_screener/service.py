@@ -33,12 +33,12 @@ from ccxt.base.errors import BaseError as CcxtError
 from ccxt.base.errors import NetworkError as CcxtNetworkError
 from ccxt.base.errors import RequestTimeout as CcxtRequestTimeout
 
+from services.common import screener_metrics as m
 from services.common.bus import Backoff, Bus, BusUnavailableError, Outgoing
 from services.common.events import MarketData
 from services.common.runtime import Service, Task
 from services.common.store import Store
 from services.rest_screener import engine
-from services.rest_screener import metrics as m
 from services.rest_screener.config import TOP_MOVERS_KEY, RestConfig, RestScreenerSettings
 
 logger = logging.getLogger("cdb.rest_screener")

@@ -51,6 +51,10 @@ TICK_TO_ORDER = Gauge(
 )
 
 GROUP = "risk_manager"
+RECENT_MD = 20_000
+"""Market data event ids remembered to match signals to the data that closed them."""
+RECENT_SAVED = 200
+"""Of those, kept in the snapshot (a restart in the middle of a bar still matches)."""
 RECORDER_GROUP = "alerts_recorder"
 
 
@@ -97,6 +101,7 @@ class RiskService(Service[RiskSettings]):
         else:
             self.engine = RiskEngine.restore(self.config, RiskSnapshot.from_dict(saved["engine"]))
         self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
+        self.recent_md: dict[str, None] = dict.fromkeys(saved.get("recent_md", []) if saved else [])
         rows = await self.store.pool.fetch(
             "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL"
         )
@@ -117,7 +122,8 @@ class RiskService(Service[RiskSettings]):
         })
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick}
+        return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick,
+                "recent_md": list(self.recent_md)[-RECENT_SAVED:] if self.event_clock else []}
 
     def consumers(self) -> list[Consumer]:
         """The decision consumer and the alert recorder."""
@@ -144,6 +150,8 @@ class RiskService(Service[RiskSettings]):
             assert isinstance(event, MarketData)
             now = self._now(event.timestamp)
             self._apply(engine.on_market_data(event, now), outputs)
+            if self.event_clock:
+                self._remember(event.event_id)
             if self.event_clock and event.timestamp > self.last_tick:
                 self.last_tick = event.timestamp
                 self._apply(engine.on_tick(event.timestamp), outputs)
@@ -153,8 +161,7 @@ class RiskService(Service[RiskSettings]):
         else:
             assert isinstance(event, Signal)
             if event.signal_id not in self.decided:
-                last = engine.last_data_ms
-                if self.event_clock and (last is None or event.timestamp > last):
+                if self.event_clock and not self._applied(event):
                     return DEFER
                 decided = engine.on_signal(event, self._now(event.timestamp))
                 if decided is None:
@@ -165,6 +172,24 @@ class RiskService(Service[RiskSettings]):
         if outputs:
             self._update_gauges()
         return self.ledger.emit(outputs)
+
+    def _remember(self, event_id: str) -> None:
+        """Keep the ids of the latest market data applied (bounded)."""
+        recent = self.recent_md
+        recent[event_id] = None
+        if len(recent) > RECENT_MD:
+            del recent[next(iter(recent))]
+
+    def _applied(self, sig: Signal) -> bool:
+        """True when the market data that closed the signal's ranking has been applied.
+
+        In stream order every earlier market data event has then been applied too, so the
+        decision sees the same prices as the backtest's.
+        """
+        if sig.market_event_id in self.recent_md:
+            return True
+        last = self.engine.last_data_ms
+        return last is not None and last >= sig.timestamp
 
     def _apply(self, out: RiskOutput, outputs: list[Outgoing]) -> None:
         """Queue the records of one engine output and collect its events."""

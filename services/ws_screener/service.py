@@ -12,9 +12,10 @@ kept). Symbols are sharded over connections of at most WS_MAX_SUBSCRIPTIONS topi
 (`engine.plan_shards`, stable: a change moves only the symbols that changed).
 
 Each connection: handshake (timeout), SUBSCRIPTION of its topics, PING every
-WS_PING_INTERVAL_SEC; no PONG for WS_PONG_TIMEOUT_SEC -> drop; age >= WS_MAX_CONNECTION_AGE_SEC
-(injected clock) -> planned reconnect at once; any other drop -> exponential backoff with jitter,
-then reconnect and resubscribe. Topic changes on a live connection are sent as
+WS_PING_INTERVAL_SEC; no PONG for WS_PONG_TIMEOUT_SEC -> drop (both on the monotonic clock, so
+a wall-clock jump never drops a healthy connection); age >= WS_MAX_CONNECTION_AGE_SEC (on the
+injected wall clock) -> planned reconnect at once; any other drop -> exponential backoff with
+jitter, then reconnect and resubscribe. Topic changes on a live connection are sent as
 SUBSCRIPTION/UNSUBSCRIPTION. A flush loop emits what the per-symbol throttle allows.
 """
 
@@ -31,11 +32,11 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
+from services.common import screener_metrics as m
 from services.common.bus import TRANSIENT_ERRORS, Backoff, Bus, BusUnavailableError, Outgoing
 from services.common.events import MarketData
 from services.common.runtime import Service, Task
 from services.common.store import Store
-from services.rest_screener import metrics as m
 from services.rest_screener.config import TOP_MOVERS_KEY, parse_whitelist
 from services.rest_screener.engine import FaultTracker, Rejection
 from services.ws_screener import engine
@@ -69,8 +70,8 @@ class ShardConnection:
         self.subscribed: set[str] = set()
         self.connected = False
         self.connected_at_ms = 0
-        self.last_pong_ms = 0
-        self.last_ping_ms = 0
+        self.last_pong_s = 0.0
+        self.last_ping_s = 0.0
         self.last_data_ms: int | None = None
         self.connects = 0
         self.retired = False
@@ -97,7 +98,13 @@ class ShardConnection:
         """
         svc = self.service
         while not stop.is_set() and not self.retired:
-            reason = await self._session(stop)
+            try:
+                reason = await self._session(stop)
+            except Exception as exc:  # a bug must not end the shard silently: log, reconnect
+                logger.exception("shard %d failed", self.shard_id)
+                m.set_last_error(SOURCE, type(exc).__name__)
+                m.ERRORS.labels(SOURCE, "internal_error").inc()
+                reason = "internal_error"
             if stop.is_set() or self.retired:
                 break
             m.RECONNECTS.labels(SOURCE, reason).inc()
@@ -122,9 +129,8 @@ class ShardConnection:
             m.set_last_error(SOURCE, type(exc).__name__)
             m.ERRORS.labels(SOURCE, "connect_failed").inc()
             return "connect_failed"
-        now = svc.clock()
-        self.connected, self.connected_at_ms = True, now
-        self.last_pong_ms = self.last_ping_ms = now
+        self.connected, self.connected_at_ms = True, svc.clock()
+        self.last_pong_s = self.last_ping_s = time.monotonic()
         self.connects += 1
         self.subscribed = set()
         svc.update_connection_gauge()
@@ -157,17 +163,17 @@ class ShardConnection:
         while not stop.is_set():
             if self.retired:
                 return "retired"
-            now = svc.clock()
-            if svc.age_policy.should_reconnect(self.connected_at_ms, now):
+            if svc.age_policy.should_reconnect(self.connected_at_ms, svc.clock()):
                 return "planned"
-            if now - self.last_pong_ms > s.WS_PONG_TIMEOUT_SEC * 1000:
+            mono = time.monotonic()  # liveness on the monotonic clock: wall jumps never drop
+            if mono - self.last_pong_s > s.WS_PONG_TIMEOUT_SEC:
                 m.ERRORS.labels(SOURCE, "ping_timeout").inc()
                 m.set_last_error(SOURCE, "PongTimeout")
                 return "ping_timeout"
             if self._changed.is_set() or self.topics != self.subscribed:
                 await self._sync_topics(ws)
-            if now - self.last_ping_ms >= s.WS_PING_INTERVAL_SEC * 1000:
-                self.last_ping_ms = now
+            if mono - self.last_ping_s >= s.WS_PING_INTERVAL_SEC:
+                self.last_ping_s = mono
                 await ws.send_str('{"method":"PING"}')
             try:
                 msg = await ws.receive(timeout=tick)
@@ -190,7 +196,7 @@ class ShardConnection:
         control = engine.parse_control(text)
         m.MESSAGES.labels(SOURCE, control.kind).inc()
         if control.kind == "pong":
-            self.last_pong_ms = self.service.clock()
+            self.last_pong_s = time.monotonic()
         elif control.kind == "refused":
             m.ERRORS.labels(SOURCE, "subscribe_refused").inc()
             if "block" in control.msg.lower() or "limit" in control.msg.lower():

@@ -12,6 +12,7 @@ WebSocket `/ws`: JSON text control frames (SUBSCRIPTION, UNSUBSCRIPTION, PING ->
 30 subscriptions per connection, and protobuf push frames (`PushDataV3ApiWrapper` from the
 modules ccxt ships) for deals, 1m klines and book tickers every `push_interval` seconds.
 `drop_all()` closes every connection; `ping_silent = True` stops answering PINGs;
+`ws_refuse = True` answers handshakes with 503;
 `push_garbage = True` interleaves undecodable and invalid frames.
 
 Time comes from `clock` (ms), so a test can share a controllable clock with the screener.
@@ -84,6 +85,7 @@ class MexcLookalike:
         self.connections: list[WsConn] = []
         self.ping_silent = False
         self.push_garbage = False
+        self.ws_refuse = False
         self.push_interval = 0.05
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,8 +136,8 @@ class MexcLookalike:
 
     def times(self, endpoint: str, symbol: str | None = None) -> list[float]:
         """Monotonic arrival times of the requests to `endpoint` (optionally of one symbol)."""
-        return [t for e, s, t, _ in self.requests
-                if e == endpoint and (symbol is None or s == symbol)]
+        return sorted(t for e, s, t, _ in self.requests
+                      if e == endpoint and (symbol is None or s == symbol))
 
     async def drop_all(self) -> None:
         """Close every open WebSocket connection (abruptly, like a network drop)."""
@@ -188,12 +190,13 @@ class MexcLookalike:
             return web.json_response({"unexpected": ["shape"]})
         raise ValueError(f"unknown fault {fault.kind}")
 
-    def _record(self, endpoint: str, symbol: str | None, status: int) -> None:
-        self.requests.append((endpoint, symbol, time.monotonic(), status))
+    def _record(self, endpoint: str, symbol: str | None, status: int, arrived: float) -> None:
+        self.requests.append((endpoint, symbol, arrived, status))
 
     async def _ticker(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         faulty = await self._fault("ticker_24hr", None)
-        self._record("ticker_24hr", None, faulty.status if faulty else 200)
+        self._record("ticker_24hr", None, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
         now = self.clock()
@@ -214,10 +217,11 @@ class MexcLookalike:
 
     async def _klines(self, request: web.Request) -> web.StreamResponse:
         symbol = request.query.get("symbol", "")
+        arrived = time.monotonic()
         faulty = await self._fault("klines", symbol)
         if faulty is None and symbol not in self.markets:
             faulty = web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
-        self._record("klines", symbol, faulty.status if faulty else 200)
+        self._record("klines", symbol, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
         limit = int(request.query.get("limit", "500"))
@@ -226,8 +230,9 @@ class MexcLookalike:
         return web.json_response(rows)
 
     async def _book_ticker(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         faulty = await self._fault("book_ticker", None)
-        self._record("book_ticker", None, faulty.status if faulty else 200)
+        self._record("book_ticker", None, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
         return web.json_response([
@@ -238,10 +243,11 @@ class MexcLookalike:
 
     async def _depth(self, request: web.Request) -> web.StreamResponse:
         symbol = request.query.get("symbol", "")
+        arrived = time.monotonic()
         faulty = await self._fault("depth", symbol)
         if faulty is None and symbol not in self.markets:
             faulty = web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
-        self._record("depth", symbol, faulty.status if faulty else 200)
+        self._record("depth", symbol, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
         p = self.markets[symbol].price
@@ -254,6 +260,8 @@ class MexcLookalike:
     # -- WebSocket -------------------------------------------------------------------------------
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if self.ws_refuse:
+            return web.Response(status=503, text="maintenance")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         conn = WsConn(len(self.connections), ws)
@@ -294,9 +302,9 @@ class MexcLookalike:
             if ok:
                 await conn.ws.send_str(json.dumps({"id": 0, "code": 0, "msg": ",".join(ok)}))
             if refused:
-                await conn.ws.send_str(json.dumps({
-                    "id": 0, "code": 0,
-                    "msg": f"Not Subscribed successfully! [{','.join(refused)}].  Reason： Blocked!"}))
+                topics = ",".join(refused)
+                reason = f"Not Subscribed successfully! [{topics}].  Reason\uff1a Blocked!"
+                await conn.ws.send_str(json.dumps({"id": 0, "code": 0, "msg": reason}))
         elif method == "UNSUBSCRIPTION":
             for topic in params:
                 conn.subscriptions.discard(topic)

@@ -365,7 +365,7 @@ async def test_sigterm_while_redis_is_unreachable_exits_0_within_10_s_without_an
     await eventually(lambda: "redis unavailable during" in service.output(), START_TIMEOUT_S,
                      "the consumer to wait for redis")
     async with httpx.AsyncClient() as client:
-        assert await http_status(client, service.base_url + "/ready") == 503
+        await wait_status(client, service, "/ready", 503, 30)
 
     service.proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()

@@ -1,7 +1,6 @@
 """Prometheus metrics of both screeners (label `source`: `mexc_rest` or `mexc_ws`).
 
-They live here, once, because a collector name can be registered only once per process and the
-WebSocket screener imports them too (they belong in `services/common/metrics.py` eventually).
+Shared by both screeners: a collector name can be registered only once per process.
 """
 
 from __future__ import annotations
