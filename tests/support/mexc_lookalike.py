@@ -75,7 +75,7 @@ class MexcLookalike:
     """The fake exchange. Use `async with MexcLookalike(...) as ex:`."""
 
     def __init__(self, markets: list[Market] | None = None,
-                 clock: Callable[[], int] = wall_ms) -> None:
+                 clock: Callable[[], int] = wall_ms, port: int = 0) -> None:
         self.markets = {mk.symbol: mk for mk in (markets or default_markets())}
         self.clock = clock
         self.faults: dict[str, deque[Fault]] = {}
@@ -89,7 +89,7 @@ class MexcLookalike:
         self.push_interval = 0.05
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
+        self.port = port
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class MexcLookalike:
         app.router.add_get("/ws", self._ws)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         server = site._server
         assert server is not None
