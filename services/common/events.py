@@ -8,7 +8,9 @@ redelivered input can never become a second output.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeAlias
 
 import orjson
@@ -27,6 +29,53 @@ Direction = Literal["buy", "sell"]
 OrderReason = Literal["signal", "stop_loss"]
 OrderStatus = Literal["filled", "partially_filled", "rejected"]
 AlertLevel = Literal["INFO", "WARNING", "CRITICAL"]
+
+
+_ID_BASE = hashlib.sha1(NAMESPACE.bytes, usedforsecurity=False)
+_VARIANT = {f"{d:x}": "89ab"[d & 3] for d in range(16)}
+
+
+def _format_uuid5(h: str) -> str:
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def fast_derive_id(joined: str) -> str:
+    """Return `derive_id(*parts)` given `"|".join(str(p) for p in parts)`, about 4x faster.
+
+    The namespace is hashed once and the UUID string is formatted directly (a test pins the
+    equality with `derive_id`).
+
+    Args:
+        joined: The parts' string forms joined with `|`.
+
+    Returns:
+        The UUID as a string.
+    """
+    digest = _ID_BASE.copy()
+    digest.update(joined.encode())
+    return _format_uuid5(digest.hexdigest())
+
+
+def derive_id_factory(*parts: object) -> Callable[[bytes], str]:
+    """Return a fast `derive_id(*parts, tail)` for a fixed prefix, taking `tail` as ASCII bytes.
+
+    Args:
+        *parts: The fixed leading parts.
+
+    Returns:
+        A function of the last part's bytes (hot loops hash the prefix only once).
+    """
+    base = hashlib.sha1(
+        NAMESPACE.bytes + ("|".join(str(p) for p in parts) + "|").encode(),
+        usedforsecurity=False,
+    )
+
+    def make(tail: bytes) -> str:
+        digest = base.copy()
+        digest.update(tail)
+        return _format_uuid5(digest.hexdigest())
+
+    return make
 
 
 def derive_id(*parts: object) -> str:

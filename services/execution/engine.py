@@ -29,17 +29,16 @@ sold part's entry fees`, so the realized PnL is net of every fee, and at all tim
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 from services.common.events import (
-    NAMESPACE,
     Alert,
     MarketData,
     Order,
     OrderResult,
     OrderStatus,
+    fast_derive_id,
 )
 from services.execution.config import MAX_FILL_SLIPPAGE, ExecutionConfig
 from services.execution.models import ExecutionOutput, Fill, PortfolioSnapshot, Position
@@ -52,8 +51,6 @@ _MIN_NOTIONAL = 1e-9
 _CLOSE_TOLERANCE = 1e-9
 """Relative tolerance within which a sell of the held quantity closes the position exactly."""
 
-_ID_BASE = hashlib.sha1(NAMESPACE.bytes, usedforsecurity=False)
-_VARIANT = {f"{d:x}": "89ab"[d & 3] for d in range(16)}
 
 
 def result_id(order_id: str) -> str:
@@ -62,19 +59,13 @@ def result_id(order_id: str) -> str:
     The namespace is hashed once and the UUIDv5 string formatted directly; a test pins the
     equality with `services.common.events.derive_id`.
     """
-    return _fast_id("result|" + order_id)
+    return fast_derive_id("result|" + order_id)
 
 
 def slippage_alert_id(order_id: str) -> str:
     """Event id of the slippage alert of `order_id`: `derive_id("alert", "SLIPPAGE", order_id)`."""
-    return _fast_id("alert|SLIPPAGE|" + order_id)
+    return fast_derive_id("alert|SLIPPAGE|" + order_id)
 
-
-def _fast_id(joined: str) -> str:
-    digest = _ID_BASE.copy()
-    digest.update(joined.encode())
-    h = digest.hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 _Quote = tuple[int, float, float | None, float | None, float]

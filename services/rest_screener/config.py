@@ -7,37 +7,17 @@ directly without touching the environment.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import BaseServiceSettings
-
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
+from services.common.values import parse_whitelist
 
 TOP_MOVERS_KEY = "screener:top_movers"
 """Redis key (after STREAM_PREFIX) holding the REST screener's current symbol list as JSON."""
 
-
-def parse_whitelist(raw: str) -> tuple[str, ...]:
-    """Parse a comma-separated symbol list.
-
-    Args:
-        raw: Symbols separated by commas, any case, blanks allowed (`"btcusdt, ETHUSDT"`).
-
-    Returns:
-        The distinct symbols, upper-case and sorted; empty when `raw` names none.
-
-    Raises:
-        ValueError: An entry is not a valid symbol.
-    """
-    symbols = {part.strip().upper() for part in raw.split(",") if part.strip()}
-    for symbol in symbols:
-        if not _SYMBOL.match(symbol):
-            raise ValueError(f"invalid symbol {symbol!r} in the whitelist")
-    return tuple(sorted(symbols))
 
 
 class RestScreenerSettings(BaseServiceSettings):

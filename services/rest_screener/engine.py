@@ -23,7 +23,6 @@ the same bar. Anything malformed is rejected with a reason and never emitted.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Final
 from pydantic import ValidationError
 
 from services.common.events import MarketData, derive_id
+from services.common.values import finite_number as _number
 from services.rest_screener.config import RestConfig
 
 SOURCE: Final = "mexc_rest"
@@ -103,21 +103,6 @@ class Book:
     bid: float | None = None
     ask: float | None = None
 
-
-def _number(value: object) -> float | None:
-    """Return a finite float from a JSON number or numeric string, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return result if math.isfinite(result) else None
 
 
 def _integer(value: object) -> int | None:

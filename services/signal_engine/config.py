@@ -8,13 +8,13 @@ build one directly without touching the environment.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import Field, field_validator
 
 from services.common.settings import BaseServiceSettings
+from services.common.values import parse_whitelist
 
 INTERVAL_MS: dict[str, int] = {
     "1m": 60_000,
@@ -27,7 +27,6 @@ INTERVAL_MS: dict[str, int] = {
 }
 """Ranking intervals the engine supports (MEXC kline intervals) in milliseconds."""
 
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
 
 
 class SignalSettings(BaseServiceSettings):
@@ -72,24 +71,6 @@ class SignalSettings(BaseServiceSettings):
         parse_whitelist(value)
         return value
 
-
-def parse_whitelist(raw: str) -> tuple[str, ...]:
-    """Parse a comma-separated symbol list.
-
-    Args:
-        raw: Symbols separated by commas, any case, blanks allowed (`"btcusdt, ETHUSDT"`).
-
-    Returns:
-        The distinct symbols, upper-case and sorted; empty when `raw` names none.
-
-    Raises:
-        ValueError: An entry is not a valid symbol.
-    """
-    symbols = {part.strip().upper() for part in raw.split(",") if part.strip()}
-    for symbol in symbols:
-        if not _SYMBOL.match(symbol):
-            raise ValueError(f"invalid symbol {symbol!r} in the whitelist")
-    return tuple(sorted(symbols))
 
 
 @dataclass(frozen=True, slots=True)

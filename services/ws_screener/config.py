@@ -12,7 +12,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import BaseServiceSettings
-from services.rest_screener.config import parse_whitelist
+from services.common.values import parse_whitelist
 
 CHANNEL_NAMES = ("deals", "kline", "book_ticker")
 """Per-symbol streams the screener can subscribe to."""

@@ -28,7 +28,6 @@ that much history was seen, as in replay); bid/ask when sane; event_id =
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +38,7 @@ from google.protobuf.message import DecodeError
 from pydantic import ValidationError
 
 from services.common.events import MarketData, derive_id
+from services.common.values import finite_number as _number
 from services.rest_screener.engine import Rejection, sane_book
 from services.ws_screener.config import WsConfig
 
@@ -177,20 +177,6 @@ class BookUpdate:
 
 Update = TradeUpdate | KlineUpdate | BookUpdate
 
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return result if math.isfinite(result) else None
 
 
 def _wrapper_class() -> Any:

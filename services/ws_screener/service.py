@@ -37,7 +37,8 @@ from services.common.bus import TRANSIENT_ERRORS, Backoff, Bus, BusUnavailableEr
 from services.common.events import MarketData
 from services.common.runtime import Service, Task
 from services.common.store import Store
-from services.rest_screener.config import TOP_MOVERS_KEY, parse_whitelist
+from services.common.values import parse_whitelist
+from services.rest_screener.config import TOP_MOVERS_KEY
 from services.rest_screener.engine import FaultTracker, Rejection
 from services.ws_screener import engine
 from services.ws_screener.config import WsConfig, WsScreenerSettings

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 
-from services.common.events import MarketData, Signal, derive_id
+from services.common.events import MarketData, Signal, derive_id, fast_derive_id
 from services.common.settings import SettingsError, load_settings
 from services.signal_engine.config import (
     INTERVAL_MS,
@@ -16,7 +16,7 @@ from services.signal_engine.config import (
     SignalSettings,
     parse_whitelist,
 )
-from services.signal_engine.engine import SignalEngine, fast_derive_id
+from services.signal_engine.engine import SignalEngine
 
 MIN = 60_000
 T0 = 1_700_000_040_000  # a minute boundary (divisible by 60 000)
