@@ -27,7 +27,7 @@ from services.replay.candles import Bar
 from services.replay.report import RunRecord
 from services.risk_manager.config import RiskConfig
 from services.risk_manager.engine import RiskEngine
-from services.risk_manager.models import Decision, RiskOutput
+from services.risk_manager.models import EMPTY_OUTPUT, Decision, RiskOutput
 from services.signal_engine.config import SignalConfig
 from services.signal_engine.engine import SignalEngine
 
@@ -118,21 +118,27 @@ class Pipeline:
         signal = self.signal
         exits: list[Order] = []
         signals = []
+        empty = EMPTY_OUTPUT
+        risk_md = risk.on_market_data
+        execution_md = execution.on_market_data
+        signal_md = signal.on_market_data
+        n = 0
         for md in events:
             ts = md.timestamp
-            out = risk.on_market_data(md, ts)
-            if not out.is_empty:
+            out = risk_md(md, ts)
+            if out is not empty and not out.is_empty:
                 exits.extend(self._risk_output(out))
             if ts > self._last_tick:
                 self._last_tick = ts
                 tick = risk.on_tick(ts)
                 if not tick.is_empty:
                     exits.extend(self._risk_output(tick))
-            execution.on_market_data(md)
-            found = signal.on_market_data(md)
+            execution_md(md)
+            found = signal_md(md)
             if found:
                 signals.extend(found)
-            record.candles += 1
+            n += 1
+        record.candles += n
         record.last_ms = timestamp
         if exits:
             self._execute(exits)
