@@ -208,3 +208,22 @@ async def test_consumer_survives_a_redis_restart_and_loses_nothing() -> None:
 async def _publish_all(bus: Bus, events: list[MarketData]) -> None:
     for event in events:
         await bus.publish("market_data", event)
+
+
+async def test_entries_with_the_same_id_on_two_streams_are_both_handled(bus: Bus) -> None:
+    seen: list[str] = []
+
+    async def handler(stream: str, event: EventBase) -> HandlerResult:
+        seen.append(stream)
+        return []
+
+    consumer = Consumer(bus, "g", ["market_data", "signals"], handler, "c")
+    await consumer.setup()
+    sig = Signal(symbol="BTCUSDT", direction="buy", size=10.0, signal_strength=0.5,
+                 signal_id=new_id(), market_event_id=new_id(), reason="test",
+                 timestamp=1_700_000_000_000)
+    for stream, event in (("market_data", md(1)), ("signals", sig)):
+        await bus.redis.xadd(bus.key(stream), {"data": event.model_dump_json()}, id="5-0")
+    await run_until(consumer, lambda: len(seen) == 2)
+    assert sorted(seen) == ["market_data", "signals"]
+    assert await bus.drained({"market_data": ["g"], "signals": ["g"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -121,3 +122,22 @@ def test_the_risk_manager_answers_health_and_metrics(risk: RiskProcess) -> None:
     assert httpx.get(f"{risk.url}/health").json()["status"] == "ok"
     text = httpx.get(f"{risk.url}/metrics").text
     assert "cdb_trading_state" in text and "cdb_equity" in text
+
+
+def cdb_risk(risk: RiskProcess, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISK_")}
+    env.update(RISK_URL=risk.url, RISK_ADMIN_TOKEN=token)
+    return subprocess.run([sys.executable, "-m", "services.cli", "risk", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cdb_risk_halts_shows_and_releases_through_the_http_api(risk: RiskProcess) -> None:
+    halted = cdb_risk(risk, "halt", "--reason", "maintenance", "--by", "ops")
+    assert halted.returncode == 0, halted.stderr
+    status = cdb_risk(risk, "status")
+    assert status.returncode == 0 and '"HALTED"' in status.stdout
+    refused = cdb_risk(risk, "release", "--reason", "done", token="nope")
+    assert refused.returncode == 1 and "401" in refused.stderr
+    released = cdb_risk(risk, "release", "--reason", "done", "--request-id", "cli-1")
+    assert released.returncode == 0 and '"released"' in released.stdout
+    assert risk.state()["state"] == "ACTIVE"
