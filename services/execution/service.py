@@ -36,8 +36,8 @@ SLIPPAGE = Histogram(
 )
 ACCOUNT_EQUITY = Gauge("cdb_account_equity", "Paper account equity (execution view)")
 ACCOUNT_CASH = Gauge("cdb_account_cash", "Paper account cash")
-TICK_TO_FILL = Histogram(
-    "cdb_tick_to_fill_seconds", "Wall time from an order's publication to its fill",
+ORDER_TO_FILL = Histogram(
+    "cdb_order_to_fill_seconds", "Wall time from an order's decision to its fill (live mode)",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
 
@@ -116,7 +116,8 @@ class ExecutionService(Service[ExecutionSettings]):
             out = engine.on_order(event, now)
             if not out.duplicate:
                 self._record(out.result, out)
-                TICK_TO_FILL.observe(max(0.0, time.time() - event.timestamp / 1000))
+                if not self.event_clock:
+                    ORDER_TO_FILL.observe(max(0.0, time.time() - event.timestamp / 1000))
             outputs.append(Outgoing("order_results", out.result))
             outputs.extend(Outgoing("alerts", a) for a in out.alerts)
             self._gauges()

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import orjson
 from fastapi import FastAPI, Header, HTTPException
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
 from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
@@ -46,8 +46,11 @@ TRADING_STATE = Gauge(
 EQUITY = Gauge("cdb_equity", "Account equity in the quote currency (risk view)")
 EXPOSURE = Gauge("cdb_exposure_ratio", "Open positions' value as a fraction of equity")
 DRAWDOWN = Gauge("cdb_drawdown_ratio", "Drawdown vs the day's baseline equity")
-TICK_TO_ORDER = Gauge(
-    "cdb_tick_to_order_seconds_last", "Wall time from a signal's market data to its order"
+
+TICK_TO_ORDER = Histogram(
+    "cdb_tick_to_order_seconds",
+    "Wall time from the market data that closed a ranking to the order (live mode)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
 
 GROUP = "risk_manager"
@@ -101,7 +104,7 @@ class RiskService(Service[RiskSettings]):
         else:
             self.engine = RiskEngine.restore(self.config, RiskSnapshot.from_dict(saved["engine"]))
         self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
-        self.recent_md: dict[str, None] = dict.fromkeys(saved.get("recent_md", []) if saved else [])
+        self.recent_md: dict[str, int] = dict(saved.get("recent_md", []) if saved else [])
         rows = await self.store.pool.fetch(
             "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL"
         )
@@ -123,7 +126,8 @@ class RiskService(Service[RiskSettings]):
 
     def _snapshot(self) -> dict[str, Any]:
         return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick,
-                "recent_md": list(self.recent_md)[-RECENT_SAVED:] if self.event_clock else []}
+                "recent_md": list(self.recent_md.items())[-RECENT_SAVED:]
+                if self.event_clock else []}
 
     def consumers(self) -> list[Consumer]:
         """The decision consumer and the alert recorder."""
@@ -150,8 +154,7 @@ class RiskService(Service[RiskSettings]):
             assert isinstance(event, MarketData)
             now = self._now(event.timestamp)
             self._apply(engine.on_market_data(event, now), outputs)
-            if self.event_clock:
-                self._remember(event.event_id)
+            self._remember(event.event_id, event.timestamp)
             if self.event_clock and event.timestamp > self.last_tick:
                 self.last_tick = event.timestamp
                 self._apply(engine.on_tick(event.timestamp), outputs)
@@ -168,15 +171,18 @@ class RiskService(Service[RiskSettings]):
                     return DEFER
                 self.decided.add(event.signal_id)
                 self._apply(decided, outputs)
+                tick_ms = self.recent_md.get(event.market_event_id)
+                if decided.orders and tick_ms is not None and not self.event_clock:
+                    TICK_TO_ORDER.observe(max(0.0, time.time() - tick_ms / 1000))
         self.ledger.handled(stream, entry.entry_id)
         if outputs:
             self._update_gauges()
         return self.ledger.emit(outputs)
 
-    def _remember(self, event_id: str) -> None:
-        """Keep the ids of the latest market data applied (bounded)."""
+    def _remember(self, event_id: str, timestamp: int) -> None:
+        """Keep the ids and times of the latest market data applied (bounded)."""
         recent = self.recent_md
-        recent[event_id] = None
+        recent[event_id] = timestamp
         if len(recent) > RECENT_MD:
             del recent[next(iter(recent))]
 
