@@ -87,9 +87,9 @@ def _write_report(report: dict[str, Any], path: Path | None) -> None:
 
 @app.command()
 def backtest(
-    data_dir: Annotated[Path, typer.Argument(help="Directory of candle files")] = Path(
-        "services/replay/sample"
-    ),
+    data_dir: Annotated[
+        Path | None, typer.Argument(help="Directory of candle files (default: the sample)")
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols (default: all)")] = "",
     minutes: Annotated[int, typer.Option(help="Minutes from the start (0: all)")] = 0,
@@ -103,7 +103,9 @@ def backtest(
 
     try:
         wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
-        candles = read_candles(data_dir, wanted, minutes or None)
+        from services.replay.config import SAMPLE_DIR
+
+        candles = read_candles(data_dir or SAMPLE_DIR, wanted, minutes or None)
     except (CandleFileError, ValueError) as exc:
         err.print(f"[red]cannot read candles:[/red] {exc}")
         raise typer.Exit(1) from None
