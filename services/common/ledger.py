@@ -45,7 +45,12 @@ class Ledger:
     """Collects one round's writes and commits them with the service's snapshot."""
 
     def __init__(
-        self, store: Store, bus: Bus, service: str, snapshot: Callable[[], dict[str, Any]]
+        self,
+        store: Store,
+        bus: Bus,
+        service: str,
+        snapshot: Callable[[], dict[str, Any]],
+        state_only_rounds: bool = True,
     ) -> None:
         """Prepare an empty batch.
 
@@ -54,6 +59,10 @@ class Ledger:
             bus: The bus (to republish the outbox).
             service: Service name (key of its snapshot, watermarks and outbox rows).
             snapshot: Returns the engine state to persist with each batch.
+            state_only_rounds: Commit rounds that wrote and emitted nothing (their effect is
+                engine state only). False for services whose state is rebuilt from the data
+                anyway: their acked entries then need no commit (the watermark catches up with
+                the next commit that has rows).
         """
         self.store = store
         self.bus = bus
@@ -65,6 +74,7 @@ class Ledger:
         self._dirty_marks: set[str] = set()
         self._outbox_max = 0
         self.lock = asyncio.Lock()
+        self.state_only_rounds = state_only_rounds
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -125,6 +135,8 @@ class Ledger:
         Raises:
             RetryableError: PostgreSQL is unreachable; the consumer retries the commit.
         """
+        if not self.state_only_rounds and not self.writes and not self.outputs:
+            return
         async with self.lock:
             writes, outputs = self.writes, self.outputs
             snap = orjson.dumps(self.snapshot()).decode()

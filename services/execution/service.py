@@ -41,6 +41,9 @@ ORDER_TO_FILL = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
 
+LAZY_ACK_MS = 100
+"""Longest wait before rounds that only moved prices are committed and acked."""
+
 GROUP = "execution"
 
 
@@ -68,7 +71,8 @@ class ExecutionService(Service[ExecutionSettings]):
         republished = await self.ledger.republish_outbox()
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data", "orders"], self.handle, self.consumer_name,
-            before_flush=self.ledger.commit, on_batch_done=self.ledger.published,
+            before_flush=self.ledger.commit, lazy_ack_ms=LAZY_ACK_MS,
+            on_batch_done=self.ledger.published,
         )
         self._gauges()
         logger.info("execution restored", extra={

@@ -53,6 +53,9 @@ TICK_TO_ORDER = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
 
+LAZY_ACK_MS = 100
+"""Longest wait before rounds that only moved prices are committed and acked."""
+
 GROUP = "risk_manager"
 RECENT_MD = 20_000
 """Market data event ids remembered to match signals to the data that closed them."""
@@ -112,7 +115,7 @@ class RiskService(Service[RiskSettings]):
         republished = await self.ledger.republish_outbox()
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data", "order_results", "signals"], self.handle,
-            self.consumer_name, before_flush=self.ledger.commit,
+            self.consumer_name, before_flush=self.ledger.commit, lazy_ack_ms=LAZY_ACK_MS,
             on_batch_done=self.ledger.published,
         )
         self.recorder = Consumer(

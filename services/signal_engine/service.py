@@ -31,6 +31,9 @@ SIGNALS = Counter("cdb_signals_total", "Signals emitted by direction", ["directi
 SYMBOLS = Gauge("cdb_signal_symbols_tracked", "Symbols with a momentum window")
 RANKINGS = Counter("cdb_signal_rankings_total", "Rankings made")
 
+LAZY_ACK_MS = 100
+"""Longest wait before rounds that emitted no signal are acked."""
+
 GROUP = "signal_engine"
 
 
@@ -42,12 +45,14 @@ class SignalService(Service[SignalSettings]):
     async def start(self) -> None:
         """Build the engine and republish what a crash left unpublished."""
         self.engine = SignalEngine(SignalConfig.from_settings(self.settings))
-        self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot)
+        self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot,
+                             state_only_rounds=False)
         await self.ledger.load()
         await self.ledger.republish_outbox()
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data"], self.handle, self.consumer_name,
             before_flush=self.ledger.commit, on_batch_done=self.ledger.published,
+            lazy_ack_ms=LAZY_ACK_MS,
         )
 
     def _snapshot(self) -> dict[str, Any]:
