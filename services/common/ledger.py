@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -144,8 +145,12 @@ class Ledger:
                      for s in self._dirty_marks]
             try:
                 async with self.store.pool.acquire() as conn, conn.transaction():
-                    for sql, args in writes:
-                        await conn.execute(sql, *args)
+                    for sql, group in itertools.groupby(writes, key=lambda w: w[0]):
+                        rows = [args for _, args in group]
+                        if len(rows) == 1:
+                            await conn.execute(sql, *rows[0])
+                        else:
+                            await conn.executemany(sql, rows)
                     state = [("snapshot", snap), *marks]
                     await conn.executemany(
                         "INSERT INTO service_state (service, key, value, updated_at) "
