@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeAlias
 
 import orjson
@@ -56,27 +55,6 @@ def fast_derive_id(joined: str) -> str:
     return _format_uuid5(digest.hexdigest())
 
 
-def derive_id_factory(*parts: object) -> Callable[[bytes], str]:
-    """Return a fast `derive_id(*parts, tail)` for a fixed prefix, taking `tail` as ASCII bytes.
-
-    Args:
-        *parts: The fixed leading parts.
-
-    Returns:
-        A function of the last part's bytes (hot loops hash the prefix only once).
-    """
-    base = hashlib.sha1(
-        NAMESPACE.bytes + ("|".join(str(p) for p in parts) + "|").encode(),
-        usedforsecurity=False,
-    )
-
-    def make(tail: bytes) -> str:
-        digest = base.copy()
-        digest.update(tail)
-        return _format_uuid5(digest.hexdigest())
-
-    return make
-
 
 def derive_id(*parts: object) -> str:
     """Return a deterministic UUIDv5 for the given parts.
@@ -87,7 +65,7 @@ def derive_id(*parts: object) -> str:
     Returns:
         The UUID as a string.
     """
-    return str(uuid.uuid5(NAMESPACE, "|".join(str(p) for p in parts)))
+    return fast_derive_id("|".join(str(p) for p in parts))
 
 
 def new_id() -> str:

@@ -16,7 +16,7 @@ decision time. So a backtest and a replay through the five services decide alike
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from services.common.events import Alert, MarketData, Order
@@ -100,7 +100,7 @@ class Pipeline:
             if not followup.is_empty:
                 self._execute(self._risk_output(followup))
 
-    def on_bar(self, events: Iterable[MarketData], timestamp: int) -> None:
+    def on_bar(self, events: Sequence[MarketData], timestamp: int) -> None:
         """Process one bar (every symbol's market data of one minute).
 
         Args:
@@ -122,14 +122,14 @@ class Pipeline:
         risk_md = risk.on_market_data
         execution_md = execution.on_market_data
         signal_md = signal.on_market_data
-        n = 0
+        last_tick = self._last_tick
         for md in events:
             ts = md.timestamp
             out = risk_md(md, ts)
             if out is not empty and not out.is_empty:
                 exits.extend(self._risk_output(out))
-            if ts > self._last_tick:
-                self._last_tick = ts
+            if ts > last_tick:
+                last_tick = self._last_tick = ts
                 tick = risk.on_tick(ts)
                 if not tick.is_empty:
                     exits.extend(self._risk_output(tick))
@@ -137,8 +137,7 @@ class Pipeline:
             found = signal_md(md)
             if found:
                 signals.extend(found)
-            n += 1
-        record.candles += n
+        record.candles += len(events)
         record.last_ms = timestamp
         if exits:
             self._execute(exits)

@@ -11,17 +11,18 @@ minute means no trades: it is filled with the previous close and volume 0.
 Each candle becomes a `MarketData` event stamped with its close time (`open_time + 60 000`):
 price = close, volume = close * base volume (quote volume), pct_change = change of the close
 over the last `pct_change_minutes` minutes in percent (0.0 until the grid has that much history),
-no bid or ask, source `replay`, event_id = `derive_id("replay", symbol, timestamp)`.
+no bid or ask, source `replay`, event_id = `replay_event_id(symbol, timestamp)` (a UUIDv8).
 
 Speed: reading, validating and aligning the bundled ~136 000 candles takes about 0.3 s; the
 events are built lazily, bar by bar, while iterating (about 3 us per candle: a cached-prefix
-UUIDv5 and a `model_construct`-equivalent constructor), which also keeps memory flat.
+UUIDv8 and a `model_construct`-equivalent constructor), which also keeps memory flat.
 """
 
 from __future__ import annotations
 
 import bisect
 import gzip
+import hashlib
 import math
 import re
 import zlib
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from services.common.events import MarketData, derive_id_factory
+from services.common.events import MarketData
 
 MINUTE_MS = 60_000
 """Length of one candle in milliseconds."""
@@ -356,6 +357,30 @@ make_market_data = _pick_constructor()
 """Build a replay `MarketData` (event_id, timestamp, symbol, price, volume, pct_change)."""
 
 
+def replay_id_prefix(symbol: str) -> str:
+    """Return the first 24 characters of the event ids of `symbol`'s replayed candles.
+
+    A replayed candle's `event_id` is a UUIDv8 (RFC 9562, custom layout): 80 bits of the
+    SHA-1 of `replay|<symbol>` (version and variant bits set) followed by the candle time in
+    milliseconds as 12 hex digits. Deterministic and unique per symbol and minute, like the
+    UUIDv5 ids elsewhere, at a fraction of the cost in the hot loop of a backtest.
+
+    Args:
+        symbol: The candle's symbol.
+
+    Returns:
+        `xxxxxxxx-xxxx-8xxx-yxxx-` (the timestamp's 12 hex digits complete it).
+    """
+    h = hashlib.sha1(f"replay|{symbol}".encode(), usedforsecurity=False).hexdigest()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{variant}{h[17:20]}-"
+
+
+def replay_event_id(symbol: str, timestamp: int) -> str:
+    """Return the `event_id` of `symbol`'s replayed candle closing at `timestamp` (ms)."""
+    return replay_id_prefix(symbol) + f"{timestamp:012x}"
+
+
 class CandleSet:
     """Candles of several symbols aligned on a common minute grid; iterate it for bars.
 
@@ -421,7 +446,7 @@ class CandleSet:
         make = make_market_data
         span = self.pct_change_minutes
         columns = [
-            (symbol, derive_id_factory("replay", symbol), closes, volumes)
+            (symbol, replay_id_prefix(symbol), closes, volumes)
             for symbol, closes, volumes in zip(
                 self.symbols, self._closes, self._volumes, strict=True
             )
@@ -429,12 +454,12 @@ class CandleSet:
         timestamp = self.start_ms
         for i in range(self.minutes):
             timestamp += MINUTE_MS
-            tail = b"%d" % timestamp
+            tail = f"{timestamp:012x}"
             events = []
-            for symbol, make_id, closes, volumes in columns:
+            for symbol, prefix, closes, volumes in columns:
                 close = closes[i]
                 pct = (close / closes[i - span] - 1.0) * 100.0 if i >= span else 0.0
-                events.append(make(make_id(tail), timestamp, symbol, close, volumes[i], pct))
+                events.append(make(prefix + tail, timestamp, symbol, close, volumes[i], pct))
             yield Bar(timestamp, tuple(events))
 
 

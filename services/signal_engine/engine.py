@@ -42,6 +42,10 @@ _DEFAULT_STRENGTH_SCALE = 0.02
 
 
 
+_NO_SIGNALS: list[Signal] = []
+"""Returned by the many calls that emit nothing (shared: callers never mutate results)."""
+
+
 class _Series:
     """Rolling samples of one symbol (parallel deques, oldest first)."""
 
@@ -82,6 +86,7 @@ class SignalEngine:
         self._buy_threshold = config.min_momentum_pct / 100.0
         self._sell_threshold = config.sell_momentum_pct / 100.0
         self._series: dict[str, _Series] = {}
+        self._track_volume = config.min_quote_volume > 0.0  # volumes matter only then
         self._open_end: int | None = None
         self._ranked = False
         self._seen_in_open = 0
@@ -137,7 +142,7 @@ class SignalEngine:
 
         Returns:
             The signals of the ranking this event triggered (buys in rank order, then sells by
-            symbol); usually empty.
+            symbol); usually empty (then a shared empty list: never mutate a result).
         """
         symbol = md.symbol
         ts = md.timestamp
@@ -154,7 +159,7 @@ class SignalEngine:
             return []
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval
-        signals: list[Signal] = []
+        signals: list[Signal] = _NO_SIGNALS
         open_end = self._open_end
         if open_end is None or end > open_end:
             if open_end is not None and not self._ranked:
@@ -167,7 +172,9 @@ class SignalEngine:
         times = series.times
         times.append(ts)
         series.prices.append(price)
-        series.volumes.append(md.volume)
+        track_volume = self._track_volume
+        if track_volume:
+            series.volumes.append(md.volume)
         cutoff = ts - self._lookback_ms
         if times[0] < cutoff:
             prices = series.prices
@@ -175,14 +182,16 @@ class SignalEngine:
             while times[0] < cutoff:
                 times.popleft()
                 prices.popleft()
-                volumes.popleft()
+                if track_volume:
+                    volumes.popleft()
         self._last_event_id = md.event_id
         if end == open_end and series.last_end != end:
             series.last_end = end
             if self._n_whitelist:
                 self._seen_in_open += 1
                 if self._seen_in_open == self._n_whitelist and not self._ranked:
-                    signals.extend(self._rank(end, md.event_id))
+                    ranked = self._rank(end, md.event_id)
+                    signals = signals + ranked if signals else ranked
         return signals
 
     def flush(self, now_ms: int) -> list[Signal]:
@@ -241,7 +250,8 @@ class SignalEngine:
                 while times and times[0] < cutoff:
                     times.popleft()
                     prices.popleft()
-                    volumes.popleft()
+                    if volumes:
+                        volumes.popleft()
             if len(times) < 2:
                 continue
             prices = series.prices

@@ -137,3 +137,14 @@ def test_unknown_field_is_refused_by_name() -> None:
 def test_malformed_json_raises_a_typed_error() -> None:
     with pytest.raises(EventValidationError):
         parse_event("market_data", b"{not json")
+
+
+def test_derived_ids_are_the_standard_uuid5_of_the_joined_parts() -> None:
+    import uuid
+
+    from services.common.events import NAMESPACE, derive_id
+
+    for parts in [("signal", "BTCUSDT", 1_700_000_000_000, "buy"), ("x",), ("a|b", 1.5, None)]:
+        expected = uuid.uuid5(NAMESPACE, "|".join(str(p) for p in parts))
+        assert derive_id(*parts) == str(expected)
+        assert uuid.UUID(derive_id(*parts)).version == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from services.replay.candles import (
     make_market_data,
     read_candles,
     read_series,
+    replay_event_id,
     symbol_from_filename,
 )
 
@@ -54,7 +56,9 @@ def test_candle_becomes_market_data_at_close_time(tmp_path: Path) -> None:
     assert first.price == 0.08
     assert first.volume == pytest.approx(0.8)  # quote volume = close * base volume
     assert (first.bid, first.ask, first.source, first.pct_change) == (None, None, "replay", 0.0)
-    assert first.event_id == derive_id("replay", "ETHBTC", T0 + M)
+    assert first.event_id == replay_event_id("ETHBTC", T0 + M)
+    assert uuid.UUID(first.event_id).version == 8
+    assert first.event_id != bars[1].events[0].event_id
     assert MarketData.model_validate(first.model_dump()) == first
     assert MarketData.model_validate_json(orjson.dumps(first.model_dump())) == first
 
