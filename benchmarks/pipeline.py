@@ -106,13 +106,16 @@ async def throughput(bus: Bus, n_bars: int) -> float:
     return len(events) / (time.perf_counter() - started)
 
 
-async def latency(bus: Bus, rate: float, seconds: float) -> tuple[list[float], list[float]]:
+async def latency(
+    bus: Bus, rate: float, seconds: float
+) -> tuple[list[float], list[float], list[float]]:
     n_bars = int(rate * seconds / len(SYMBOLS))
     data = bars(1_800_000_000_000, n_bars, seed=2)
     sent: dict[str, float] = {}
     signal_parent: dict[str, str] = {}
     latencies: list[float] = []
     firsts: dict[str, float] = {}
+    to_signal: dict[str, float] = {}
     reader = aioredis.Redis.from_url(bus.config.url)
     stop = asyncio.Event()
 
@@ -127,6 +130,9 @@ async def latency(bus: Bus, rate: float, seconds: float) -> tuple[list[float], l
                     ev = orjson.loads(fields[DATA])
                     if ev["type"] == "signals":
                         signal_parent[ev["signal_id"]] = ev["market_event_id"]
+                        t_md = sent.get(ev["market_event_id"])
+                        if t_md is not None:
+                            to_signal.setdefault(ev["market_event_id"], (now - t_md) * 1000)
                     elif ev.get("signal_id") in signal_parent:
                         t0 = sent.get(signal_parent[ev["signal_id"]])
                         if t0 is not None:
@@ -150,7 +156,7 @@ async def latency(bus: Bus, rate: float, seconds: float) -> tuple[list[float], l
     stop.set()
     await watcher
     await reader.aclose()
-    return latencies, list(firsts.values())
+    return latencies, list(firsts.values()), list(to_signal.values())
 
 
 async def run(redis_url: str, database_url: str) -> None:
@@ -170,7 +176,7 @@ async def run(redis_url: str, database_url: str) -> None:
                 await bus.ensure_group(stream, g)
         await asyncio.sleep(2.0)
         # Latency first, on a fresh account (the throughput run may end in a drawdown halt).
-        lat, first = await latency(bus, 1000.0, 10.0)
+        lat, first, hop = await latency(bus, 1000.0, 10.0)
         rate = await throughput(bus, 1500)
         out = sys.stdout.write
         out(f"pipeline_events_per_s={rate:.0f}\n")
@@ -179,10 +185,14 @@ async def run(redis_url: str, database_url: str) -> None:
             q = statistics.quantiles(lat, n=100)
             out(f"tick_to_order_p50_ms={statistics.median(lat):.2f}\n")
             out(f"tick_to_order_p99_ms={q[98]:.2f}\n")
+        out(f"tick_to_order_max_ms={max(lat):.2f}\n" if lat else "")
         if len(first) > 1:
             q1 = statistics.quantiles(first, n=100)
             out(f"tick_to_first_order_p50_ms={statistics.median(first):.2f}\n")
             out(f"tick_to_first_order_p99_ms={q1[98]:.2f}\n")
+        if len(hop) > 1:
+            out(f"tick_to_signal_p50_ms={statistics.median(hop):.2f}\n")
+            out(f"tick_to_signal_p99_ms={statistics.quantiles(hop, n=100)[98]:.2f}\n")
         out(f"pipeline_logs={logs}\n")
     finally:
         await bus.close()

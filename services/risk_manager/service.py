@@ -59,8 +59,6 @@ LAZY_ACK_MS = 100
 GROUP = "risk_manager"
 RECENT_MD = 20_000
 """Market data event ids remembered to match signals to the data that closed them."""
-RECENT_SAVED = 200
-"""Of those, kept in the snapshot (a restart in the middle of a bar still matches)."""
 RECORDER_GROUP = "alerts_recorder"
 
 
@@ -107,7 +105,9 @@ class RiskService(Service[RiskSettings]):
         else:
             self.engine = RiskEngine.restore(self.config, RiskSnapshot.from_dict(saved["engine"]))
         self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
-        self.recent_md: dict[str, int] = dict(saved.get("recent_md", []) if saved else [])
+        # Not persisted: market data not committed before a crash is redelivered, and what was
+        # committed is covered by the engine's last_data_ms.
+        self.recent_md: dict[str, int] = {}
         rows = await self.store.pool.fetch(
             "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL"
         )
@@ -128,9 +128,7 @@ class RiskService(Service[RiskSettings]):
         })
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick,
-                "recent_md": list(self.recent_md.items())[-RECENT_SAVED:]
-                if self.event_clock else []}
+        return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick}
 
     def consumers(self) -> list[Consumer]:
         """The decision consumer and the alert recorder."""
