@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import math
+import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +35,49 @@ PG_TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     TimeoutError,
 )
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def sql_literal(value: Any) -> str:
+    """Render a Python value as a PostgreSQL literal (standard_conforming_strings on).
+
+    Args:
+        value: None, bool, int, finite float, str, bytes, or a list of str.
+
+    Returns:
+        The literal.
+
+    Raises:
+        ValueError: A value that has no safe literal (NUL in text, non-finite float, other).
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"no SQL literal for {value!r}")
+        return repr(value)
+    if isinstance(value, bytes):
+        return f"decode('{value.hex()}', 'hex')"
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("text with a NUL character")
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "'{}'::text[]"
+        return "ARRAY[" + ", ".join(sql_literal(str(v)) for v in value) + "]::text[]"
+    raise ValueError(f"no SQL literal for {type(value).__name__}")
+
+
+def render_sql(sql: str, args: Sequence[Any]) -> str:
+    """Replace `$1`, `$2`, ... in `sql` with the literals of `args`."""
+    return _PLACEHOLDER.sub(lambda m: sql_literal(args[int(m.group(1)) - 1]), sql)
 
 
 def entry_id(raw: bytes | str) -> EntryId:
@@ -73,7 +118,8 @@ class Ledger:
         self.outputs: list[Outgoing] = []
         self.watermarks: dict[str, EntryId] = {}
         self._dirty_marks: set[str] = set()
-        self._outbox_max = 0
+        self._unpublished: list[int] = []
+        self._last_batch = 0
         self.lock = asyncio.Lock()
         self.state_only_rounds = state_only_rounds
 
@@ -133,60 +179,82 @@ class Ledger:
     async def commit(self) -> None:
         """Commit the round: writes, snapshot, watermarks and outbox in one transaction.
 
+        The statements go to PostgreSQL as one multi-statement script (simple query protocol,
+        one implicit transaction, one round trip), with every value rendered as a literal by
+        `sql_literal`.
+
         Raises:
             RetryableError: PostgreSQL is unreachable; the consumer retries the commit.
         """
         if not self.state_only_rounds and not self.writes and not self.outputs:
             return
+        batch = await self._commit()
+        if batch:
+            self._unpublished.append(batch)
+
+    async def _commit(self) -> int:
+        """Commit what is queued; return the outbox batch written (0: no events)."""
         async with self.lock:
             writes, outputs = self.writes, self.outputs
-            snap = orjson.dumps(self.snapshot()).decode()
-            marks = [(f"watermark:{s}", orjson.dumps(list(self.watermarks[s])).decode())
-                     for s in self._dirty_marks]
-            try:
-                async with self.store.pool.acquire() as conn, conn.transaction():
-                    for sql, group in itertools.groupby(writes, key=lambda w: w[0]):
-                        rows = [args for _, args in group]
-                        if len(rows) == 1:
-                            await conn.execute(sql, *rows[0])
-                        else:
-                            await conn.executemany(sql, rows)
-                    state = [("snapshot", snap), *marks]
-                    await conn.executemany(
-                        "INSERT INTO service_state (service, key, value, updated_at) "
-                        "VALUES ($1, $2, $3::jsonb, now()) ON CONFLICT (service, key) "
-                        "DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                        [(self.service, k, v) for k, v in state],
+            state = [("snapshot", orjson.dumps(self.snapshot()).decode())]
+            state += [(f"watermark:{s}", orjson.dumps(list(self.watermarks[s])).decode())
+                      for s in self._dirty_marks]
+            script = [render_sql(sql, args) for sql, args in writes]
+            # Every value below is rendered by sql_literal (no caller text reaches the SQL).
+            script.append(
+                "INSERT INTO service_state (service, key, value, updated_at) VALUES "  # noqa: S608
+                + ", ".join(
+                    f"({sql_literal(self.service)}, {sql_literal(k)}, {sql_literal(v)}::jsonb, "
+                    "now())"
+                    for k, v in state
+                )
+                + " ON CONFLICT (service, key) DO UPDATE SET value = EXCLUDED.value, "
+                "updated_at = now()"
+            )
+            batch = 0
+            if outputs:
+                batch = self._next_batch()
+                script.append(
+                    "INSERT INTO outbox (service, stream, payload, batch) VALUES "  # noqa: S608
+                    + ", ".join(
+                        f"({sql_literal(self.service)}, {sql_literal(o.stream)}, "
+                        f"{sql_literal(dump_event(o.event))}, {batch})"
+                        for o in outputs
                     )
-                    if outputs:
-                        ids = await conn.fetch(
-                            "INSERT INTO outbox (service, stream, payload) "
-                            "SELECT $1, s, p FROM unnest($2::text[], $3::bytea[]) AS t(s, p) "
-                            "RETURNING id",
-                            self.service,
-                            [o.stream for o in outputs],
-                            [dump_event(o.event) for o in outputs],
-                        )
-                        self._outbox_max = max(r["id"] for r in ids)
+                )
+            try:
+                async with self.store.pool.acquire() as conn:
+                    await conn.execute(";\n".join(script))
             except PG_TRANSIENT as exc:
                 raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
             self.writes, self.outputs = [], []
             self._dirty_marks.clear()
+            return batch
+
+    def _next_batch(self) -> int:
+        batch = max(time.time_ns(), self._last_batch + 1)
+        self._last_batch = batch
+        return batch
+
+    async def _delete_batches(self, batches: list[int]) -> None:
+        # On failure the rows stay for the next start to republish; harmless.
+        with contextlib.suppress(*PG_TRANSIENT):
+            await self.store.pool.execute(
+                "DELETE FROM outbox WHERE service = $1 AND batch = ANY($2::bigint[])",
+                self.service, batches,
+            )
 
     async def published(self) -> None:
-        """Delete the outbox rows of the round just published."""
-        if self._outbox_max:
-            upto, self._outbox_max = self._outbox_max, 0
-            # On failure the rows stay for the next start to republish; harmless.
-            with contextlib.suppress(*PG_TRANSIENT):
-                await self.store.pool.execute(
-                    "DELETE FROM outbox WHERE service = $1 AND id <= $2", self.service, upto
-                )
+        """Delete the outbox rows of the rounds just published."""
+        if self._unpublished:
+            batches, self._unpublished = self._unpublished, []
+            await self._delete_batches(batches)
 
     async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
         """Commit out-of-round changes (HTTP commands, timers) and publish their events."""
         self.emit(outputs)
-        await self.commit()
+        batch = await self._commit()
         for out in outputs:
             await self.bus.publish(out.stream, out.event)
-        # The outbox rows go with the next round's cleanup: they may hold that round's events.
+        if batch:
+            await self._delete_batches([batch])
