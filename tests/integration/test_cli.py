@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from services.common.infra import Infrastructure
+from services.common.store import load_migrations
 from tests.conftest import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,8 @@ def test_cdb_db_migrate_applies_the_migrations_once(infra: Infrastructure) -> No
     url = fresh_database(infra.database_url)
     first = cdb("db", "migrate", DATABASE_URL=url)
     assert first.returncode == 0, first.stderr
-    assert "[1, 2]" in first.stdout
+    versions = [m.version for m in load_migrations()]
+    assert str(versions) in first.stdout and len(versions) >= 3
     second = cdb("db", "migrate", DATABASE_URL=url)
     assert second.returncode == 0 and "none (up to date)" in second.stdout
 
