@@ -59,6 +59,11 @@ class RunRecord:
     candles: int = 0
 
 
+def _round(value: float, digits: int) -> float:
+    """Round for the report; never shows a negative zero."""
+    return round(value, digits) + 0.0
+
+
 def max_drawdown(points: Iterable[float]) -> float:
     """Return the largest fall from a running peak, as a fraction of that peak.
 
@@ -113,17 +118,17 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
             "buys": sum(1 for side, _, _ in record.fills if side == "buy"),
             "sells": sum(1 for side, _, _ in record.fills if side == "sell"),
         },
-        "fees": round(fees, ROUND),
+        "fees": _round(fees, ROUND),
         "pnl": {
-            "start_equity": round(record.start_equity, ROUND),
-            "final_equity": round(equity, ROUND),
-            "total": round(equity - record.start_equity, ROUND),
-            "return_pct": round((equity / record.start_equity - 1) * 100, 6),
-            "realized": round(record.realized_pnl, ROUND),
-            "unrealized": round(equity - record.final_cash - _held_cost(record), ROUND),
-            "cash": round(record.final_cash, ROUND),
+            "start_equity": _round(record.start_equity, ROUND),
+            "final_equity": _round(equity, ROUND),
+            "total": _round(equity - record.start_equity, ROUND),
+            "return_pct": _round((equity / record.start_equity - 1) * 100, 6),
+            "realized": _round(record.realized_pnl, ROUND),
+            "unrealized": _round(equity - record.final_cash - _held_cost(record), ROUND),
+            "cash": _round(record.final_cash, ROUND),
         },
-        "max_drawdown_pct": round(max_drawdown(curve) * 100, 6),
+        "max_drawdown_pct": _round(max_drawdown(curve) * 100, 6),
         "decisions": {
             "total": len(record.decisions),
             "by_outcome": dict(sorted(by_outcome.items())),
