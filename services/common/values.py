@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
 """An exchange symbol as the event contract allows it (`BTCUSDT`)."""
@@ -42,3 +45,13 @@ def finite_number(value: object) -> float | None:
     else:
         return None
     return result if math.isfinite(result) else None
+
+
+def _check_whitelist(value: str) -> str:
+    """Refuse a whitelist entry that is not a symbol (exit 1 at start, not a late error)."""
+    parse_whitelist(value)
+    return value
+
+
+WhitelistStr = Annotated[str, AfterValidator(_check_whitelist)]
+"""A SYMBOL_WHITELIST setting: a comma-separated list of valid symbols (or empty)."""

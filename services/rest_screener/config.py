@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
 from services.common.settings import BaseServiceSettings
-from services.common.values import parse_whitelist
+from services.common.values import WhitelistStr, parse_whitelist
 
 TOP_MOVERS_KEY = "screener:top_movers"
 """Redis key (after STREAM_PREFIX) holding the REST screener's current symbol list as JSON."""
@@ -41,7 +41,7 @@ class RestScreenerSettings(BaseServiceSettings):
     MEXC_API_SECRET: SecretStr | None = Field(
         default=None, description="Optional API secret (public endpoints need none)"
     )
-    SYMBOL_WHITELIST: str = Field(
+    SYMBOL_WHITELIST: WhitelistStr = Field(
         default="",
         pattern=r"^[A-Za-z0-9, ]*$",
         description="Comma-separated symbols to follow; empty follows the TOP_N movers",
@@ -97,12 +97,6 @@ class RestScreenerSettings(BaseServiceSettings):
         default=300, ge=1, le=86_400, description="Expiry of the published top-mover list"
     )
 
-    @field_validator("SYMBOL_WHITELIST")
-    @classmethod
-    def _whitelist_names_symbols(cls, value: str) -> str:
-        """Refuse a whitelist entry that is not a symbol (exit 1 instead of a late error)."""
-        parse_whitelist(value)
-        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from services.common.settings import BaseServiceSettings
-from services.common.values import parse_whitelist
+from services.common.values import WhitelistStr, parse_whitelist
 
 INTERVAL_MS: dict[str, int] = {
     "1m": 60_000,
@@ -44,7 +44,7 @@ class SignalSettings(BaseServiceSettings):
         description="Ranking interval: the symbols are ranked at each interval boundary",
     )
     TOP_N: int = Field(default=5, ge=1, le=50, description="Symbols in the buy set per ranking")
-    SYMBOL_WHITELIST: str = Field(
+    SYMBOL_WHITELIST: WhitelistStr = Field(
         default="",
         pattern=r"^[A-Za-z0-9, ]*$",
         description="Comma-separated symbols to rank (BTCUSDT,ETHUSDT); empty ranks all seen",
@@ -64,12 +64,6 @@ class SignalSettings(BaseServiceSettings):
         default=1000.0, gt=0, description="Size of each signal, notional in the quote currency"
     )
 
-    @field_validator("SYMBOL_WHITELIST")
-    @classmethod
-    def _whitelist_names_symbols(cls, value: str) -> str:
-        """Refuse a whitelist entry that is not a symbol (exit 1 instead of a late error)."""
-        parse_whitelist(value)
-        return value
 
 
 

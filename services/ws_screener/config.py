@@ -12,7 +12,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import BaseServiceSettings
-from services.common.values import parse_whitelist
+from services.common.values import WhitelistStr
 
 CHANNEL_NAMES = ("deals", "kline", "book_ticker")
 """Per-symbol streams the screener can subscribe to."""
@@ -52,7 +52,7 @@ class WsScreenerSettings(BaseServiceSettings):
         pattern=r"^wss?://[^\s/]+(/[^\s]*)?$",
         description="MEXC spot WebSocket URL (tests point it at a local server)",
     )
-    SYMBOL_WHITELIST: str = Field(
+    SYMBOL_WHITELIST: WhitelistStr = Field(
         default="",
         pattern=r"^[A-Za-z0-9, ]*$",
         description="Comma-separated symbols; empty follows the REST screener's top movers",
@@ -106,12 +106,6 @@ class WsScreenerSettings(BaseServiceSettings):
         description="Faults lasting this long raise a FEED_DEGRADED alert",
     )
 
-    @field_validator("SYMBOL_WHITELIST")
-    @classmethod
-    def _whitelist_names_symbols(cls, value: str) -> str:
-        """Refuse a whitelist entry that is not a symbol."""
-        parse_whitelist(value)
-        return value
 
     @field_validator("WS_CHANNELS")
     @classmethod
