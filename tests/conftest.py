@@ -56,6 +56,23 @@ def fresh_database(base_url: str) -> str:
     return _with_db(base_url, name)
 
 
+@pytest.fixture
+def own_database(infra: Infrastructure) -> Iterator[str]:
+    """An empty database for one test; dropped afterwards."""
+    url = fresh_database(infra.database_url)
+    yield url
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(infra.database_url)
+        try:
+            name = urlsplit(url).path.lstrip("/")
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 @pytest.fixture(scope="session")
 def database_url(infra: Infrastructure) -> str:
     return fresh_database(infra.database_url)

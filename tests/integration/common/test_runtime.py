@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.bus import Bus, BusConfig
 from services.common.events import MarketData
 from services.common.infra import EmbeddedRedis, Infrastructure, free_port
-from tests.conftest import ROOT, fresh_database, service_env
+from tests.conftest import ROOT, service_env
 
 GROUP = "counter"
 START_TIMEOUT_S = 60.0
@@ -71,22 +71,6 @@ def start_service(env: dict[str, str], logs: Path, name: str = "svc") -> Service
         )
     return ServiceProcess(proc, port, out, err)
 
-
-@pytest.fixture
-def own_database(infra: Infrastructure) -> Iterator[str]:
-    """A fresh database for one test, so that its counts are its own; dropped afterwards."""
-    url = fresh_database(infra.database_url)
-    yield url
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(infra.database_url)
-        try:
-            name = urlsplit(url).path.lstrip("/")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from services.common.infra import Infrastructure
 from services.common.store import (
     MIGRATIONS_DIR,
     MigrationError,
@@ -20,7 +18,6 @@ from services.common.store import (
     migrate,
     run_migrations,
 )
-from tests.conftest import fresh_database
 
 SCHEMA_DUMP = """
 SELECT 'column', table_name || '.' || column_name || ' ' || data_type || ' '
@@ -34,22 +31,6 @@ SELECT 'constraint', conrelid::regclass::text || ' ' || pg_get_constraintdef(oid
 ORDER BY 1, 2
 """
 
-
-@pytest.fixture
-def own_database(infra: Infrastructure) -> Iterator[str]:
-    """An empty database for one test; dropped afterwards."""
-    url = fresh_database(infra.database_url)
-    yield url
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(infra.database_url)
-        try:
-            name = urlsplit(url).path.lstrip("/")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 @pytest.fixture
