@@ -53,6 +53,8 @@ def run_pipeline(infra: Infrastructure, prefix: str, minutes: int = MINUTES,
                 garbage_done = True
             time.sleep(0.02)
         assert procs.wait_replay() == 0, procs.log("replay")[-3000:]
+        assert not pending, f"the replay ended before the planned kills {pending}"
+        assert garbage_done, "the replay ended before the malformed entries were added"
         return database_url, procs
     finally:
         client.close()
