@@ -4,8 +4,8 @@ Consumes `market_data`, records each signal in PostgreSQL before publishing it o
 (one transaction per round, see `services.common.ledger`). With CLOCK=wall a timer ranks an
 interval that ended without an event of the next one (a quiet market).
 
-The rolling windows are kept in memory only: after a restart they refill within
-LOOKBACK_MINUTES (the engine emits nothing for a symbol until its window has history).
+The rolling windows are kept in memory: at start they are refilled from the market data the
+group already acked (read back from the stream), so a restart continues where it stopped.
 """
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ import time
 from typing import Any, ClassVar
 
 from prometheus_client import Counter, Gauge
+from redis.exceptions import ResponseError
 
 from services.common.bus import Consumer, HandlerResult, Outgoing
-from services.common.events import EventBase, MarketData, Signal
+from services.common.events import (
+    EventBase,
+    EventValidationError,
+    MarketData,
+    Signal,
+    parse_event,
+)
 from services.common.ledger import Ledger
 from services.common.runtime import Service, Task
 from services.signal_engine.config import SignalConfig, SignalSettings
@@ -35,6 +42,12 @@ LAZY_ACK_MS = 100
 """Longest wait before rounds that emitted no signal are acked."""
 
 GROUP = "signal_engine"
+WARM_UP_MAX = 500_000
+"""Most market data events read back at start to refill the windows."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class SignalService(Service[SignalSettings]):
@@ -49,11 +62,60 @@ class SignalService(Service[SignalSettings]):
                              state_only_rounds=False)
         await self.ledger.load()
         await self.ledger.republish_outbox()
+        warmed = await self._warm_up()
+        logger.info("signal engine started", extra={"warm_up_events": warmed,
+                                                   "clock": self.settings.CLOCK})
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data"], self.handle, self.consumer_name,
             before_flush=self.ledger.commit, on_batch_done=self.ledger.published,
             lazy_ack_ms=LAZY_ACK_MS,
         )
+
+    async def _warm_up(self) -> int:
+        """Refill the momentum windows from the market data this group already acked.
+
+        Reads `market_data` backwards from the last entry the group acked (the entry before
+        its oldest pending one, else its last delivered one) until the window is covered, and
+        applies it in order, dropping the signals (they were published before). Pending
+        entries come again through the consumer. Returns the number of events applied.
+        """
+        redis = self.bus.redis
+        key = self.bus.key("market_data")
+        try:
+            groups = await redis.xinfo_groups(key)
+        except ResponseError:
+            return 0  # no stream yet: nothing to warm up from
+        info = next((g for g in groups if _text(g.get("name")) == GROUP), None)
+        if info is None:
+            return 0
+        summary = await redis.xpending(key, GROUP)
+        upper = (
+            "(" + _text(summary["min"]) if summary.get("pending")
+            else _text(info.get("last-delivered-id", "0-0"))
+        )
+        if upper in ("0-0", "(0-0"):
+            return 0
+        span_ms = self.engine.config.lookback_minutes * 60_000 + self.engine.config.interval_ms
+        events: list[MarketData] = []
+        newest: int | None = None
+        while len(events) < WARM_UP_MAX:
+            rows = await redis.xrevrange(key, max=upper, min="-", count=1000)
+            if not rows:
+                break
+            for _, fields in rows:
+                try:
+                    event = parse_event("market_data", (fields or {}).get(b"data", b""))
+                except EventValidationError:
+                    continue
+                assert isinstance(event, MarketData)
+                newest = event.timestamp if newest is None else newest
+                events.append(event)
+            upper = "(" + _text(rows[-1][0])
+            if newest is not None and events[-1].timestamp < newest - span_ms:
+                break
+        for event in reversed(events):
+            self.engine.on_market_data(event)
+        return len(events)
 
     def _snapshot(self) -> dict[str, Any]:
         return {"rankings": self.engine.rankings, "top": list(self.engine.top_set)}
@@ -70,9 +132,11 @@ class SignalService(Service[SignalSettings]):
         """Apply one market data event; record and emit the signals of a ranking."""
         entry = self.consumer.current
         assert entry is not None and isinstance(event, MarketData)
-        if self.ledger.seen(stream, entry.entry_id):
-            return []
         signals = self.engine.on_market_data(event)
+        if self.ledger.seen(stream, entry.entry_id):
+            # Committed before a crash (its signals are in the outbox, republished at start);
+            # applied again only to rebuild the windows.
+            return []
         self.ledger.handled(stream, entry.entry_id)
         return self.ledger.emit(self._record(signals))
 

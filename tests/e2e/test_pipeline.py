@@ -79,11 +79,11 @@ def test_a_lock_step_replay_through_the_services_equals_the_backtest(
     assert len(trace.orders) > 10, "the sample makes enough orders to compare"
 
 
-def test_killing_the_risk_manager_and_the_execution_mid_replay_loses_and_doubles_nothing(
+def test_killing_each_pipeline_service_mid_replay_loses_and_doubles_nothing(
     infra: Infrastructure, prefix: str
 ) -> None:
     database_url, procs = run_pipeline(
-        infra, prefix, kill=[("risk_manager", 60), ("execution", 150)])
+        infra, prefix, kill=[("risk_manager", 60), ("signal_engine", 110), ("execution", 150)])
     _, trace = backtest(MINUTES)
     rows = asyncio.run(recorded(database_url))
     assert sorted(o[0] for o in rows["orders"]) == sorted(o.order_id for o in trace.orders)
@@ -92,6 +92,7 @@ def test_killing_the_risk_manager_and_the_execution_mid_replay_loses_and_doubles
         for f in trace.fills)
     assert [d[0] for d in rows["decisions"]] == [d.decision_id for d in trace.decisions]
     assert "risk engine restored" in procs.log("risk_manager")
+    assert procs.log("signal_engine").count("signal engine started") == 2
     assert procs.log("risk_manager").count('"restored": true') + procs.log(
         "risk_manager").count('"restored":true') >= 1
 
