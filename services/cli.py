@@ -425,6 +425,44 @@ def up(
         raise typer.Exit(code)
 
 
+@app.command("report")
+def report_command(
+    data: Annotated[Path | None, typer.Option(help="Candle directory of the replay")] = None,
+    minutes: Annotated[int, typer.Option(help="Minutes the replay ran (0: all)")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+) -> None:
+    """Build the report of a replay from what the services recorded in DATABASE_URL.
+
+    For a replay that ran elsewhere, for instance through the Compose stack's `cdb_replay`;
+    the account's start equity is PAPER_START_EQUITY, else the data's profile default.
+    """
+    import asyncpg
+
+    from services.replay.candles import CandleFileError, read_candles
+    from services.replay.config import SAMPLE_DIR
+    from services.replay.report import render
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        err.print("DATABASE_URL is not set")
+        raise typer.Exit(1)
+    try:
+        candles = read_candles(data or SAMPLE_DIR, None, minutes or None)
+    except (CandleFileError, ValueError) as exc:
+        err.print(f"[red]cannot read candles:[/red] {exc}")
+        raise typer.Exit(1) from None
+    profile = _profile_for(list(candles.symbols))
+    equity = float(os.environ.get("PAPER_START_EQUITY") or profile.get("PAPER_START_EQUITY")
+                   or "10000")
+    try:
+        result = asyncio.run(_replay_report(url, candles, equity))
+    except (OSError, asyncpg.PostgresError) as exc:
+        err.print(f"[red]cannot read the run from PostgreSQL:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+    render(result, console)
+    _write_report(result, report)
+
+
 def _admin_token(data_dir: Path) -> str:
     """A generated admin token for local runs, kept in the data directory (mode 0600)."""
     import secrets

@@ -24,7 +24,11 @@ _MIN_SECRET_LEN = 4
 _secrets: set[str] = set()
 _lock = threading.Lock()
 
-CONFIG_PATH = Path(__file__).resolve().parents[2] / "backoffice" / "logging_config.json"
+CONFIG_PATH = Path(
+    os.environ.get("CDB_LOGGING_CONFIG")
+    or Path(__file__).resolve().parents[2] / "backoffice" / "logging_config.json"
+)
+"""The logging configuration: CDB_LOGGING_CONFIG, else the repository's file."""
 SECRET_ENV_NAMES = (
     "REDIS_PASSWORD",
     "POSTGRES_USER",

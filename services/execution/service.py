@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common import metrics
 from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
 from services.common.events import EventBase, MarketData, Order, OrderResult
 from services.common.ledger import Ledger
@@ -36,6 +37,8 @@ SLIPPAGE = Histogram(
 )
 ACCOUNT_EQUITY = Gauge("cdb_account_equity", "Paper account equity (execution view)")
 ACCOUNT_CASH = Gauge("cdb_account_cash", "Paper account cash")
+REALIZED_PNL = Gauge("cdb_realized_pnl", "Realized PnL net of fees (quote currency)")
+UNREALIZED_PNL = Gauge("cdb_unrealized_pnl", "Unrealized PnL at the latest prices")
 ORDER_TO_FILL = Histogram(
     "cdb_order_to_fill_seconds", "Wall time from an order's decision to its fill (live mode)",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
@@ -93,6 +96,8 @@ class ExecutionService(Service[ExecutionSettings]):
     def _gauges(self) -> None:
         ACCOUNT_EQUITY.set(self.engine.equity)
         ACCOUNT_CASH.set(self.engine.cash)
+        REALIZED_PNL.set(self.engine.realized_pnl)
+        UNREALIZED_PNL.set(self.engine.unrealized_pnl)
 
     async def handle(self, stream: str, event: EventBase) -> HandlerResult:
         """Apply market data, or fill an order."""
@@ -108,6 +113,7 @@ class ExecutionService(Service[ExecutionSettings]):
             if self.bar_ts is None or ts > self.bar_ts:
                 if self.bar_ts is not None:
                     self._equity_point(self.bar_ts)
+                    self._gauges()
                 self.bar_ts = ts
             engine.on_market_data(event)
             if self.last_md_ts is None or ts > self.last_md_ts:
@@ -123,7 +129,9 @@ class ExecutionService(Service[ExecutionSettings]):
                 if not self.event_clock:
                     ORDER_TO_FILL.observe(max(0.0, time.time() - event.timestamp / 1000))
             outputs.append(Outgoing("order_results", out.result))
-            outputs.extend(Outgoing("alerts", a) for a in out.alerts)
+            for a in out.alerts:
+                metrics.ALERTS.labels(a.code, a.level).inc()
+                outputs.append(Outgoing("alerts", a))
             self._gauges()
         self.ledger.handled(stream, entry.entry_id)
         return self.ledger.emit(outputs)

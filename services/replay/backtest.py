@@ -77,6 +77,7 @@ class Pipeline:
         for a in out.alerts:
             record.alerts.append((a.code, a.level))
         record.orders += len(out.orders)
+        record.order_ids.extend(str(o.order_id) for o in out.orders)
         if self.trace is not None:
             self.trace.decisions.extend(out.decisions)
             self.trace.orders.extend(out.orders)
@@ -90,6 +91,7 @@ class Pipeline:
             if result.fill is not None:
                 f = result.fill
                 record.fills.append((f.side, f.fee, f.realized_pnl))
+                record.fill_keys.append((str(f.order_id), f.qty, f.price))
                 if self.trace is not None:
                     self.trace.fills.append(f)
             for a in result.alerts:

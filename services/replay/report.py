@@ -7,6 +7,7 @@ One format for both ways of running: `cdb backtest` builds it from the in-proces
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class RunRecord:
         first_ms: Time of the first market data, Unix epoch ms.
         last_ms: Time of the last market data, Unix epoch ms.
         candles: Market data events processed.
+        order_ids: Id of every order emitted.
+        fill_keys: (order id, quantity, price) of every fill.
     """
 
     start_equity: float
@@ -57,6 +60,8 @@ class RunRecord:
     first_ms: int | None = None
     last_ms: int | None = None
     candles: int = 0
+    order_ids: list[str] = field(default_factory=list)
+    fill_keys: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 def _round(value: float, digits: int) -> float:
@@ -138,6 +143,22 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         "alerts": dict(sorted(Counter(code for code, _ in record.alerts).items())),
         "alerts_by_level": dict(sorted(Counter(level for _, level in record.alerts).items())),
         "trading_state": record.trading_state,
+        "digest": digest(record),
+    }
+
+
+def digest(record: RunRecord) -> dict[str, str]:
+    """Fingerprints of the orders and fills, equal only when they are the same ones.
+
+    Two runs with equal digests emitted the same order ids and filled them at the same
+    quantities and prices (to 10 significant digits, as PostgreSQL's numeric round-trips).
+    """
+    orders = "\n".join(sorted(record.order_ids))
+    fills = "\n".join(sorted(f"{oid} {qty:.10g} {price:.10g}"
+                             for oid, qty, price in record.fill_keys))
+    return {
+        "orders": hashlib.sha256(orders.encode()).hexdigest()[:16],
+        "fills": hashlib.sha256(fills.encode()).hexdigest()[:16],
     }
 
 
@@ -226,10 +247,12 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
             "SELECT value FROM service_state WHERE service = 'risk_manager' AND key = 'snapshot'"
         )
         decisions = await conn.fetch("SELECT outcome, check_name FROM risk_decisions ORDER BY seq")
-        fills = await conn.fetch("SELECT side, fee, realized_pnl FROM fills ORDER BY seq")
+        fills = await conn.fetch(
+            "SELECT side, fee, realized_pnl, order_id::text, qty, price FROM fills ORDER BY seq"
+        )
         alerts = await conn.fetch("SELECT code, level FROM alerts ORDER BY ts, event_id")
         points = await conn.fetch("SELECT equity FROM equity_curve ORDER BY ts")
-        orders = await conn.fetchval("SELECT count(*) FROM orders")
+        order_ids = await conn.fetch("SELECT order_id::text FROM orders ORDER BY seq")
     finally:
         await conn.close()
     saved = orjson.loads(snap_row) if snap_row else None
@@ -243,7 +266,9 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.fills = [(r["side"], float(r["fee"]), float(r["realized_pnl"])) for r in fills]
     record.alerts = [(r["code"], r["level"]) for r in alerts]
     record.equity_points = [float(r["equity"]) for r in points]
-    record.orders = int(orders or 0)
+    record.orders = len(order_ids)
+    record.order_ids = [r[0] for r in order_ids]
+    record.fill_keys = [(r[3], float(r[4]), float(r[5])) for r in fills]
     record.trading_state = str(risk.get("state", "ACTIVE"))
     record.final_cash = engine.cash
     record.final_equity = engine.equity

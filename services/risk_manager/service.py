@@ -26,13 +26,14 @@ from fastapi import FastAPI, Header, HTTPException
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
+from services.common import metrics
 from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
 from services.common.events import Alert, EventBase, MarketData, OrderResult, Signal
 from services.common.ledger import Ledger
 from services.common.runtime import Service, Task
 from services.risk_manager.config import RiskConfig, RiskSettings
 from services.risk_manager.engine import RiskEngine
-from services.risk_manager.models import RiskOutput, RiskSnapshot, TradingState
+from services.risk_manager.models import PauseReason, RiskOutput, RiskSnapshot, TradingState
 
 logger = logging.getLogger("cdb.risk_manager")
 
@@ -46,6 +47,14 @@ TRADING_STATE = Gauge(
 EQUITY = Gauge("cdb_equity", "Account equity in the quote currency (risk view)")
 EXPOSURE = Gauge("cdb_exposure_ratio", "Open positions' value as a fraction of equity")
 DRAWDOWN = Gauge("cdb_drawdown_ratio", "Drawdown vs the day's baseline equity")
+PAUSE_REASONS = Gauge(
+    "cdb_trading_pause_reason", "1 for each active reason of a pause (manual included)",
+    ["reason"],
+)
+LIMITS = Gauge(
+    "cdb_risk_limit_ratio", "Configured risk limits as fractions (for alerts and dashboards)",
+    ["limit"],
+)
 
 TICK_TO_ORDER = Histogram(
     "cdb_tick_to_order_seconds",
@@ -97,6 +106,15 @@ class RiskService(Service[RiskSettings]):
     async def start(self) -> None:
         """Restore the engine from PostgreSQL and republish what a crash left unpublished."""
         self.config = RiskConfig.from_settings(self.settings)
+        for name, value in (
+            ("max_daily_drawdown", self.config.max_daily_drawdown_pct),
+            ("max_exposure", self.config.max_exposure_pct),
+            ("max_position", self.config.max_position_pct),
+            ("exposure_halt", self.config.exposure_halt_pct),
+            ("stop_loss", self.config.stop_loss_pct),
+            ("max_slippage", self.config.max_slippage_pct),
+        ):
+            LIMITS.labels(name).set(value)
         self.event_clock = self.settings.CLOCK == "event"
         self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot)
         saved = await self.ledger.load()
@@ -159,6 +177,7 @@ class RiskService(Service[RiskSettings]):
             if self.event_clock and event.timestamp > self.last_tick:
                 self.last_tick = event.timestamp
                 self._apply(engine.on_tick(event.timestamp), outputs)
+                self._update_gauges()
         elif stream == "order_results":
             assert isinstance(event, OrderResult)
             self._apply(engine.on_order_result(event, self._now(event.timestamp)), outputs)
@@ -223,6 +242,7 @@ class RiskService(Service[RiskSettings]):
             )
             outputs.append(Outgoing("orders", o))
         for a in out.alerts:
+            metrics.ALERTS.labels(a.code, a.level).inc()
             outputs.append(Outgoing("alerts", a))
         change = out.state_change
         if change is not None:
@@ -254,9 +274,12 @@ class RiskService(Service[RiskSettings]):
         for state in TradingState:
             TRADING_STATE.labels(str(state)).set(1 if engine.state == state else 0)
         EQUITY.set(engine.equity)
-        equity = engine.equity
-        EXPOSURE.set(engine.exposure / equity if equity > 0 else 0.0)
+        EXPOSURE.set(engine.exposure)
         DRAWDOWN.set(engine.drawdown)
+        active = engine.pause_reasons
+        for reason in PauseReason:
+            PAUSE_REASONS.labels(reason.value).set(1 if reason.value in active else 0)
+        PAUSE_REASONS.labels("manual").set(1 if engine.manual_paused else 0)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -268,8 +291,8 @@ class RiskService(Service[RiskSettings]):
             if not out.is_empty:
                 outputs: list[Outgoing] = []
                 self._apply(out, outputs)
-                self._update_gauges()
                 await self.ledger.commit_now(outputs)
+            self._update_gauges()  # equity, exposure and drawdown follow the prices
 
     # -- HTTP ----------------------------------------------------------------------------------
 

@@ -1,0 +1,469 @@
+"""The container smoke: build the image and run the whole Compose stack for real.
+
+Runs `docker-compose.yml` unchanged (bridge network `cdb_network`, service names) on the
+container sandbox (podman behind the real Compose CLI, local stand-in images; see
+`backoffice/compose/README.md`), checks health, metrics, Prometheus, the hardening inside each
+container, lock-step replays through the containers against `cdb backtest` (undisturbed, with
+the risk container killed, with Redis restarted) and a forced HALT across a restart, then
+always tears the stack down. Prints a table of what passed and the timings; exit code 0 only
+when every check passed.
+
+    python -m tests.deploy.compose_smoke        (make compose-smoke)
+
+Environment: CDB_SANDBOX_TOOL (the sandbox folder; default: shared/tools/container-sandbox next
+to the repository, else under /work), SMOKE_REPLAY_MINUTES (default 600).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _find_sandbox() -> Path:
+    """CDB_SANDBOX_TOOL, else the sandbox next to the repository, else the shared one."""
+    if os.environ.get("CDB_SANDBOX_TOOL"):
+        return Path(os.environ["CDB_SANDBOX_TOOL"])
+    for base in (ROOT.parent, Path("/work")):
+        candidate = base / "shared" / "tools" / "container-sandbox"
+        if (candidate / "sandbox").exists():
+            return candidate
+    return ROOT.parent / "shared" / "tools" / "container-sandbox"
+
+
+SANDBOX = _find_sandbox()
+ENV_FILE = ROOT / "backoffice" / "compose" / "sandbox.env"
+MINUTES = int(os.environ.get("SMOKE_REPLAY_MINUTES") or "600")
+SERVICES = {"cdb_ws": 18000, "cdb_rest": 18080, "cdb_core": 18001, "cdb_risk": 18002,
+            "cdb_execution": 18003}
+"""The five service containers and their published host ports (backoffice/compose)."""
+CONTAINERS = [*SERVICES, "cdb_redis", "cdb_postgres", "cdb_prometheus"]
+PROMETHEUS = "http://127.0.0.1:19090"
+REPLAY_METRICS = "http://127.0.0.1:18090/metrics"
+POSTGRES_PORT = 15432
+
+log = logging.getLogger("cdb.smoke")
+
+
+class SmokeError(Exception):
+    """A check failed; the message says what was seen."""
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Smoke:
+    """State of one smoke run: the env file, the secrets, the rows so far."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    started_service: bool = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def env_file(self) -> Path:
+        return self.workdir / "smoke.env"
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True,
+                profile: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `docker compose` on the repository's compose file through the sandbox."""
+        profiles = ["--profile", profile] if profile else []
+        cmd = [str(SANDBOX / "sandbox"), "compose", "--env-file", str(self.env_file),
+               *profiles, "-f", str(ROOT / "docker-compose.yml"), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT, check=False)
+        if check and done.returncode != 0:
+            raise SmokeError(f"compose {' '.join(args)} failed: {_tail(done.stderr)}")
+        return done
+
+    def cdb(self, *args: str, extra: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        """Run the host's `cdb` (this virtual environment's) against the stack."""
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+        env.update(extra or {})
+        return subprocess.run([str(Path(sys.executable).parent / "cdb"), *args],
+                              capture_output=True, text=True, timeout=300, env=env,
+                              check=False)
+
+    def step(self, name: str, action: Callable[[], str]) -> bool:
+        """Run one check, record its row, and say whether it passed."""
+        log.info("check: %s", name)
+        started = time.monotonic()
+        try:
+            detail = action()
+        except (SmokeError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+            self.rows.append(Row(name, False, time.monotonic() - started, str(exc)[:300]))
+            log.error("FAILED %s: %s", name, exc)
+            return False
+        self.rows.append(Row(name, True, time.monotonic() - started, detail))
+        return True
+
+    # -- the stack ------------------------------------------------------------------------
+
+    def write_env(self) -> None:
+        """Sandbox values, fresh secrets, the replay settings: one env file for compose."""
+        from services.cli import BTC_PROFILE
+        from services.replay.candles import read_candles
+        from services.replay.config import SAMPLE_DIR
+
+        symbols = read_candles(SAMPLE_DIR, None, 1).symbols
+        values = {
+            "REDIS_PASSWORD": secrets.token_urlsafe(18),
+            "POSTGRES_USER": "cdb",
+            "POSTGRES_PASSWORD": secrets.token_urlsafe(18),
+            "RISK_ADMIN_TOKEN": secrets.token_urlsafe(18),
+            "GRAFANA_PASSWORD": secrets.token_urlsafe(18),
+            "CLOCK": "event",
+            "SYMBOL_WHITELIST": ",".join(symbols),
+            "REPLAY_MINUTES": str(MINUTES),
+            **BTC_PROFILE,
+        }
+        self.env = values
+        text = ENV_FILE.read_text() + "".join(f"{k}={v}\n" for k, v in values.items())
+        self.env_file.write_text(text)
+        self.env_file.chmod(0o600)
+
+    @property
+    def database_url(self) -> str:
+        return (f"postgresql://cdb:{self.env['POSTGRES_PASSWORD']}@127.0.0.1:"
+                f"{POSTGRES_PORT}/cdb")
+
+    def up(self) -> str:
+        """Fresh stack: everything down with its volumes, then up and healthy."""
+        self.compose("down", "-v", "--remove-orphans", profile="replay", check=False)
+        started = time.monotonic()
+        self.compose("up", "-d", "--wait", "--wait-timeout", "240", timeout=400)
+        return f"healthy in {time.monotonic() - started:.1f}s"
+
+    def container(self, name: str) -> dict[str, Any]:
+        done = subprocess.run(["podman", "inspect", name], capture_output=True, text=True,
+                              timeout=30, check=True)
+        parsed: list[dict[str, Any]] = json.loads(done.stdout)
+        return parsed[0]
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def build(self) -> str:
+        self.compose("build", "cdb_core", timeout=1800)
+        size = subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{.Size}}",
+             "localhost/claire-de-binaire:smoke"],
+            capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        return f"image {int(size) / 1e6:.0f} MB"
+
+    def all_healthy(self) -> str:
+        states = {}
+        for name in CONTAINERS:
+            state = self.container(name)["State"]
+            states[name] = (state.get("Health") or state.get("Healthcheck") or {}).get("Status")
+        bad = {k: v for k, v in states.items() if v != "healthy"}
+        if bad:
+            raise SmokeError(f"not healthy: {bad}")
+        return f"{len(states)} containers healthy"
+
+    def health_and_metrics(self) -> str:
+        promtool = shutil.which("promtool")
+        families = 0
+        for name, port in SERVICES.items():
+            health = json.loads(_get(f"http://127.0.0.1:{port}/health"))
+            if health.get("status") != "ok":
+                raise SmokeError(f"{name} /health: {health}")
+            metrics = _get(f"http://127.0.0.1:{port}/metrics")
+            cmd = ([promtool, "check", "metrics"] if promtool else
+                   ["podman", "exec", "-i", "cdb_prometheus", "promtool", "check", "metrics"])
+            done = subprocess.run(cmd, input=metrics, capture_output=True, text=True,
+                                  timeout=30, check=False)
+            if done.returncode != 0:
+                raise SmokeError(f"{name} /metrics: {_tail(done.stdout + done.stderr)}")
+            families += metrics.count("# TYPE ")
+        return f"5 x /health 200; {families} metric families pass promtool"
+
+    def prometheus(self) -> str:
+        deadline = time.monotonic() + 90
+        while True:
+            targets = json.loads(_get(f"{PROMETHEUS}/api/v1/targets"))["data"]["activeTargets"]
+            down = [t["labels"].get("job") for t in targets if t["health"] != "up"]
+            if targets and not down:
+                break
+            if time.monotonic() > deadline:
+                raise SmokeError(f"targets not up: {down or 'none'}")
+            time.sleep(2)
+        groups = json.loads(_get(f"{PROMETHEUS}/api/v1/rules"))["data"]["groups"]
+        rules = sum(len(g["rules"]) for g in groups)
+        if rules == 0:
+            raise SmokeError("no alert rules loaded")
+        return f"{len(targets)} targets up, {rules} rules loaded"
+
+    def hardening(self) -> str:
+        probe = (
+            "import os\n"
+            "uid = os.getuid()\n"
+            "try:\n"
+            "    open('/app/probe', 'w')\n"
+            "    ro = False\n"
+            "except OSError:\n"
+            "    ro = True\n"
+            "open('/tmp/probe', 'w').write('x')\n"
+            "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+            "print(uid, ro, int(status['CapEff'], 16), int(status['NoNewPrivs']))\n"
+        )
+        seen = []
+        for name in SERVICES:
+            done = subprocess.run(["podman", "exec", name, "python3", "-c", probe],
+                                  capture_output=True, text=True, timeout=30, check=False)
+            if done.returncode != 0:
+                raise SmokeError(f"{name}: probe failed: {_tail(done.stderr)}")
+            uid, read_only, cap_eff, no_new_privs = done.stdout.split()
+            if uid == "0" or read_only != "True" or cap_eff != "0" or no_new_privs != "1":
+                raise SmokeError(f"{name}: uid={uid} read_only={read_only} "
+                                 f"CapEff={cap_eff} NoNewPrivs={no_new_privs}")
+            seen.append(uid)
+        return f"uid {','.join(sorted(set(seen)))}, root fs read-only, CapEff 0, NoNewPrivs 1"
+
+    def backtest(self) -> dict[str, Any]:
+        path = self.workdir / "backtest.json"
+        done = self.cdb("backtest", "--minutes", str(MINUTES), "--report", str(path))
+        if done.returncode != 0:
+            raise SmokeError(f"cdb backtest: {_tail(done.stderr)}")
+        report: dict[str, Any] = json.loads(path.read_text())
+        return report
+
+    def replay(self, expected: dict[str, Any], disrupt: Callable[[], str] | None = None,
+               at_bar: int = 0) -> str:
+        """Run `cdb_replay` through the pipeline containers and compare with the backtest."""
+        self.up()
+        self.compose("stop", "cdb_ws", "cdb_rest")  # no live data mixes into a replay
+        self.compose("up", "-d", "--no-deps", "cdb_replay", profile="replay")
+        note = ""
+        if disrupt is not None:
+            _wait_for(lambda: _replay_bars() >= at_bar, 300, f"replay bar {at_bar}")
+            note = disrupt()
+        deadline = time.monotonic() + 600
+        while (state := self.container("cdb_replay")["State"])["Running"]:
+            if time.monotonic() > deadline:
+                raise SmokeError("replay did not finish within 600 s")
+            time.sleep(1)
+        if state["ExitCode"] != 0:
+            logs = self.compose("logs", "--no-color", "--tail", "20", "cdb_replay",
+                                profile="replay", check=False)
+            raise SmokeError(f"replay exited {state['ExitCode']}: {_tail(logs.stdout)}")
+        path = self.workdir / "replay.json"
+        done = self.cdb("report", "--minutes", str(MINUTES), "--report", str(path),
+                        extra={"DATABASE_URL": self.database_url,
+                               "PAPER_START_EQUITY": self.env["PAPER_START_EQUITY"]})
+        if done.returncode != 0:
+            raise SmokeError(f"cdb report: {_tail(done.stderr)}")
+        report = json.loads(path.read_text())
+        _same(report, expected)
+        trades = report["trades"]
+        return (f"{trades['orders']} orders, {trades['fills']} fills = backtest"
+                + (f"; {note}" if note else ""))
+
+    def kill_risk(self) -> str:
+        before = self.container("cdb_risk")
+        os.kill(int(before["State"]["Pid"]), signal.SIGKILL)
+        _wait_for(lambda: self.container("cdb_risk")["RestartCount"] > before["RestartCount"]
+                  and self.container("cdb_risk")["State"]["Running"], 60, "cdb_risk restart")
+        return "cdb_risk killed -9 and restarted by its restart policy"
+
+    def restart_redis(self) -> str:
+        self.compose("restart", "cdb_redis", timeout=120)
+        return "cdb_redis restarted (append-only file)"
+
+    def halt_survives_restart(self) -> str:
+        self.up()
+        risk = {"RISK_URL": "http://127.0.0.1:18002",
+                "RISK_ADMIN_TOKEN": self.env["RISK_ADMIN_TOKEN"]}
+        done = self.cdb("risk", "halt", "--reason", "smoke: forced halt", "--by", "smoke",
+                        extra=risk)
+        if done.returncode != 0:
+            raise SmokeError(f"cdb risk halt: {_tail(done.stdout + done.stderr)}")
+        self.compose("restart", "cdb_risk", timeout=120)
+        _wait_for(lambda: _ok("http://127.0.0.1:18002/ready"), 120, "cdb_risk ready")
+        state = json.loads(_get("http://127.0.0.1:18002/risk/state"))
+        if state["state"] != "HALTED":
+            raise SmokeError(f"after restart the state is {state['state']}, not HALTED")
+        done = self.cdb("risk", "release", "--reason", "smoke: checked", "--by", "smoke",
+                        extra=risk)
+        if done.returncode != 0:
+            raise SmokeError(f"cdb risk release: {_tail(done.stdout + done.stderr)}")
+        after = json.loads(_get("http://127.0.0.1:18002/risk/state"))["state"]
+        if after != "ACTIVE":
+            raise SmokeError(f"after release the state is {after}")
+        return "HALTED across restart cdb_risk; cdb risk release -> ACTIVE"
+
+    # -- run ------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Every check in order; the stack is always torn down."""
+        if not (SANDBOX / "sandbox").exists():
+            self.rows.append(Row("sandbox", False, 0.0, f"no container sandbox at {SANDBOX}"))
+            return False
+        self.write_env()
+        with self.sandbox():
+            steps: list[tuple[str, Callable[[], str]]] = [
+                ("build image", self.build),
+                ("up --wait (8 containers)", self.up),
+                ("every container healthy", self.all_healthy),
+                ("/health and /metrics (promtool)", self.health_and_metrics),
+                ("prometheus targets and rules", self.prometheus),
+                ("hardening inside each cdb_ container", self.hardening),
+            ]
+            for name, action in steps:
+                if not self.step(name, action) and name in ("build image",
+                                                             "up --wait (8 containers)"):
+                    return False
+            expected: dict[str, Any] = {}
+
+            def backtest() -> str:
+                expected.update(self.backtest())
+                return f"{expected['trades']['orders']} orders over {MINUTES} minutes"
+
+            if self.step("cdb backtest on the host", backtest):
+                self.step("replay through the containers = backtest",
+                          lambda: self.replay(expected))
+                self.step("kill -9 cdb_risk mid-replay = backtest",
+                          lambda: self.replay(expected, self.kill_risk, MINUTES // 3))
+                self.step("restart cdb_redis mid-replay = backtest",
+                          lambda: self.replay(expected, self.restart_redis, MINUTES // 2))
+            self.step("forced HALT survives restart; cdb risk release", self.halt_survives_restart)
+        return all(row.ok for row in self.rows)
+
+    @contextmanager
+    def sandbox(self) -> Iterator[None]:
+        """Setup and start the sandbox; afterwards `down -v` and stop what was started."""
+        started = time.monotonic()
+        setup = subprocess.run([str(SANDBOX / "setup")], capture_output=True, text=True,
+                               timeout=1200, check=False)
+        self.rows.append(Row("sandbox setup", setup.returncode == 0,
+                             time.monotonic() - started, _tail(setup.stderr, 1)))
+        if setup.returncode != 0:
+            raise SmokeError(f"sandbox setup failed: {_tail(setup.stdout + setup.stderr)}")
+        self.started_service = not _podman_running()
+        subprocess.run([str(SANDBOX / "sandbox"), "start"], capture_output=True, text=True,
+                       timeout=120, check=True)
+        try:
+            yield
+        finally:
+            started = time.monotonic()
+            failed = [r for r in self.rows if not r.ok]
+            if failed:
+                logs = self.compose("logs", "--no-color", "--tail", "15", profile="replay",
+                                    check=False)
+                log.error("logs before teardown:\n%s", logs.stdout[-6000:])
+            down = self.compose("down", "-v", "--remove-orphans", profile="replay",
+                                check=False, timeout=300)
+            if self.started_service:
+                subprocess.run([str(SANDBOX / "sandbox"), "stop"], capture_output=True,
+                               text=True, timeout=120, check=False)
+            self.rows.append(Row("teardown (down -v)", down.returncode == 0,
+                                 time.monotonic() - started, ""))
+
+
+def _podman_running() -> bool:
+    done = subprocess.run(
+        ["curl", "-fsS", "--max-time", "2", "--unix-socket", "/run/podman/podman.sock",
+         "http://d/_ping"], capture_output=True, text=True, timeout=10, check=False)
+    return done.returncode == 0
+
+
+def _get(url: str, timeout: float = 10) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: bytes = response.read()
+        return body.decode()
+
+
+def _ok(url: str) -> bool:
+    with suppress(OSError):
+        _get(url, timeout=3)
+        return True
+    return False
+
+
+def _replay_bars() -> int:
+    with suppress(OSError):
+        for line in _get(REPLAY_METRICS, timeout=3).splitlines():
+            if line.startswith("cdb_replay_bars_done"):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SmokeError(f"timed out after {seconds:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _same(report: dict[str, Any], expected: dict[str, Any]) -> None:
+    from services.replay.report import comparable
+
+    got, want = comparable(report), comparable(expected)
+    if got != want:
+        diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
+                if got.get(k) != want.get(k)}
+        raise SmokeError(f"report differs from the backtest: {json.dumps(diff)[:250]}")
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def render(rows: list[Row]) -> str:
+    """The result table, one row per check, with the total time."""
+    width = max(len(r.name) for r in rows)
+    out = [f"{'check':<{width}}  result  seconds  detail"]
+    for r in rows:
+        out.append(f"{r.name:<{width}}  {'PASS' if r.ok else 'FAIL':<6}  {r.seconds:7.1f}  "
+                   f"{r.detail}")
+    total = sum(r.seconds for r in rows)
+    verdict = "PASS" if all(r.ok for r in rows) else "FAIL"
+    out.append(f"{'total':<{width}}  {verdict:<6}  {total:7.1f}")
+    return "\n".join(out)
+
+
+def main() -> int:
+    """Run the smoke, print the table, return the exit code."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format='{"level": "%(levelname)s", "message": "%(message)s"}')
+    with tempfile.TemporaryDirectory(prefix="cdb-smoke-") as workdir:
+        smoke = Smoke(Path(workdir))
+        try:
+            ok = smoke.run()
+        except SmokeError as exc:
+            smoke.rows.append(Row("smoke", False, 0.0, str(exc)))
+            ok = False
+    sys.stdout.write(render(smoke.rows) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
