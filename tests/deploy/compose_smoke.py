@@ -320,6 +320,20 @@ class Smoke:
             raise SmokeError(f"after release the state is {after}")
         return "HALTED across restart cdb_risk; cdb risk release -> ACTIVE"
 
+    def graceful_stop(self) -> str:
+        """SIGTERM: every service container exits 0 well within the 10 s grace period."""
+        slowest = 0.0
+        for name in SERVICES:
+            started = time.monotonic()
+            subprocess.run(["podman", "stop", "-t", "10", name], capture_output=True,
+                           text=True, timeout=60, check=True)
+            took = time.monotonic() - started
+            code = self.container(name)["State"]["ExitCode"]
+            if code != 0 or took >= 10:
+                raise SmokeError(f"{name} stopped with exit code {code} after {took:.1f}s")
+            slowest = max(slowest, took)
+        return f"5 services exit 0 on SIGTERM, slowest {slowest:.1f}s"
+
     # -- run ------------------------------------------------------------------------------
 
     def run(self) -> bool:
@@ -355,6 +369,7 @@ class Smoke:
                 self.step("restart cdb_redis mid-replay = backtest",
                           lambda: self.replay(expected, self.restart_redis, MINUTES // 2))
             self.step("forced HALT survives restart; cdb risk release", self.halt_survives_restart)
+            self.step("SIGTERM: clean exit within 10 s", self.graceful_stop)
         return all(row.ok for row in self.rows)
 
     @contextmanager
