@@ -5,7 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run backtest test lint typecheck unit bench clean
+.PHONY: install run backtest test lint typecheck unit bench clean image compose-up compose-down \
+        compose-smoke
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,24 @@ bench: install
 	$(BIN)/python -m benchmarks.bus
 	$(BIN)/python -m benchmarks.backtest
 	$(BIN)/python -m benchmarks.pipeline
+
+# -- containers (docker-compose.yml; see the README's Compose section) ----------------------
+COMPOSE ?= docker compose
+IMAGE   ?= claire-de-binaire:0.1.0
+
+image:
+	docker build -t $(IMAGE) .
+
+compose-up:
+	$(COMPOSE) --profile grafana up -d --build --wait
+
+compose-down:
+	$(COMPOSE) --profile grafana --profile replay down
+
+# Builds the image and runs the whole stack on the container sandbox (podman + Compose CLI),
+# with health, metrics, hardening, replay, crash and restart checks; always tears down.
+compose-smoke: install
+	$(BIN)/python -m tests.deploy.compose_smoke
 
 clean:
 	rm -rf .cdb reports .pytest_cache .mypy_cache .ruff_cache
