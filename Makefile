@@ -23,10 +23,10 @@ backtest: install
 	$(BIN)/cdb backtest services/replay/sample --report reports/backtest.json
 
 lint: install
-	$(BIN)/ruff check services tests benchmarks
+	$(BIN)/ruff check services operator tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy --strict services
+	$(BIN)/mypy --strict
 
 unit: install
 	$(BIN)/pytest -q tests/unit

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +81,26 @@ def test_a_lock_step_replay_through_the_services_equals_the_backtest(
     assert rows["decisions"] == expected
     assert [o[0] for o in rows["orders"]] == [o.order_id for o in trace.orders]
     assert len(trace.orders) > 10, "the sample makes enough orders to compare"
+
+
+def test_cdb_report_reads_a_replay_back_as_the_backtest_reports_it(
+    infra: Infrastructure, prefix: str, tmp_path: Path
+) -> None:
+    database_url, _ = run_pipeline(infra, prefix, minutes=120)
+    reference, _ = backtest(120)
+    path = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PAPER_START_EQUITY",)}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "cdb"), "report", "--minutes", "120",
+         "--report", str(path)],
+        env={**env, "DATABASE_URL": database_url}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(path.read_text())
+    assert report["source"] == "replay"
+    assert report["digest"] == build_report(reference, "backtest")["digest"]
+    assert comparable(report) == comparable(build_report(reference, "backtest"))
 
 
 def test_killing_each_pipeline_service_mid_replay_loses_and_doubles_nothing(

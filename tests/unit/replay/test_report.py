@@ -49,3 +49,20 @@ def test_two_backtests_of_the_same_data_give_the_same_report() -> None:
     assert comparable(first) == comparable(second)
     assert first["trades"]["orders"] > 0  # type: ignore[index]
     assert first["candles"] == 180 * 5
+
+
+def test_the_digest_is_the_same_for_the_same_orders_and_fills_in_any_order() -> None:
+    one = RunRecord(start_equity=1.0, order_ids=["a", "b"],
+                    fill_keys=[("a", 0.5, 0.0301), ("b", 1.25, 0.07)])
+    other = RunRecord(start_equity=1.0, order_ids=["b", "a"],
+                      fill_keys=[("b", 1.25, 0.07), ("a", 0.5, 0.030100000000000002)])
+    assert build_report(one, "backtest")["digest"] == build_report(other, "replay")["digest"]
+
+
+def test_the_digest_changes_when_an_order_or_a_fill_price_differs() -> None:
+    base = RunRecord(start_equity=1.0, order_ids=["a"], fill_keys=[("a", 0.5, 0.0301)])
+    moved = RunRecord(start_equity=1.0, order_ids=["a"], fill_keys=[("a", 0.5, 0.0302)])
+    extra = RunRecord(start_equity=1.0, order_ids=["a", "c"], fill_keys=[("a", 0.5, 0.0301)])
+    digest = build_report(base, "backtest")["digest"]
+    assert build_report(moved, "backtest")["digest"]["fills"] != digest["fills"]
+    assert build_report(extra, "backtest")["digest"]["orders"] != digest["orders"]

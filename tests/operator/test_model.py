@@ -1,0 +1,93 @@
+"""The spec model: defaults, ranges, and agreement with the services' settings and registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cdb_operator.model import (
+    INTERVALS,
+    PARAMETERS,
+    SERVICES,
+    SYMBOLS_ENV,
+    SYMBOLS_SERVICES,
+    SpecError,
+    parse_spec,
+)
+from pydantic.fields import FieldInfo
+
+from services.registry import SERVICES as REGISTRY
+
+
+def settings_class(service: str) -> Any:
+    return REGISTRY[service].load()[1]
+
+
+def bounds(info: FieldInfo) -> tuple[Any, Any]:
+    low = high = None
+    for meta in info.metadata:
+        low = getattr(meta, "ge", low)
+        high = getattr(meta, "le", high)
+    return low, high
+
+
+def test_the_managed_services_are_the_registrys_five_with_their_ports() -> None:
+    assert {s.name: s.port for s in SERVICES} == {
+        name: spec.port for name, spec in REGISTRY.items() if name != "replay"}
+
+
+@pytest.mark.parametrize("param", PARAMETERS, ids=lambda p: p.path)
+def test_each_parameter_matches_the_settings_of_every_service_that_reads_it(param: Any) -> None:
+    for service in param.services:
+        info = settings_class(service).model_fields[param.env]
+        assert info.default == param.default, (service, param.env)
+        if param.kind == "interval":
+            assert set(INTERVALS) == set(info.metadata[0].pattern.strip("^$()").split("|"))
+        else:
+            assert bounds(info) == (param.minimum, param.maximum), (service, param.env)
+
+
+def test_the_symbol_list_reaches_every_service_that_reads_a_whitelist() -> None:
+    readers = {name for name in REGISTRY if name != "replay"
+               and SYMBOLS_ENV in settings_class(name).model_fields}
+    assert readers == set(SYMBOLS_SERVICES)
+
+
+def test_an_empty_spec_takes_the_seed_defaults() -> None:
+    spec = parse_spec({})
+    assert not spec.paused and spec.symbols == () and spec.restart_request == ""
+    assert spec.value("risk.maxDailyDrawdownPct") == 0.05
+    assert spec.value("signal.topN") == 5 and spec.value("signal.interval") == "1m"
+
+
+def test_symbols_are_sorted_and_distinct() -> None:
+    assert parse_spec({"symbols": ["ETHUSDT", "BTCUSDT", "ETHUSDT"]}).symbols == (
+        "BTCUSDT", "ETHUSDT")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"risk": {"maxPositionPct": 0.30}},
+        {"risk": {"stopLossPct": 0.001}},
+        {"risk": {"maxDailyDrawdownPct": "0.05"}},
+        {"risk": {"dataStaleTimeoutSec": 30.5}},
+        {"signal": {"topN": 0}},
+        {"signal": {"interval": "2m"}},
+        {"signal": []},
+        {"symbols": ["btc-usdt"]},
+        {"paused": "yes"},
+        {"release": {"id": "has space", "by": "a", "reason": "b"}},
+        {"release": {"id": "r1", "by": "x" * 101, "reason": "b"}},
+        {"restartRequest": 5},
+    ],
+)
+def test_a_spec_outside_the_schema_is_refused(raw: dict[str, Any]) -> None:
+    with pytest.raises(SpecError):
+        parse_spec(raw)
+
+
+def test_the_range_edges_are_accepted() -> None:
+    spec = parse_spec({"risk": {"maxPositionPct": 0.25, "stopLossPct": 0.005},
+                       "signal": {"topN": 50, "lookbackMinutes": 1}})
+    assert spec.value("risk.maxPositionPct") == 0.25 and spec.value("signal.topN") == 50
