@@ -29,6 +29,8 @@ CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "TradingSystem"}
 """Kinds of custom resources kubernetes-validate has no schema for (checked elsewhere)."""
 COMPONENTS = [s.component for s in SERVICES]
 K8S_VERSION = kubernetes_validate.latest_version()
+K8S_VERSIONS = ["1.30.0", "1.34.0"]
+"""The Kubernetes versions every rendered object is validated against (strict)."""
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -38,15 +40,17 @@ def test_helm_lint_strict_passes(helm: Path, chart_tmp: Path, name: str) -> None
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("name", list(VALUE_SETS))
-def test_every_rendered_object_is_valid_kubernetes(render: Render, name: str) -> None:
+def test_every_rendered_object_is_valid_kubernetes(render: Render, name: str,
+                                                   version: str) -> None:
     docs = render(VALUE_SETS[name])
     assert docs
     for doc in docs:
         if doc["kind"] in CUSTOM_KINDS:
             continue
         try:
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message}")
 
@@ -277,3 +281,24 @@ def test_bad_values_are_refused(helm: Path, chart_tmp: Path, values: dict[str, A
 def test_a_too_long_release_name_is_refused_with_advice(helm: Path, chart_tmp: Path) -> None:
     result = run_helm(helm, "template", "a-release-name-that-is-far-too-long", str(CHART))
     assert result.returncode != 0 and "fullnameOverride" in result.stderr
+
+
+def _pod_checksums(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        and "checksum/secret" in d["spec"]["template"]["metadata"].get("annotations", {})
+    }
+
+
+def test_the_config_checksum_changes_when_the_secret_values_change(render: Render) -> None:
+    base = {"secrets": {"riskAdminToken": "token-one", "redisPassword": "r",
+                        "postgresPassword": "p"}}
+    same = _pod_checksums(render(base))
+    assert same, "the service pods carry a checksum of their secret values"
+    assert _pod_checksums(render(base)) == same
+    changed = {"secrets": {**base["secrets"], "riskAdminToken": "token-two"}}
+    after = _pod_checksums(render(changed))
+    assert set(after) == set(same)
+    assert all(after[name] != same[name] for name in same)
