@@ -48,6 +48,8 @@ LAZY_ACK_MS = 100
 """Longest wait before rounds that only moved prices are committed and acked."""
 
 GROUP = "execution"
+GAUGE_INTERVAL_SEC = 1.0
+"""Longest wait before the account gauges follow the prices (they change on every event)."""
 
 
 class ExecutionService(Service[ExecutionSettings]):
@@ -94,6 +96,7 @@ class ExecutionService(Service[ExecutionSettings]):
         return [self.consumer]
 
     def _gauges(self) -> None:
+        self.gauges_at = time.monotonic()
         ACCOUNT_EQUITY.set(self.engine.equity)
         ACCOUNT_CASH.set(self.engine.cash)
         REALIZED_PNL.set(self.engine.realized_pnl)
@@ -113,7 +116,8 @@ class ExecutionService(Service[ExecutionSettings]):
             if self.bar_ts is None or ts > self.bar_ts:
                 if self.bar_ts is not None:
                     self._equity_point(self.bar_ts)
-                    self._gauges()
+                    if time.monotonic() - self.gauges_at >= GAUGE_INTERVAL_SEC:
+                        self._gauges()
                 self.bar_ts = ts
             engine.on_market_data(event)
             if self.last_md_ts is None or ts > self.last_md_ts:
