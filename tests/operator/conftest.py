@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,8 +25,9 @@ if str(ROOT / "operator") not in sys.path:
 import kmock  # noqa: E402
 from kmock import action  # noqa: E402
 
-from services.common.infra import Infrastructure, free_port  # noqa: E402
+from services.common.infra import Infrastructure  # noqa: E402
 from tests.conftest import fresh_database, service_env  # noqa: E402
+from tests.support.risk_process import RiskProcess  # noqa: E402
 
 NS = "trading"
 TS_NAME = "cdb"
@@ -124,46 +122,11 @@ async def k8s() -> AsyncIterator[Emulator]:
         yield emulator
 
 
-class RiskManager:
-    """A real risk manager process (`python -m services.risk_manager`) on 127.0.0.1."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.port = free_port()
-        self.log = Path(tempfile.mkdtemp(prefix="cdb-op-risk-")) / "risk.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.risk_manager"],
-                env={**self.env, "HTTP_PORT": str(self.port)}, stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError("risk manager did not become ready")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
-
-    def state(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/risk/state", timeout=5).json())
+class RiskManager(RiskProcess):
+    """A real risk manager process with the admin calls the operator tests drive."""
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        r = httpx.post(f"{self.url}{path}", json=body, timeout=10,
-                       headers={"Authorization": f"Bearer {TOKEN}"})
+        r = self.request(path, body)
         assert r.status_code == 200, r.text
         return dict(r.json())
 
@@ -183,7 +146,7 @@ class RiskManager:
 def risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
     env = service_env(infra, fresh_database(infra.database_url), f"op{time.time_ns()}:",
                       RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskManager(env)
+    process = RiskManager(env, TOKEN)
     process.start()
     yield process
     process.stop()

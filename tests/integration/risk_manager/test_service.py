@@ -5,76 +5,30 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from services.common.infra import Infrastructure, free_port
+from services.common.infra import Infrastructure
 from tests.conftest import fresh_database, service_env
+from tests.support.risk_process import RiskProcess
 
 TOKEN = "risk-admin-test-token"
-
-
-class RiskProcess:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.port = free_port()
-        self.log = Path(tempfile.mkdtemp(prefix="cdb-risk-")) / "risk.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.risk_manager"],
-                env={**self.env, "HTTP_PORT": str(self.port)}, stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("risk manager did not become ready")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(15)
-
-    def state(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/risk/state", timeout=5).json())
-
-    def post(self, path: str, body: dict[str, str], token: str | None = TOKEN) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=10)
 
 
 @pytest.fixture
 def risk(infra: Infrastructure, prefix: str) -> Iterator[RiskProcess]:
     env = service_env(infra, fresh_database(infra.database_url), prefix,
                       RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskProcess(env)
+    process = RiskProcess(env, TOKEN)
     process.start()
     yield process
     process.stop()
 
 
 def halt(risk: RiskProcess) -> None:
-    r = risk.post("/risk/halt", {"request_id": "h1", "halted_by": "tester", "reason": "drill"})
+    r = risk.request("/risk/halt", {"request_id": "h1", "halted_by": "tester", "reason": "drill"})
     assert r.status_code == 200 and r.json()["result"] == "halted"
 
 
@@ -90,20 +44,20 @@ def test_a_halt_survives_a_restart_of_the_risk_manager(risk: RiskProcess) -> Non
 def test_a_release_without_the_token_is_refused_and_changes_nothing(risk: RiskProcess) -> None:
     halt(risk)
     body = {"request_id": "r1", "released_by": "intruder", "reason": "let me trade"}
-    assert risk.post("/risk/release", body, token=None).status_code == 401
-    assert risk.post("/risk/release", body, token="wrong").status_code == 401
+    assert risk.request("/risk/release", body, token=None).status_code == 401
+    assert risk.request("/risk/release", body, token="wrong").status_code == 401
     assert risk.state()["state"] == "HALTED"
 
 
 def test_a_second_release_with_the_same_request_id_changes_nothing(risk: RiskProcess) -> None:
     halt(risk)
     body = {"request_id": "r-42", "released_by": "alice", "reason": "reviewed"}
-    first = risk.post("/risk/release", body)
+    first = risk.request("/risk/release", body)
     assert first.status_code == 200 and first.json()["result"] == "released"
     assert risk.state()["state"] == "ACTIVE"
-    r = risk.post("/risk/halt", {"request_id": "h2", "halted_by": "bob", "reason": "again"})
+    r = risk.request("/risk/halt", {"request_id": "h2", "halted_by": "bob", "reason": "again"})
     assert r.json()["result"] == "halted"
-    second = risk.post("/risk/release", body)
+    second = risk.request("/risk/release", body)
     assert second.status_code == 200
     assert second.json()["duplicate"] is True and second.json()["result"] == "released"
     assert risk.state()["state"] == "HALTED"
@@ -113,7 +67,7 @@ def test_a_release_while_not_halted_records_that_there_was_nothing_to_release(
     risk: RiskProcess,
 ) -> None:
     body = {"request_id": "r-idle", "released_by": "alice", "reason": "just in case"}
-    r = risk.post("/risk/release", body)
+    r = risk.request("/risk/release", body)
     assert r.status_code == 200 and r.json()["result"] == "nothing to release"
     assert risk.state()["state"] == "ACTIVE"
 
