@@ -153,6 +153,17 @@ def risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
 
 
 @pytest.fixture
+def fresh_risk(infra: Infrastructure) -> Iterator[RiskManager]:
+    """A risk manager of its own (a fresh account) for a test that trades it."""
+    env = service_env(infra, fresh_database(infra.database_url), f"opd{time.time_ns()}:",
+                      RISK_ADMIN_TOKEN=TOKEN)
+    process = RiskManager(env, TOKEN)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
 def risk(risk_manager: RiskManager) -> RiskManager:
     risk_manager.reset()
     return risk_manager

@@ -108,9 +108,11 @@ async def test_a_spec_change_restarts_exactly_the_deployments_whose_parameters_c
 
 
 async def test_a_release_while_halted_calls_the_risk_manager_once_and_records_it(
-    start_operator: StartOperator, risk: RiskManager
+    start_operator: StartOperator, fresh_risk: RiskManager
 ) -> None:
-    risk.halt("daily drawdown 6% above 5%")
+    risk = fresh_risk
+    halted = risk.drive_into_drawdown_halt()
+    assert "drawdown" in (halted["halt_reason"] or "").lower()
     op = await start_operator(risk.url)
     await op.create(SPEC)
     await eventually(lambda: op.condition("Halted").get("status") == "True")

@@ -62,3 +62,71 @@ class RiskProcess:
         bearer = self.token if token == "" else token
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=10)
+
+    def drive_into_drawdown_halt(self, symbol: str = "BTCUSDT") -> dict[str, Any]:
+        """Trade the account into a real daily-drawdown HALT through its streams.
+
+        Publishes market data and a buy signal, fills the order the risk manager emits, then
+        publishes a price 90 % lower: the position's loss takes equity below the day's
+        baseline by more than MAX_DAILY_DRAWDOWN_PCT. Returns the state once HALTED.
+        """
+        import redis
+
+        from services.common.events import (
+            MarketData,
+            Order,
+            OrderResult,
+            Signal,
+            dump_event,
+            new_id,
+            parse_event,
+        )
+
+        prefix = self.env.get("STREAM_PREFIX", "")
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+
+        def publish(stream: str, event: Any) -> None:
+            client.xadd(prefix + stream, {b"data": dump_event(event)})
+
+        def tick(price: float) -> MarketData:
+            md = MarketData(timestamp=int(time.time() * 1000), symbol=symbol, price=price,
+                            volume=5_000_000.0, pct_change=4.0, bid=price * 0.9999,
+                            ask=price * 1.0001, source="mexc_rest")
+            publish("market_data", md)
+            return md
+
+        try:
+            equity = float(self.state()["equity"])
+            md = tick(100.0)
+            time.sleep(0.3)
+            signal_id = new_id()
+            publish("signals", Signal(
+                timestamp=md.timestamp, symbol=symbol, direction="buy", size=equity * 0.1,
+                signal_strength=0.9, signal_id=signal_id, market_event_id=md.event_id,
+                reason="drawdown drill"))
+            order = self._wait_for_order(client, prefix + "orders", signal_id, parse_event)
+            assert isinstance(order, Order)
+            publish("order_results", OrderResult(
+                timestamp=int(time.time() * 1000), order_id=order.order_id, status="filled",
+                fill_price=100.0, fees=0.0, symbol=symbol, side="buy",
+                filled_qty=order.size / 100.0, filled_notional=order.size, slippage_pct=0.0))
+            time.sleep(0.3)
+            tick(10.0)
+            deadline = time.monotonic() + 15
+            while (state := self.state())["state"] != "HALTED":
+                assert time.monotonic() < deadline, f"no drawdown HALT: {state}"
+                time.sleep(0.1)
+            return state
+        finally:
+            client.close()
+
+    @staticmethod
+    def _wait_for_order(client: Any, key: str, signal_id: str, parse: Any) -> Any:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            for _, fields in client.xrange(key):
+                order = parse("orders", fields[b"data"])
+                if order.signal_id == signal_id:
+                    return order
+            time.sleep(0.1)
+        raise AssertionError("the risk manager emitted no order for the drill's signal")
