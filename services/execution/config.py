@@ -14,6 +14,10 @@ from pydantic import Field
 
 from services.common.settings import BaseServiceSettings
 
+HELD_SYMBOLS_KEY = "execution:held_symbols"
+"""Redis key (under STREAM_PREFIX) with the JSON list of symbols the paper account holds; the
+REST screener always follows them (a held symbol that left the top movers keeps its data)."""
+
 MAX_FILL_SLIPPAGE = 0.5
 """Cap of the simulated slippage (fraction), so a sell price always stays positive."""
 

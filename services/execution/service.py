@@ -24,7 +24,7 @@ from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
 from services.common.events import EventBase, MarketData, Order, OrderResult
 from services.common.ledger import Ledger
 from services.common.runtime import Service
-from services.execution.config import ExecutionConfig, ExecutionSettings
+from services.execution.config import HELD_SYMBOLS_KEY, ExecutionConfig, ExecutionSettings
 from services.execution.engine import ExecutionEngine
 from services.execution.models import PortfolioSnapshot
 
@@ -74,6 +74,8 @@ class ExecutionService(Service[ExecutionSettings]):
             self.bar_ts = saved.get("bar_ts")
             self.last_md_ts = saved.get("last_md_ts")
         republished = await self.ledger.republish_outbox()
+        self.held: tuple[str, ...] | None = None
+        await self._publish_held()
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data", "orders"], self.handle, self.consumer_name,
             before_flush=self.ledger.commit, lazy_ack_ms=LAZY_ACK_MS,
@@ -136,9 +138,25 @@ class ExecutionService(Service[ExecutionSettings]):
             for a in out.alerts:
                 metrics.ALERTS.labels(a.code, a.level).inc()
                 outputs.append(Outgoing("alerts", a))
+            if out.fill is not None:
+                await self._publish_held()
             self._gauges()
         self.ledger.handled(stream, entry.entry_id)
         return self.ledger.emit(outputs)
+
+    async def _publish_held(self) -> None:
+        """Write the held symbols to HELD_SYMBOLS_KEY when they changed (for the screeners)."""
+        held = tuple(self.engine.positions)
+        if held == self.held:
+            return
+        key = self.bus.key(HELD_SYMBOLS_KEY)
+        value = orjson.dumps(list(held))
+
+        async def write() -> Any:
+            return await self.bus.redis.set(key, value)
+
+        await self.bus.retrying("held_symbols", write, timeout_s=10)
+        self.held = held
 
     def _equity_point(self, ts: int) -> None:
         self.ledger.add(

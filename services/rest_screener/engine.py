@@ -284,35 +284,41 @@ def parse_depth(body: object) -> Book:
 
 
 def select_symbols(
-    tickers: Mapping[str, Ticker24h], config: RestConfig
+    tickers: Mapping[str, Ticker24h], config: RestConfig, held: Iterable[str] = (),
 ) -> tuple[list[str], list[Rejection]]:
     """Choose the symbols to follow.
 
     With a whitelist: its symbols that have a ticker (the others are rejected as unknown).
     Otherwise the TOP_N movers: pairs quoted in QUOTE_ASSET with a 24 h quote volume of at
     least MIN_QUOTE_VOLUME, ranked by the absolute 24 h change (movers both ways, so falling
-    symbols keep their data for exits), then by quote volume, then by symbol.
+    symbols keep their data for exits), then by quote volume, then by symbol. Symbols the
+    paper account holds are always followed (after the others, sorted): a position that
+    left the movers still needs prices for its stop-loss and its valuation.
 
     Args:
         tickers: Validated tickers by symbol.
         config: The engine configuration.
+        held: Symbols with an open position (those without a ticker are left out).
 
     Returns:
-        The selected symbols (ranked; the whitelist in its sorted order) and the rejections.
+        The selected symbols (ranked; the whitelist in its sorted order; then the held ones
+        not already chosen) and the rejections.
     """
     if config.whitelist:
         chosen = [s for s in config.whitelist if s in tickers]
         missing = [Rejection(s, "unknown_symbol", "no 24 h ticker") for s in config.whitelist
                    if s not in tickers]
-        return chosen, missing
-    quote = config.quote_asset
-    candidates = [
-        t for t in tickers.values()
-        if t.symbol.endswith(quote) and len(t.symbol) > len(quote)
-        and t.quote_volume >= config.min_quote_volume
-    ]
-    candidates.sort(key=lambda t: (-abs(t.change_pct), -t.quote_volume, t.symbol))
-    return [t.symbol for t in candidates[: config.top_n]], []
+    else:
+        quote = config.quote_asset
+        candidates = [
+            t for t in tickers.values()
+            if t.symbol.endswith(quote) and len(t.symbol) > len(quote)
+            and t.quote_volume >= config.min_quote_volume
+        ]
+        candidates.sort(key=lambda t: (-abs(t.change_pct), -t.quote_volume, t.symbol))
+        chosen, missing = [t.symbol for t in candidates[: config.top_n]], []
+    pinned = sorted({s for s in held if s in tickers} - set(chosen))
+    return chosen + pinned, missing
 
 
 def build_market_data(

@@ -38,6 +38,7 @@ from services.common.bus import Backoff, Bus, BusUnavailableError, Outgoing
 from services.common.events import MarketData
 from services.common.runtime import Service, Task
 from services.common.store import Store
+from services.execution.config import HELD_SYMBOLS_KEY
 from services.rest_screener import engine
 from services.rest_screener.config import TOP_MOVERS_KEY, RestConfig, RestScreenerSettings
 
@@ -244,7 +245,7 @@ class RestScreenerService(Service[RestScreenerSettings]):
         except FeedError as exc:
             return await self._fault("ticker_24hr", exc)
         self._reject(rejected)
-        symbols, missing = engine.select_symbols(tickers, self.config)
+        symbols, missing = engine.select_symbols(tickers, self.config, await self._held())
         self._reject(missing)
         self.symbols = symbols
         m.SYMBOLS.labels(SOURCE).set(len(symbols))
@@ -422,6 +423,21 @@ class RestScreenerService(Service[RestScreenerSettings]):
             await self.bus.publish(alert.stream, alert.event)
         except BusUnavailableError:
             logger.error("could not publish alert", extra={"alert": alert.event.model_dump()})
+
+    async def _held(self) -> list[str]:
+        """The symbols the paper account holds (HELD_SYMBOLS_KEY; empty when unknown)."""
+        raw = await self.bus.retrying(
+            "held_symbols", lambda: self.bus.redis.get(self.bus.key(HELD_SYMBOLS_KEY)),
+            timeout_s=10,
+        )
+        if not raw:
+            return []
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            logger.warning("held symbols key is not JSON; ignored")
+            return []
+        return [s for s in value if isinstance(s, str)] if isinstance(value, list) else []
 
     async def _publish_top_movers(self, symbols: list[str]) -> None:
         """Write the followed symbols to `<prefix>screener:top_movers` (JSON, with a TTL)."""

@@ -11,10 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 import redis
 
 from services.common.infra import Infrastructure
+from services.execution.config import HELD_SYMBOLS_KEY
 from services.replay.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import (
@@ -81,6 +83,29 @@ def test_a_lock_step_replay_through_the_services_equals_the_backtest(
     assert rows["decisions"] == expected
     assert [o[0] for o in rows["orders"]] == [o.order_id for o in trace.orders]
     assert len(trace.orders) > 10, "the sample makes enough orders to compare"
+
+
+def test_the_held_symbols_the_screeners_follow_are_the_accounts_open_positions(
+    infra: Infrastructure, prefix: str
+) -> None:
+    database_url, _ = run_pipeline(infra, prefix, minutes=60)
+    client = redis.Redis.from_url(infra.redis_url)
+    try:
+        held = json.loads(client.get(prefix + HELD_SYMBOLS_KEY) or b"[]")
+    finally:
+        client.close()
+    positions = asyncio.run(open_positions(database_url))
+    assert positions, "an hour of the sample ends with open positions"
+    assert held == positions
+
+
+async def open_positions(database_url: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT symbol FROM positions WHERE qty > 0 ORDER BY symbol")
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
 
 
 def test_cdb_report_reads_a_replay_back_as_the_backtest_reports_it(

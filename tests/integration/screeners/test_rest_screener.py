@@ -21,6 +21,7 @@ from services.common.bus import Bus
 from services.common.events import Alert, MarketData, parse_event
 from services.common.infra import Infrastructure, free_port
 from services.common.settings import load_settings
+from services.execution.config import HELD_SYMBOLS_KEY
 from services.rest_screener.config import TOP_MOVERS_KEY, RestScreenerSettings
 from services.rest_screener.service import RestScreenerService
 from tests.conftest import ROOT, service_env
@@ -115,6 +116,22 @@ async def test_polls_publish_valid_bars_of_the_top_movers_and_the_list(
     assert doc["symbols"] == ["SOLUSDT", "ETHUSDT", "BTCUSDT"] and doc["mode"] == "top_n"
     assert await bus.redis.ttl(bus.key(TOP_MOVERS_KEY)) > 0
     assert await svc.ready_checks() == {"feed": True}
+
+
+async def test_a_held_symbol_outside_the_top_movers_keeps_its_market_data(
+    infra: Infrastructure, prefix: str, bus: Bus, exchange: MexcLookalike,
+) -> None:
+    await bus.redis.set(bus.key(HELD_SYMBOLS_KEY), orjson.dumps(["DOGEUSDT", "NOPEUSDT"]))
+    svc = RestScreenerService(settings_for(infra, prefix, exchange), bus, None)
+
+    async def doge_published() -> bool:
+        return "DOGEUSDT" in {e.symbol for e in await market_data(bus)}
+
+    await run_until(svc, doge_published)
+    assert {e.symbol for e in await market_data(bus)} == {
+        "SOLUSDT", "ETHUSDT", "BTCUSDT", "DOGEUSDT"}
+    doc = orjson.loads(await bus.redis.get(bus.key(TOP_MOVERS_KEY)))
+    assert doc["symbols"] == ["SOLUSDT", "ETHUSDT", "BTCUSDT", "DOGEUSDT"]
 
 
 async def test_429_and_418_wait_as_told_by_retry_after(

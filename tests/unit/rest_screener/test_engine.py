@@ -237,3 +237,21 @@ def test_whitelist_parsing() -> None:
     assert parse_whitelist(" btcusdt, ETHUSDT,,") == ("BTCUSDT", "ETHUSDT")
     with pytest.raises(ValueError, match="invalid symbol"):
         parse_whitelist("BTC-USDT")
+
+
+def test_held_symbols_are_followed_after_the_movers_even_when_they_left_the_list() -> None:
+    tickers, _ = parse_tickers([
+        ticker("BTCUSDT", "0.0173"), ticker("ETHUSDT", "-0.0450"), ticker("SOLUSDT", "0.0810"),
+        ticker("DOGEUSDT", "0.002"), ticker("ADAUSDT", "0.001"),
+    ])
+    chosen, _ = select_symbols(tickers, RestConfig(top_n=2, min_quote_volume=1000),
+                               held=["SOLUSDT", "DOGEUSDT", "ADAUSDT", "GONEUSDT"])
+    assert chosen == ["SOLUSDT", "ETHUSDT", "ADAUSDT", "DOGEUSDT"]
+
+
+def test_held_symbols_are_added_to_a_whitelist_too() -> None:
+    tickers, _ = parse_tickers([ticker("BTCUSDT", "0.01"), ticker("ETHUSDT", "0.02")])
+    chosen, rejected = select_symbols(tickers, RestConfig(whitelist=("BTCUSDT",)),
+                                      held=["ETHUSDT", "BTCUSDT"])
+    assert chosen == ["BTCUSDT", "ETHUSDT"]
+    assert rejected == []
