@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
 
@@ -284,16 +285,8 @@ class RiskEngine:
         bid = md.bid
         ask = md.ask
         if bid is not None and ask is not None and ask >= bid:
-            spread = (ask - bid) * 2.0 / (ask + bid)
-            window = self._spreads.get(sym)
-            if window is None:
-                window = self._spreads[sym] = _SpreadWindow(self._cfg.spread_window)
-            limit = -1.0
-            if len(window.ordered) >= self._cfg.min_spread_samples:
-                limit = self._cfg.max_spread_multiplier * window.median()
-            window.push(spread)
-            anomalous = window.anomalous = limit > 0 and spread > limit
-            if anomalous and sym not in self._breaker_symbols:
+            spread, limit = self._push_spread(sym, bid, ask)
+            if limit > 0 and spread > limit and sym not in self._breaker_symbols:
                 if out is None:
                     out = _Out(now_ms)
                 self._spread_trip(out, md, spread, limit)
@@ -308,6 +301,44 @@ class RiskEngine:
                     out = _Out(now_ms)
                 self._stop_loss(out, md, pos)
         return EMPTY_OUTPUT if out is None else out.result()
+
+    def _push_spread(self, sym: str, bid: float, ask: float) -> tuple[float, float]:
+        """Add a spread sample to the symbol's window; return it and the limit it met.
+
+        The limit is MAX_SPREAD_MULTIPLIER x the median before this sample (-1 while the
+        window has fewer than MIN_SPREAD_SAMPLES); the window remembers whether it was above.
+        """
+        spread = (ask - bid) * 2.0 / (ask + bid)
+        window = self._spreads.get(sym)
+        if window is None:
+            window = self._spreads[sym] = _SpreadWindow(self._cfg.spread_window)
+        limit = -1.0
+        if len(window.ordered) >= self._cfg.min_spread_samples:
+            limit = self._cfg.max_spread_multiplier * window.median()
+        window.push(spread)
+        window.anomalous = limit > 0 and spread > limit
+        return spread, limit
+
+    def warm_spreads(self, history: Iterable[MarketData]) -> int:
+        """Refill the spread windows from market data applied before a restart.
+
+        Only the windows change (prices, positions and the trading state come from the
+        snapshot): each sample is taken as `on_market_data` takes it, in the given order
+        (oldest first), so the windows are what they were before the restart.
+
+        Args:
+            history: Market data events, oldest first.
+
+        Returns:
+            The number of spread samples taken.
+        """
+        taken = 0
+        for md in history:
+            bid, ask = md.bid, md.ask
+            if bid is not None and ask is not None and ask >= bid:
+                self._push_spread(md.symbol, bid, ask)
+                taken += 1
+        return taken
 
     def _spread_trip(self, out: _Out, md: MarketData, spread: float, limit: float) -> None:
         sym = md.symbol

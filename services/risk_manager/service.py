@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from services.common import metrics
 from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
 from services.common.events import Alert, EventBase, MarketData, OrderResult, Signal
+from services.common.history import acked_history
 from services.common.ledger import Ledger
 from services.common.runtime import Service, Task
 from services.risk_manager.config import RiskConfig, RiskSettings
@@ -66,6 +67,8 @@ LAZY_ACK_MS = 100
 """Longest wait before rounds that only moved prices are committed and acked."""
 
 GROUP = "risk_manager"
+SPREAD_WARM_SYMBOLS = 200
+"""Spread windows' worth of market data read back at start (symbols x SPREAD_WINDOW)."""
 RECENT_MD = 20_000
 """Market data event ids remembered to match signals to the data that closed them."""
 RECORDER_GROUP = "alerts_recorder"
@@ -131,6 +134,7 @@ class RiskService(Service[RiskSettings]):
         )
         self.decided: set[str] = {r["s"] for r in rows}
         republished = await self.ledger.republish_outbox()
+        spread_samples = await self._warm_spreads() if saved is not None else 0
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data", "order_results", "signals"], self.handle,
             self.consumer_name, before_flush=self.ledger.commit, lazy_ack_ms=LAZY_ACK_MS,
@@ -143,7 +147,24 @@ class RiskService(Service[RiskSettings]):
         logger.info("risk engine restored", extra={
             "state": str(self.engine.state), "republished": republished,
             "restored": saved is not None, "clock": self.settings.CLOCK,
+            "spread_samples": spread_samples,
         })
+
+    async def _warm_spreads(self) -> int:
+        """Refill the spread windows (not in the snapshot) from the acked market data.
+
+        Keeps the newest SPREAD_WINDOW events per symbol, reading back at most
+        SPREAD_WARM_SYMBOLS windows' worth, and feeds them oldest first.
+        """
+        need = self.config.spread_window
+        per_symbol: dict[str, list[MarketData]] = {}
+        async for event in acked_history(self.bus, "market_data", GROUP,
+                                         need * SPREAD_WARM_SYMBOLS):
+            assert isinstance(event, MarketData)
+            samples = per_symbol.setdefault(event.symbol, [])
+            if len(samples) < need:
+                samples.append(event)
+        return sum(self.engine.warm_spreads(reversed(v)) for v in per_symbol.values())
 
     def _snapshot(self) -> dict[str, Any]:
         return {"engine": self.engine.snapshot().to_dict(), "last_tick": self.last_tick}

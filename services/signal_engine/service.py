@@ -17,16 +17,10 @@ import time
 from typing import Any, ClassVar
 
 from prometheus_client import Counter, Gauge
-from redis.exceptions import ResponseError
 
 from services.common.bus import Consumer, HandlerResult, Outgoing
-from services.common.events import (
-    EventBase,
-    EventValidationError,
-    MarketData,
-    Signal,
-    parse_event,
-)
+from services.common.events import EventBase, MarketData, Signal
+from services.common.history import acked_history
 from services.common.ledger import Ledger
 from services.common.runtime import Service, Task
 from services.signal_engine.config import SignalConfig, SignalSettings
@@ -44,10 +38,6 @@ LAZY_ACK_MS = 100
 GROUP = "signal_engine"
 WARM_UP_MAX = 500_000
 """Most market data events read back at start to refill the windows."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class SignalService(Service[SignalSettings]):
@@ -74,44 +64,16 @@ class SignalService(Service[SignalSettings]):
     async def _warm_up(self) -> int:
         """Refill the momentum windows from the market data this group already acked.
 
-        Reads `market_data` backwards from the last entry the group acked (the entry before
-        its oldest pending one, else its last delivered one) until the window is covered, and
-        applies it in order, dropping the signals (they were published before). Pending
-        entries come again through the consumer. Returns the number of events applied.
+        Reads back (newest first) until the lookback window and one interval are covered and
+        applies it in order, dropping the signals (they were published before). Returns the
+        number of events applied.
         """
-        redis = self.bus.redis
-        key = self.bus.key("market_data")
-        try:
-            groups = await redis.xinfo_groups(key)
-        except ResponseError:
-            return 0  # no stream yet: nothing to warm up from
-        info = next((g for g in groups if _text(g.get("name")) == GROUP), None)
-        if info is None:
-            return 0
-        summary = await redis.xpending(key, GROUP)
-        upper = (
-            "(" + _text(summary["min"]) if summary.get("pending")
-            else _text(info.get("last-delivered-id", "0-0"))
-        )
-        if upper in ("0-0", "(0-0"):
-            return 0
         span_ms = self.engine.config.lookback_minutes * 60_000 + self.engine.config.interval_ms
         events: list[MarketData] = []
-        newest: int | None = None
-        while len(events) < WARM_UP_MAX:
-            rows = await redis.xrevrange(key, max=upper, min="-", count=1000)
-            if not rows:
-                break
-            for _, fields in rows:
-                try:
-                    event = parse_event("market_data", (fields or {}).get(b"data", b""))
-                except EventValidationError:
-                    continue
-                assert isinstance(event, MarketData)
-                newest = event.timestamp if newest is None else newest
-                events.append(event)
-            upper = "(" + _text(rows[-1][0])
-            if newest is not None and events[-1].timestamp < newest - span_ms:
+        async for event in acked_history(self.bus, "market_data", GROUP, WARM_UP_MAX):
+            assert isinstance(event, MarketData)
+            events.append(event)
+            if event.timestamp < events[0].timestamp - span_ms:
                 break
         for event in reversed(events):
             self.engine.on_market_data(event)

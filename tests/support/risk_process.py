@@ -63,6 +63,38 @@ class RiskProcess:
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=10)
 
+    def publish(self, stream: str, event: Any) -> None:
+        """Add one event to `stream` (under the process's STREAM_PREFIX)."""
+        import redis
+
+        from services.common.events import dump_event
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        try:
+            client.xadd(self.env.get("STREAM_PREFIX", "") + stream,
+                        {b"data": dump_event(event)})
+        finally:
+            client.close()
+
+    def wait_consumed(self, stream: str, timeout: float = 15.0) -> None:
+        """Wait until the risk manager has taken and acked every entry of `stream`."""
+        import redis
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        key = self.env.get("STREAM_PREFIX", "") + stream
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                last = client.xrevrange(key, count=1)
+                group = next(g for g in client.xinfo_groups(key) if g["name"] == b"risk_manager")
+                if (last and group["last-delivered-id"] == last[0][0]
+                        and group["pending"] == 0):
+                    return
+                assert time.monotonic() < deadline, f"{stream} not consumed: {group}"
+                time.sleep(0.05)
+        finally:
+            client.close()
+
     def drive_into_drawdown_halt(self, symbol: str = "BTCUSDT") -> dict[str, Any]:
         """Trade the account into a real daily-drawdown HALT through its streams.
 
@@ -77,16 +109,13 @@ class RiskProcess:
             Order,
             OrderResult,
             Signal,
-            dump_event,
             new_id,
             parse_event,
         )
 
         prefix = self.env.get("STREAM_PREFIX", "")
         client = redis.Redis.from_url(self.env["REDIS_URL"])
-
-        def publish(stream: str, event: Any) -> None:
-            client.xadd(prefix + stream, {b"data": dump_event(event)})
+        publish = self.publish
 
         def tick(price: float) -> MarketData:
             md = MarketData(timestamp=int(time.time() * 1000), symbol=symbol, price=price,

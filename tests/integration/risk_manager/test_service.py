@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from services.common.events import MarketData
 from services.common.infra import Infrastructure
 from tests.conftest import fresh_database, service_env
 from tests.support.risk_process import RiskProcess
@@ -95,3 +97,27 @@ def test_cdb_risk_halts_shows_and_releases_through_the_http_api(risk: RiskProces
     released = cdb_risk(risk, "release", "--reason", "done", "--request-id", "cli-1")
     assert released.returncode == 0 and '"released"' in released.stdout
     assert risk.state()["state"] == "ACTIVE"
+
+
+def quote(spread: float) -> MarketData:
+    mid = 100.0
+    return MarketData(timestamp=int(time.time() * 1000), symbol="BTCUSDT", price=mid,
+                      volume=1_000_000.0, pct_change=1.0, bid=mid * (1 - spread / 2),
+                      ask=mid * (1 + spread / 2), source="mexc_rest")
+
+
+def test_a_restarted_risk_manager_refills_its_spread_windows_and_still_trips(
+    risk: RiskProcess,
+) -> None:
+    for _ in range(12):
+        risk.publish("market_data", quote(0.001))
+    risk.wait_consumed("market_data")
+    assert risk.stop() == 0
+    risk.start()
+    assert '"spread_samples":12' in risk.log.read_text().replace(" ", "")
+    risk.publish("market_data", quote(0.006))  # six times the median spread
+    deadline = time.monotonic() + 10
+    while "circuit_breaker" not in risk.state()["pause_reasons"]:
+        assert time.monotonic() < deadline, risk.state()
+        time.sleep(0.05)
+    assert risk.state()["state"] == "PAUSED"

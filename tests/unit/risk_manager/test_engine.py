@@ -838,6 +838,24 @@ def test_snapshot_restore_preserves_portfolio_outstanding_and_breaker() -> None:
     assert "circuit_breaker" not in restored.pause_reasons
 
 
+def test_spread_windows_warmed_from_history_trip_like_the_engine_that_never_stopped() -> None:
+    history = [quote("BTCUSDT", 100.0, 0.001, T0 + i * 100) for i in range(12)]
+    running = RiskEngine(RiskConfig())
+    for event in history:
+        running.on_market_data(event, event.timestamp)
+    snap = running.snapshot()
+    warmed = RiskEngine.restore(RiskConfig(), RiskSnapshot.from_dict(snap.to_dict()))
+    cold = RiskEngine.restore(RiskConfig(), RiskSnapshot.from_dict(snap.to_dict()))
+    assert warmed.warm_spreads([md("BTCUSDT", 100.0, ts=T0), *history]) == len(history)
+    assert warmed.snapshot() == snap  # only the windows changed
+    wide = quote("BTCUSDT", 100.0, 0.006, T0 + 2 * SEC)
+    expected = running.on_market_data(wide, wide.timestamp)
+    assert codes(expected) == [("CIRCUIT_BREAKER", "WARNING")]
+    assert warmed.on_market_data(wide, wide.timestamp) == expected
+    # Without the history the restarted engine would let the anomaly pass.
+    assert cold.on_market_data(wide, wide.timestamp).is_empty
+
+
 # ---------------------------------------------------------------------- determinism
 
 
