@@ -142,8 +142,8 @@ class RiskManager(RiskProcess):
         self.post("/risk/pause", {"paused": False})
 
 
-@pytest.fixture(scope="module")
-def risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
+def running_risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
+    """A risk manager process on a fresh account, stopped afterwards."""
     env = service_env(infra, fresh_database(infra.database_url), f"op{time.time_ns()}:",
                       RISK_ADMIN_TOKEN=TOKEN)
     process = RiskManager(env, TOKEN)
@@ -152,15 +152,15 @@ def risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
     process.stop()
 
 
+@pytest.fixture(scope="module")
+def risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
+    yield from running_risk_manager(infra)
+
+
 @pytest.fixture
 def fresh_risk(infra: Infrastructure) -> Iterator[RiskManager]:
     """A risk manager of its own (a fresh account) for a test that trades it."""
-    env = service_env(infra, fresh_database(infra.database_url), f"opd{time.time_ns()}:",
-                      RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskManager(env, TOKEN)
-    process.start()
-    yield process
-    process.stop()
+    yield from running_risk_manager(infra)
 
 
 @pytest.fixture
