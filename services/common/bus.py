@@ -50,6 +50,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def text(value: Any) -> str:
+    """A Redis reply value as text (replies are bytes unless decoding is on)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RetryableError(Exception):
     """A handler failure that will succeed later (a dependency is down): retry in place."""
 
@@ -302,25 +307,31 @@ class Bus:
         """
         return await self.retrying("progress", lambda: self._group_progress(stream, group))
 
+    async def group_info(self, stream: str, group: str) -> dict[Any, Any] | None:
+        """XINFO GROUPS of `stream` for one group: None without the stream or the group.
+
+        Args:
+            stream: Stream name without prefix.
+            group: Consumer group name.
+        """
+        try:
+            groups = await self.redis.xinfo_groups(self.key(stream))
+        except ResponseError:
+            return None  # no stream yet
+        return next((g for g in groups if text(g.get("name")) == group), None)
+
     async def _group_progress(self, stream: str, group: str) -> tuple[int, int]:
         key = self.key(stream)
-        try:
-            groups = await self.redis.xinfo_groups(key)
-        except ResponseError:
-            return 0, 0
-        for info in groups:
-            name = info.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) != group:
-                continue
-            pending = int(info.get("pending", 0))
-            lag = info.get("lag")
-            if lag is not None:
-                return pending, int(lag)
-            last = info.get("last-delivered-id", b"0-0")
-            last_s = last.decode() if isinstance(last, bytes) else str(last)
-            rest = await self.redis.xrange(key, min="(" + last_s, max="+", count=100_000)
-            return pending, len(rest or [])
-        return 0, int(await self.redis.xlen(key))
+        info = await self.group_info(stream, group)
+        if info is None:  # XLEN is 0 when the stream does not exist either
+            return 0, int(await self.redis.xlen(key))
+        pending = int(info.get("pending", 0))
+        lag = info.get("lag")
+        if lag is not None:
+            return pending, int(lag)
+        last = text(info.get("last-delivered-id", b"0-0"))
+        rest = await self.redis.xrange(key, min="(" + last, max="+", count=100_000)
+        return pending, len(rest or [])
 
     async def drained(self, groups: Mapping[str, Sequence[str]]) -> bool:
         """Return True when every listed group has nothing pending and nothing undelivered.

@@ -10,19 +10,12 @@ consumer.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
-from redis.exceptions import ResponseError
-
-from services.common.bus import DATA, Bus
+from services.common.bus import DATA, Bus, text
 from services.common.events import EventBase, EventValidationError, parse_event
 
 PAGE = 1000
 """Entries read per XREVRANGE call."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def acked_history(
@@ -42,17 +35,13 @@ async def acked_history(
     """
     redis = bus.redis
     key = bus.key(stream)
-    try:
-        groups = await redis.xinfo_groups(key)
-    except ResponseError:
-        return  # no stream yet
-    info = next((g for g in groups if _text(g.get("name")) == group), None)
+    info = await bus.group_info(stream, group)
     if info is None:
         return
     summary = await redis.xpending(key, group)
     upper = (
-        "(" + _text(summary["min"]) if summary.get("pending")
-        else _text(info.get("last-delivered-id", "0-0"))
+        "(" + text(summary["min"]) if summary.get("pending")
+        else text(info.get("last-delivered-id", "0-0"))
     )
     if upper in ("0-0", "(0-0"):
         return
@@ -70,4 +59,4 @@ async def acked_history(
             yielded += 1
             if yielded >= limit:
                 return
-        upper = "(" + _text(rows[-1][0])
+        upper = "(" + text(rows[-1][0])
