@@ -55,6 +55,16 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def counted_alert(alert: Alert) -> Outgoing:
+    """An alert to publish on `alerts`, counted in `cdb_alerts_total` by code and level.
+
+    Every alert a service emits goes through here: the bus's own (`Bus.alert`) and those an
+    engine returns.
+    """
+    metrics.ALERTS.labels(alert.code, alert.level).inc()
+    return Outgoing("alerts", alert)
+
+
 class RetryableError(Exception):
     """A handler failure that will succeed later (a dependency is down): retry in place."""
 
@@ -275,17 +285,15 @@ class Bus:
         Returns:
             The alert as an outgoing event.
         """
-        metrics.ALERTS.labels(code, level).inc()
         ts = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
-        alert = Alert(
+        return counted_alert(Alert(
             code=code,
             level=level,
             message=message[:1000],
             source=self.config.source,
             context=context or {},
             timestamp=ts,
-        )
-        return Outgoing("alerts", alert)
+        ))
 
     async def ensure_group(self, stream: str, group: str) -> None:
         """Create `group` on `stream` (MKSTREAM, from the start); an existing group is kept.

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.common import metrics
-from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
+from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing, counted_alert
 from services.common.events import EventBase, MarketData, Order, OrderResult
 from services.common.ledger import Ledger
 from services.common.runtime import Service
@@ -135,9 +134,7 @@ class ExecutionService(Service[ExecutionSettings]):
                 if not self.event_clock:
                     ORDER_TO_FILL.observe(max(0.0, time.time() - event.timestamp / 1000))
             outputs.append(Outgoing("order_results", out.result))
-            for a in out.alerts:
-                metrics.ALERTS.labels(a.code, a.level).inc()
-                outputs.append(Outgoing("alerts", a))
+            outputs.extend(counted_alert(a) for a in out.alerts)
             if out.fill is not None:
                 await self._publish_held()
             self._gauges()

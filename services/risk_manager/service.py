@@ -26,8 +26,7 @@ from fastapi import FastAPI, Header, HTTPException
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
-from services.common import metrics
-from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing
+from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing, counted_alert
 from services.common.events import Alert, EventBase, MarketData, OrderResult, Signal
 from services.common.history import acked_history
 from services.common.ledger import Ledger
@@ -262,9 +261,7 @@ class RiskService(Service[RiskSettings]):
                 o.trimmed, o.timestamp, o.model_dump_json(exclude_none=True),
             )
             outputs.append(Outgoing("orders", o))
-        for a in out.alerts:
-            metrics.ALERTS.labels(a.code, a.level).inc()
-            outputs.append(Outgoing("alerts", a))
+        outputs.extend(counted_alert(a) for a in out.alerts)
         change = out.state_change
         if change is not None:
             add(
