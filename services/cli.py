@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import orjson
@@ -27,6 +27,9 @@ from rich.live import Live
 from rich.table import Table
 
 from services.registry import PIPELINE, SERVICES
+
+if TYPE_CHECKING:
+    from services.replay.candles import CandleSet
 
 app = typer.Typer(
     help="Claire de Binaire: paper trading on crypto spot markets.",
@@ -77,6 +80,18 @@ def run(service: Annotated[str, typer.Argument(help="Service name, e.g. risk_man
 # -- cdb backtest ----------------------------------------------------------------------------
 
 
+def _candles_or_exit(data: Path | None, symbols: list[str] | None, minutes: int) -> CandleSet:
+    """Read the candle files (the bundled sample by default), or exit 1 naming the problem."""
+    from services.replay.candles import CandleFileError, read_candles
+    from services.replay.config import SAMPLE_DIR
+
+    try:
+        return read_candles(data or SAMPLE_DIR, symbols, minutes or None)
+    except (CandleFileError, ValueError) as exc:
+        err.print(f"[red]cannot read candles:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
 def _write_report(report: dict[str, Any], path: Path | None) -> None:
     if path is None:
         return
@@ -98,17 +113,10 @@ def backtest(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.replay.backtest import Pipeline, run_backtest
-    from services.replay.candles import CandleFileError, read_candles
     from services.replay.report import build_report, render
 
-    try:
-        wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
-        from services.replay.config import SAMPLE_DIR
-
-        candles = read_candles(data_dir or SAMPLE_DIR, wanted, minutes or None)
-    except (CandleFileError, ValueError) as exc:
-        err.print(f"[red]cannot read candles:[/red] {exc}")
-        raise typer.Exit(1) from None
+    wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
+    candles = _candles_or_exit(data_dir, wanted, minutes)
     configs = _engine_configs(list(candles.symbols))
     pipeline = Pipeline(*configs, keep_trace=False)
     started = time.perf_counter()
@@ -356,7 +364,6 @@ def up(
     """Start Redis, PostgreSQL and the services; replay ends with the report."""
     from services.common.infra import free_port, infrastructure
     from services.common.logs import configure_logging
-    from services.replay.candles import CandleFileError, read_candles
     from services.replay.config import SAMPLE_DIR
 
     configure_logging(service="cdb")
@@ -370,11 +377,7 @@ def up(
     symbols: list[str] = []
     candles = None
     if source == "replay":
-        try:
-            candles = read_candles(data or SAMPLE_DIR, None, minutes or None)
-        except (CandleFileError, ValueError) as exc:
-            err.print(f"[red]cannot read candles:[/red] {exc}")
-            raise typer.Exit(1) from None
+        candles = _candles_or_exit(data, None, minutes)
         symbols = list(candles.symbols)
     stamp = datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S")
     where = "external" if os.environ.get("REDIS_URL") else f"embedded under {data_dir}"
@@ -438,19 +441,13 @@ def report_command(
     """
     import asyncpg
 
-    from services.replay.candles import CandleFileError, read_candles
-    from services.replay.config import SAMPLE_DIR
     from services.replay.report import render
 
     url = os.environ.get("DATABASE_URL")
     if not url:
         err.print("DATABASE_URL is not set")
         raise typer.Exit(1)
-    try:
-        candles = read_candles(data or SAMPLE_DIR, None, minutes or None)
-    except (CandleFileError, ValueError) as exc:
-        err.print(f"[red]cannot read candles:[/red] {exc}")
-        raise typer.Exit(1) from None
+    candles = _candles_or_exit(data, None, minutes)
     profile = _profile_for(list(candles.symbols))
     equity = float(os.environ.get("PAPER_START_EQUITY") or profile.get("PAPER_START_EQUITY")
                    or "10000")
