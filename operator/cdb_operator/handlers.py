@@ -146,8 +146,12 @@ class Runtime:
 # -- reading -------------------------------------------------------------------------------------
 
 
-async def read_cluster(rt: Runtime, name: str, namespace: str) -> Observed:
+async def read_cluster(
+    rt: Runtime, name: str, namespace: str, manual_paused: bool | None
+) -> Observed:
     """Read the services' ConfigMaps and Deployment pod template annotations.
+
+    `manual_paused` is the risk manager's pause switch as read (None when unknown).
 
     Raises:
         KubeError: The API server failed.
@@ -166,7 +170,7 @@ async def read_cluster(rt: Runtime, name: str, namespace: str) -> Observed:
         else:
             meta = ((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}
             deployments[service.name] = dict(meta.get("annotations") or {})
-    return Observed(configmaps=configmaps, deployments=deployments)
+    return Observed(configmaps=configmaps, deployments=deployments, manual_paused=manual_paused)
 
 
 async def read_risk(rt: Runtime, url: str) -> tuple[RiskState | None, str | None]:
@@ -410,14 +414,13 @@ def register(
         url = config.risk_url(name, ns)
         pause_error: str | None = None
         async with rt.lock(uid):
+            state, risk_error = await read_risk(rt, url)
             try:
-                observed = await read_cluster(rt, name, ns)
+                observed = await read_cluster(rt, name, ns,
+                                              state.manual_paused if state else None)
             except KubeError as exc:
                 raise kopf.TemporaryError(f"reading the services: {exc}",
                                           delay=config.RETRY_DELAY_SEC) from None
-            state, risk_error = await read_risk(rt, url)
-            observed = Observed(observed.configmaps, observed.deployments,
-                                state.manual_paused if state else None)
             actions = plan(desired, observed, pause_requested=_pause_changed(diff, desired))
             try:
                 await apply_config(rt, body, name, ns, observed, actions)
@@ -544,9 +547,8 @@ def register(
         if desired is not None:
             async with rt.lock(uid):
                 try:
-                    observed = await read_cluster(rt, name, ns)
-                    observed = Observed(observed.configmaps, observed.deployments,
-                                        state.manual_paused if state else None)
+                    observed = await read_cluster(rt, name, ns,
+                                                  state.manual_paused if state else None)
                     actions = plan(desired, observed)
                     pending = config_actions(actions)
                     if pending and settled:
