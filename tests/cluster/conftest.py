@@ -64,6 +64,20 @@ class Cluster:
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
+    def raw(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One Python-client call, its answer as plain JSON (no typed models)."""
+        response = call(*args, _preload_content=False, **kwargs)
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def items(self, call: Callable[..., Any], namespace: str, **kwargs: Any,
+              ) -> dict[str, dict[str, Any]]:
+        """The objects a namespaced list call returns, by name."""
+        listed = self.raw(call, namespace, **kwargs)["items"]
+        return {o["metadata"]["name"]: o for o in listed}
+
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None,
                 ) -> subprocess.CompletedProcess[str]:
         """Run kubectl (v1.34: outside the skew policy of a v1.20 server, its warning cut)."""
