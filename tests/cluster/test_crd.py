@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cdb_operator.model import INTERVALS, PARAMETERS, Parameter
 from kubernetes.client.exceptions import ApiException
 
@@ -143,6 +142,3 @@ def test_the_status_subresource_takes_status_and_leaves_the_spec(cluster: Cluste
     assert printed.split("\n")[0].split()[:5] == ["NAME", "STATE", "HALTED", "CONFIG", "AGE"]
     assert "ACTIVE" in printed
 
-
-def test_the_examples_parse_as_yaml() -> None:
-    assert EXAMPLES and all(yaml.safe_load(p.read_text()) for p in EXAMPLES)

@@ -6,7 +6,13 @@ import base64
 from pathlib import Path
 
 import pytest
-from cdb_operator.kube import KubeClient, KubeError, load_configuration, secret_value
+from cdb_operator.kube import (
+    KubeClient,
+    KubeError,
+    connection_info,
+    load_configuration,
+    secret_value,
+)
 from kmock import action
 from kubernetes import client
 
@@ -82,6 +88,26 @@ def test_without_a_service_account_the_kubeconfig_is_loaded(
     cfg = load_configuration()
     assert cfg.host == "http://127.0.0.1:7"
     assert cfg.get_api_key_with_prefix("BearerToken") == "Bearer kmock-token"
+
+
+def test_kopf_logs_in_with_the_same_server_ca_and_token_as_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    kubeconfig = tmp_path / "kc"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: k, cluster: {{server: 'https://127.0.0.1:6443', "
+        f"certificate-authority: '{ca}'}}}}]\n"
+        "users: [{name: u, user: {token: sa-token}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    info = connection_info(load_configuration(), trust_env=True)
+    assert info.server == "https://127.0.0.1:6443"
+    assert (info.scheme, info.token) == ("Bearer", "sa-token")
+    assert info.ca_path == str(ca) and not info.insecure and info.trust_env
 
 
 def test_without_any_credentials_loading_fails_with_a_clear_error(
