@@ -144,15 +144,18 @@ class ApiServer:
         """Stop what start started (controller-manager, API server, etcd), by their PIDs."""
         self._tool("stop", 120)
 
-    def restart_apiserver(self, down_for: float = 3.0) -> None:
+    def restart_apiserver(self, down_for: float = 3.0, grace: float = 5.0) -> None:
         """Stop the API server process (etcd and the controller-manager keep running), wait
         `down_for` seconds, start it again with the same command line, wait until it answers.
+
+        SIGTERM first; SIGKILL after `grace` seconds (a v1.20 API server shutting down keeps
+        its open watches until it is killed).
         """
         pid_file = self.state / "apiserver.pid"
         pid = int(pid_file.read_text())
         command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
         if _alive(pid):
