@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cdb_operator.model import SERVICES, parse_spec
+from cdb_operator.model import PARAMETERS, SERVICES, parse_spec
 from cdb_operator.reconcile import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_RESTART,
@@ -235,23 +235,29 @@ def test_the_operator_as_the_charts_service_account_applies_the_chart_tradingsys
     assert operator.alive()
 
 
-def test_a_patched_stop_loss_restarts_exactly_the_risk_manager(
-    cluster: Cluster, operator: Operator
+@pytest.mark.parametrize(("path", "value", "env"), [
+    ("risk.stopLossPct", 0.04, "STOP_LOSS_PCT"),
+    ("risk.maxSlippagePct", 0.02, "MAX_SLIPPAGE_PCT"),
+])
+def test_a_patched_parameter_restarts_exactly_the_services_that_read_it(
+    cluster: Cluster, operator: Operator, path: str, value: float, env: str
 ) -> None:
-    wait_for(lambda: settled(cluster), message="the start reconciled and rolled out")
+    (param,) = [p for p in PARAMETERS if p.path == path]
+    readers = {s.component for s in SERVICES if s.name in param.services}
+    wait_for(lambda: settled(cluster), message="settled and rolled out")
     before, sets_before = annotations(cluster), replicasets(cluster)
-    cluster.patch_spec(NS, {"risk": {"stopLossPct": 0.04}})
-    wait_for(lambda: applied(cluster), message="the stop-loss applied")
-    assert (configmap(cluster, "risk-manager") or {})["STOP_LOSS_PCT"] == "0.04"
+    section, key = path.split(".")
+    cluster.patch_spec(NS, {section: {key: value}})
+    wait_for(lambda: applied(cluster), message=f"{path} applied")
+    for component in readers:
+        assert (configmap(cluster, component) or {})[env] == str(value)
     after = annotations(cluster)
-    changed = {c for c in COMPONENTS if after[c] != before[c]}
-    assert changed == {"risk-manager"}
-    # The controller-manager rolls the risk manager's Deployment: a new ReplicaSet.
-    wait_for(lambda: replicasets(cluster)["risk-manager"] == sets_before["risk-manager"] + 1,
-             message="a new ReplicaSet of the risk manager")
-    others = {c: n for c, n in replicasets(cluster).items() if c != "risk-manager"}
-    assert others == {c: n for c, n in sets_before.items() if c != "risk-manager"}
-    assert events(cluster, "Restarting")
+    assert {c for c in COMPONENTS if after[c] != before[c]} == readers
+    # The controller-manager rolls exactly those Deployments: a new ReplicaSet each.
+    expected = {c: n + (c in readers) for c, n in sets_before.items()}
+    wait_for(lambda: replicasets(cluster) == expected, message="new ReplicaSets of the readers")
+    restarting = [e["message"] for e in events(cluster, "Restarting")]
+    assert any(all(r.replace("-", "_") in m for r in readers) for m in restarting), restarting
 
 
 def test_the_pause_switch_reaches_the_risk_manager_and_back(
