@@ -1,4 +1,8 @@
-"""The operator's Kubernetes calls (the official client) against the API emulator."""
+"""The operator's Kubernetes calls (the official client) against the API emulator.
+
+The emulator serves on the test's own event loop, so a call made on that loop instead of a
+worker thread would never get its answer: every passing call here ran off the loop.
+"""
 
 from __future__ import annotations
 
