@@ -27,6 +27,7 @@ from kubernetes.config.config_exception import ConfigException
 
 MERGE_PATCH = "application/merge-patch+json"
 
+
 class KubeError(Exception):
     """The API server refused a request or could not be reached.
 
@@ -55,7 +56,8 @@ def load_configuration() -> client.Configuration:
     """
     configuration = client.Configuration()
     try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
         return configuration
     except ConfigException:
         pass
@@ -131,6 +133,8 @@ class KubeClient:
                              **kwargs)
         try:
             data = json.loads(response.data or b"{}")
+        except json.JSONDecodeError:
+            raise KubeError(int(response.status), "the answer is not JSON") from None
         finally:
             response.release_conn()
         if not isinstance(data, dict):
@@ -145,7 +149,7 @@ class KubeClient:
             return await asyncio.to_thread(self._raw, call, *args, **kwargs)
         except ApiException as exc:
             raise KubeError(int(exc.status or 0), f"{what}: {_message(exc)}") from None
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubeError(0, f"{what}: {type(exc).__name__}") from None
 
     async def _read(
