@@ -141,25 +141,40 @@ class ApiServer:
         self.wait_ready()
 
     def stop(self) -> None:
-        """Stop what start started (controller-manager, API server, etcd), by their PIDs."""
-        self._tool("stop", 120)
+        """Stop what start started (controller-manager, API server, etcd), by their PIDs.
 
-    def restart_apiserver(self, down_for: float = 3.0, grace: float = 5.0) -> None:
-        """Stop the API server process (etcd and the controller-manager keep running), wait
-        `down_for` seconds, start it again with the same command line, wait until it answers.
-
-        SIGTERM first; SIGKILL after `grace` seconds (a v1.20 API server shutting down keeps
-        its open watches until it is killed).
+        The API server goes first, with a short grace (the tool waits 15 s for it).
         """
         pid_file = self.state / "apiserver.pid"
-        pid = int(pid_file.read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        os.kill(pid, signal.SIGTERM)
+        if pid_file.exists():
+            self._terminate(int(pid_file.read_text()), grace=5.0)
+            pid_file.unlink()
+        self._tool("stop", 120)
+
+    @staticmethod
+    def _terminate(pid: int, grace: float) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds (a v1.20 API server shutting down keeps
+        its open watches until it is killed).
+        """
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+    def restart_apiserver(self, down_for: float = 3.0, grace: float = 5.0) -> None:
+        """Stop the API server process (etcd and the controller-manager keep running), wait
+        `down_for` seconds, start it again with the same command line, wait until it answers.
+        SIGTERM first, SIGKILL after `grace` seconds.
+        """
+        pid_file = self.state / "apiserver.pid"
+        pid = int(pid_file.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        self._terminate(pid, grace)
         time.sleep(down_for)
         # Through a shell that exits at once: the server is nobody's child (as the tool
         # starts it), so the tool's stop finds no zombie waiting for this process.
