@@ -518,6 +518,7 @@ async def _replay_report(database_url: str, candles: Any, equity: float) -> dict
     record.candles = candles.candles
     record.first_ms = candles.first_timestamp
     record.last_ms = candles.last_timestamp
+    record.gaps = candles.gaps
     return build_report(record, "replay")
 
 

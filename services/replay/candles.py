@@ -5,8 +5,10 @@ file per symbol named `<BASE>_<QUOTE>-1m.json` (or gzip-compressed, `.json.gz`);
 `BASE + QUOTE` upper-case (`ETH_BTC-1m.json` -> `ETHBTC`).
 
 The symbols are aligned on a common minute grid: it starts at the latest first candle of the
-chosen symbols and ends at the earliest last candle, so every bar holds every symbol. A missing
-minute means no trades: it is filled with the previous close and volume 0.
+chosen symbols and ends at the earliest last candle. A bar holds the candles of that minute
+only: a missing minute is a gap in the data, no candle is invented for it (the replay's clock
+passes through it as live time would, see `services.risk_manager.staleness`), and
+`CandleSet.gaps` lists the gaps for the run report.
 
 Each candle becomes a `MarketData` event stamped with its close time (`open_time + 60 000`):
 price = close, volume = close * base volume (quote volume), pct_change = change of the close
@@ -260,9 +262,16 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
     return CandleSeries(name, times, closes, volumes)
 
 
-def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float], list[float]]:
-    """Closes and quote volumes of `series` on the grid `start + i * MINUTE_MS`, gaps filled."""
+def _align(
+    series: CandleSeries, start: int, minutes: int
+) -> tuple[list[float], list[float], bytearray]:
+    """Closes, quote volumes and presence of `series` on the grid `start + i * MINUTE_MS`.
+
+    A missing minute is marked absent; its close slot carries the previous close (only the
+    reference of later `pct_change` values, never an event).
+    """
     closes: list[float | None] = [None] * minutes
+    present = bytearray(minutes)
     volumes = [0.0] * minutes
     times = series.times
     end = start + minutes * MINUTE_MS
@@ -276,6 +285,7 @@ def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float],
         slot = (open_time - start) // MINUTE_MS
         closes[slot] = series.closes[k]
         volumes[slot] = series.quote_volumes[k]
+        present[slot] = 1
     filled: list[float] = []
     for close in closes:
         if close is None:
@@ -284,7 +294,7 @@ def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float],
             close = previous
         filled.append(close)
         previous = close
-    return filled, volumes
+    return filled, volumes, present
 
 
 
@@ -384,8 +394,9 @@ def replay_event_id(symbol: str, timestamp: int) -> str:
 class CandleSet:
     """Candles of several symbols aligned on a common minute grid; iterate it for bars.
 
-    Build one with `read_candles`. Iterating yields one `Bar` per minute, in time order, with
-    the symbols in sorted order; every iteration builds the same events (ids included).
+    Build one with `read_candles`. Iterating yields one `Bar` per minute that has a candle, in
+    time order, with that minute's symbols in sorted order; every iteration builds the same
+    events (ids included).
     """
 
     def __init__(
@@ -395,6 +406,7 @@ class CandleSet:
         closes: Sequence[list[float]],
         volumes: Sequence[list[float]],
         pct_change_minutes: int = 15,
+        present: Sequence[bytes | bytearray] | None = None,
     ) -> None:
         """Wrap aligned columns (use `read_candles` rather than calling this directly).
 
@@ -404,6 +416,7 @@ class CandleSet:
             closes: Per symbol, the close of every minute of the grid.
             volumes: Per symbol, the quote volume of every minute of the grid.
             pct_change_minutes: Span of `pct_change` in minutes.
+            present: Per symbol, 1 for every minute with a candle (None: every minute).
 
         Raises:
             ValueError: The columns do not match the symbols or each other.
@@ -421,6 +434,13 @@ class CandleSet:
         self.pct_change_minutes = pct_change_minutes
         self._closes = tuple(closes)
         self._volumes = tuple(volumes)
+        if present is None:
+            present = [b"\x01" * self.minutes for _ in self.symbols]
+        if len(present) != len(self.symbols) or any(len(p) != self.minutes for p in present):
+            raise ValueError("one presence column per symbol, as long as the others")
+        self._present = tuple(bytes(p) for p in present)
+        self._candles = sum(p.count(1) for p in self._present)
+        self._bars = sum(1 for row in zip(*self._present, strict=True) if any(row))
 
     @property
     def first_timestamp(self) -> int:
@@ -435,20 +455,33 @@ class CandleSet:
     @property
     def candles(self) -> int:
         """Number of candles (market data events) the bars hold."""
-        return self.minutes * len(self.symbols)
+        return self._candles
+
+    @property
+    def gaps(self) -> list[tuple[str, int, int]]:
+        """The data gaps: (symbol, first missing minute's close time, minutes missing)."""
+        found: list[tuple[str, int, int]] = []
+        for symbol, present in zip(self.symbols, self._present, strict=True):
+            i = present.find(0)
+            while i != -1:
+                end = present.find(1, i)
+                end = self.minutes if end == -1 else end
+                found.append((symbol, self.start_ms + (i + 1) * MINUTE_MS, end - i))
+                i = present.find(0, end)
+        return sorted(found, key=lambda g: (g[1], g[0]))
 
     def __len__(self) -> int:
-        """Return the number of bars (minutes)."""
-        return self.minutes
+        """Return the number of bars (minutes with at least one candle)."""
+        return self._bars
 
     def __iter__(self) -> Iterator[Bar]:
         """Yield the bars in time order, building their events on the way."""
         make = make_market_data
         span = self.pct_change_minutes
         columns = [
-            (symbol, replay_id_prefix(symbol), closes, volumes)
-            for symbol, closes, volumes in zip(
-                self.symbols, self._closes, self._volumes, strict=True
+            (symbol, replay_id_prefix(symbol), closes, volumes, present)
+            for symbol, closes, volumes, present in zip(
+                self.symbols, self._closes, self._volumes, self._present, strict=True
             )
         ]
         timestamp = self.start_ms
@@ -456,11 +489,14 @@ class CandleSet:
             timestamp += MINUTE_MS
             tail = f"{timestamp:012x}"
             events = []
-            for symbol, prefix, closes, volumes in columns:
+            for symbol, prefix, closes, volumes, present in columns:
+                if not present[i]:
+                    continue
                 close = closes[i]
                 pct = (close / closes[i - span] - 1.0) * 100.0 if i >= span else 0.0
                 events.append(make(prefix + tail, timestamp, symbol, close, volumes[i], pct))
-            yield Bar(timestamp, tuple(events))
+            if events:
+                yield Bar(timestamp, tuple(events))
 
 
 def read_candles(
@@ -512,9 +548,10 @@ def read_candles(
     return CandleSet(
         [s.symbol for s in series],
         start,
-        [closes for closes, _ in aligned],
-        [volumes for _, volumes in aligned],
+        [closes for closes, _, _ in aligned],
+        [volumes for _, volumes, _ in aligned],
         pct_change_minutes,
+        [present for _, _, present in aligned],
     )
 
 
@@ -534,7 +571,8 @@ def load_bars(
         limit_minutes: Keep at most this many minutes from the start of the common range.
 
     Returns:
-        An iterator of bars, one per minute, each with every symbol in symbol order.
+        An iterator of bars, one per minute with candles, each with that minute's symbols in
+        symbol order.
 
     Raises:
         CandleFileError: See `read_candles`.

@@ -78,20 +78,25 @@ def test_bars_group_symbols_in_symbol_order_over_common_range(tmp_path: Path) ->
     assert candles.first_timestamp == T0 + 3 * M and candles.last_timestamp == T0 + 6 * M
 
 
-def test_missing_minute_is_forward_filled_with_zero_volume(tmp_path: Path) -> None:
+def test_missing_minutes_are_gaps_without_invented_candles(tmp_path: Path) -> None:
     write(tmp_path, "ETH_BTC-1m.json", [row(0, 1.0), row(1, 2.0), row(4, 5.0)])
-    bars = list(load_bars(tmp_path))
-    events = [bar.events[0] for bar in bars]
-    assert [e.timestamp for e in events] == [T0 + m * M for m in range(1, 6)]
-    assert [e.price for e in events] == [1.0, 2.0, 2.0, 2.0, 5.0]
-    assert [e.volume for e in events] == pytest.approx([2.0, 4.0, 0.0, 0.0, 10.0])
+    candles = read_candles(tmp_path)
+    events = [e for bar in candles for e in bar.events]
+    assert [e.timestamp for e in events] == [T0 + m * M for m in (1, 2, 5)]
+    assert [e.price for e in events] == [1.0, 2.0, 5.0]
+    assert all(e.volume > 0 for e in events)
+    assert candles.candles == 3 and len(candles) == 3
+    assert candles.gaps == [("ETHBTC", T0 + 3 * M, 2)]
 
 
-def test_gap_at_start_of_common_range_carries_earlier_close(tmp_path: Path) -> None:
+def test_a_minute_missing_for_one_symbol_leaves_it_out_of_that_bar(tmp_path: Path) -> None:
     write(tmp_path, "AAA_BTC-1m.json", [row(0, 1.0), row(3, 4.0)])
     write(tmp_path, "BBB_BTC-1m.json", [row(2, 7.0), row(3, 8.0)])
-    bars = list(load_bars(tmp_path))
-    assert [(b.events[0].price, b.events[0].volume) for b in bars] == [(1.0, 0.0), (4.0, 8.0)]
+    candles = read_candles(tmp_path)
+    bars = list(candles)
+    assert [[e.symbol for e in b.events] for b in bars] == [["BBBBTC"], ["AAABTC", "BBBBTC"]]
+    assert [e.price for b in bars for e in b.events] == [7.0, 4.0, 8.0]
+    assert candles.gaps == [("AAABTC", T0 + 3 * M, 1)]
 
 
 def test_symbols_and_limit_minutes_select(tmp_path: Path) -> None:
