@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from typing import Literal
+from typing import Any, Literal
 
 from services.risk_manager.config import RiskConfig
+from services.risk_manager.models import RiskSnapshot
 from services.risk_manager.output import CODE_CIRCUIT_BREAKER, Out
 
 Retest = Literal["cleared", "retry", "halt"]
@@ -91,6 +92,31 @@ class CircuitBreaker:
         self.retries = 0
         self.next_ms: int | None = None
         self.since_ms: int | None = None
+
+    def dump(self) -> dict[str, Any]:
+        """The breaker's part of the snapshot (the windows refill from history instead)."""
+        return {
+            "breaker_symbols": tuple(self.symbols),
+            "breaker_slippage": bool(self.slipped),
+            "breaker_retries": self.retries,
+            "breaker_next_retry_ms": self.next_ms,
+            "breaker_since_ms": self.since_ms,
+            "breaker_slippage_symbols": dict(self.slipped),
+            "breaker_slippage_evidence": tuple(self.evidence),
+        }
+
+    def load(self, snapshot: RiskSnapshot, active: bool) -> None:
+        """Take the breaker's state from a snapshot; a missing retry time re-tests at once."""
+        if not active:
+            return
+        self.active = True
+        self.symbols = dict.fromkeys(snapshot.breaker_symbols)
+        self.slipped = dict(snapshot.breaker_slippage_symbols)
+        self.evidence = dict.fromkeys(snapshot.breaker_slippage_evidence)
+        self.retries = snapshot.breaker_retries
+        next_ms = snapshot.breaker_next_retry_ms
+        self.next_ms = 0 if next_ms is None else next_ms
+        self.since_ms = snapshot.breaker_since_ms
 
     # -- samples ---------------------------------------------------------------------------
 
@@ -169,6 +195,15 @@ class CircuitBreaker:
                 order_id,
             )
         return tripped
+
+    def rejection(self) -> dict[str, float | str]:
+        """The values a buy rejected by the breaker records."""
+        return {
+            "breaker_symbols": ",".join(self.symbols),
+            "slippage": "yes" if self.slipped else "no",
+            "slippage_symbols": ",".join(self.slipped),
+            "retries": float(self.retries),
+        }
 
     # -- trip and re-test ------------------------------------------------------------------
 

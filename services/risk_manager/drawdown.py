@@ -7,7 +7,14 @@ it, only a release lifts it.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+from typing import Any
+
+from services.risk_manager.models import RiskSnapshot
+from services.risk_manager.output import CODE_RISK_LIMIT, Out
+
 DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
 
 
 class DailyDrawdown:
@@ -25,6 +32,17 @@ class DailyDrawdown:
         self.baseline = baseline
         self.day: int | None = None
         """Days since the epoch of the baseline, None before the first event."""
+
+    def dump(self) -> dict[str, Any]:
+        """The drawdown part of the snapshot (the day as an ISO date)."""
+        day = None if self.day is None else (_EPOCH + timedelta(days=self.day)).isoformat()
+        return {"day": day, "day_baseline_equity": self.baseline}
+
+    def load(self, snapshot: RiskSnapshot) -> None:
+        """Take the day and its baseline from a snapshot."""
+        if snapshot.day is not None:
+            self.day = (date.fromisoformat(snapshot.day) - _EPOCH).days
+        self.baseline = snapshot.day_baseline_equity
 
     def next_midnight(self) -> int | None:
         """When the baseline resets next (Unix epoch ms), None before the first event."""
@@ -50,3 +68,16 @@ class DailyDrawdown:
     def breached(self, equity: float) -> bool:
         """True when the drawdown reached the limit."""
         return self.drawdown(equity) >= self.limit
+
+    def alert(self, out: Out, equity: float, trigger: str) -> None:
+        """Alert the halt at the limit (RISK_LIMIT CRITICAL)."""
+        dd = self.drawdown(equity)
+        out.alert(
+            CODE_RISK_LIMIT,
+            "CRITICAL",
+            f"Daily drawdown {dd:.2%} reached the limit {self.limit:.2%}: trading halted until "
+            "a manual release",
+            {"drawdown": dd, "limit": self.limit, "equity": equity, "baseline": self.baseline},
+            "drawdown",
+            trigger,
+        )

@@ -30,50 +30,41 @@ pass in every state. While any order of this engine awaits its result, `on_signa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, timedelta
 
-from services.common.events import MarketData, Order, OrderResult, Signal, derive_id
-from services.risk_manager.breaker import CircuitBreaker
+from services.common.events import MarketData, OrderResult, Signal, derive_id
 from services.risk_manager.config import RiskConfig
-from services.risk_manager.drawdown import DailyDrawdown
-from services.risk_manager.exits import Exits
 from services.risk_manager.limits import Sized, exposure_halt_due, size_buy
 from services.risk_manager.models import (
     EMPTY_OUTPUT,
-    LAYERS,
     Check,
     OutstandingOrder,
     PauseReason,
-    Position,
     RiskOutput,
     RiskSnapshot,
     Side,
-    StateChange,
     TradingState,
 )
 from services.risk_manager.output import (
     CODE_HALT_RELEASED,
     CODE_INVALID_INPUT,
     CODE_MANUAL_HALT,
-    CODE_RISK_LIMIT,
     HALT_BREAKER,
     HALT_DRAWDOWN,
     HALT_EXPOSURE,
     SOURCE,
     Out,
 )
-from services.risk_manager.portfolio import Holding, Portfolio, valid_price
-from services.risk_manager.staleness import StaleData
+from services.risk_manager.portfolio import Holding, valid_price
+from services.risk_manager.view import RiskView
 
 __all__ = ["SOURCE", "RiskEngine"]
 
-_EPOCH = date(1970, 1, 1)
 _NEVER = 1 << 62
 _CB = PauseReason.CIRCUIT_BREAKER.value
 _STALE = PauseReason.STALE_DATA.value
 
 
-class RiskEngine:
+class RiskEngine(RiskView):
     """The risk manager's decision core: pure, synchronous, deterministic.
 
     Args:
@@ -84,108 +75,6 @@ class RiskEngine:
         >>> out = engine.on_market_data(md, now_ms=md.timestamp)  # doctest: +SKIP
         >>> out = engine.on_signal(sig, now_ms=sig.timestamp)  # None: retry later  # doctest: +SKIP
     """
-
-    def __init__(self, config: RiskConfig) -> None:
-        self._cfg = config
-        self._halted = False
-        self._halt_reason: str | None = None
-        self._halted_since_ms: int | None = None
-        self._manual_paused = False
-        self._book = Portfolio(config.paper_start_equity)
-        self._dd = DailyDrawdown(config.max_daily_drawdown_pct, config.paper_start_equity)
-        self._cb = CircuitBreaker(config)
-        self._stale = StaleData(config.data_stale_timeout_sec, config.data_interval_sec)
-        self._exits = Exits(config)
-        self._outstanding: dict[str, OutstandingOrder] = {}
-        self._due = -1
-        """Lower bound of the next timer's due time (checked by every call)."""
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def config(self) -> RiskConfig:
-        """The risk parameters."""
-        return self._cfg
-
-    @property
-    def state(self) -> TradingState:
-        """HALTED while halted, else PAUSED while an automatic pause holds, else ACTIVE."""
-        if self._halted:
-            return TradingState.HALTED
-        if self._cb.active or self._stale.paused:
-            return TradingState.PAUSED
-        return TradingState.ACTIVE
-
-    @property
-    def halt_reason(self) -> str | None:
-        """Why trading is halted, None when not HALTED."""
-        return self._halt_reason
-
-    @property
-    def halted_since_ms(self) -> int | None:
-        """When the current halt began, None when not HALTED."""
-        return self._halted_since_ms
-
-    @property
-    def manual_paused(self) -> bool:
-        """The manual pause switch (rejects buys, exits still pass)."""
-        return self._manual_paused
-
-    @property
-    def pause_reasons(self) -> tuple[str, ...]:
-        """The automatic pause reasons holding (`PauseReason` values)."""
-        reasons: tuple[str, ...] = (_CB,) if self._cb.active else ()
-        return (*reasons, _STALE) if self._stale.paused else reasons
-
-    @property
-    def stale_symbols(self) -> tuple[str, ...]:
-        """Symbols that cannot be bought because their market data stopped."""
-        return tuple(self._stale.stale)
-
-    @property
-    def cash(self) -> float:
-        """Cash in the quote currency."""
-        return self._book.cash
-
-    @property
-    def equity(self) -> float:
-        """Cash plus all positions at their last prices (average entry when no price known)."""
-        return self._book.equity
-
-    @property
-    def baseline_equity(self) -> float:
-        """Equity at the last 00:00 UTC (or at the last release)."""
-        return self._dd.baseline
-
-    @property
-    def exposure(self) -> float:
-        """Value of all positions as a fraction of equity (inf when equity is not positive)."""
-        return self._book.exposure
-
-    @property
-    def drawdown(self) -> float:
-        """Fall of equity below the day's baseline, as a fraction in [0, 1]."""
-        return self._dd.drawdown(self._book.equity)
-
-    @property
-    def positions(self) -> dict[str, Position]:
-        """Held positions by symbol (a copy)."""
-        return self._book.positions()
-
-    @property
-    def outstanding(self) -> dict[str, OutstandingOrder]:
-        """Orders emitted by this engine that have no result yet, by order id (a copy)."""
-        return dict(self._outstanding)
-
-    @property
-    def prices(self) -> dict[str, float]:
-        """Last known price by symbol (a copy)."""
-        return dict(self._book.prices)
-
-    @property
-    def last_data_ms(self) -> int | None:
-        """Time of the last market data (or of the first tick before any data)."""
-        return self._stale.last_ms
 
     # ------------------------------------------------------------------ time
 
@@ -342,35 +231,12 @@ class RiskEngine:
         return taken
 
     def _stop_loss(self, out: Out, md: MarketData, holding: Holding) -> None:
-        sym = md.symbol
-        price = md.price
-        qty = holding.qty
-        size = qty * price
-        if not size > 0:
-            return
-        order_id = derive_id("stop_loss", md.event_id, sym)
-        loss = (holding.avg - price) / holding.avg
-        self._emit_order(out, sym, "sell", size, qty, order_id, None, (), "stop_loss")
-        values: dict[str, float | str] = {
-            "price": price,
-            "avg_price": holding.avg,
-            "loss_pct": loss,
-            "limit": self._cfg.stop_loss_pct,
-            "quantity": qty,
-            "attempt": float(self._exits.attempts.get(sym, 0) + 1),
-        }
-        out.decide(order_id, None, order_id, sym, "sell", "approved", Check.STOP_LOSS.value,
-                   size, size, values)
-        if self._exits.begin(sym):
-            out.alert(
-                CODE_RISK_LIMIT,
-                "WARNING",
-                f"Stop-loss on {sym}: price {price:g} is {loss:.2%} below the average entry "
-                f"{holding.avg:g}; exiting {qty:g}",
-                {"symbol": sym, "order_id": order_id, **values},
-                "stop_loss",
-                order_id,
-            )
+        size = holding.qty * md.price
+        if size > 0:
+            order_id = derive_id("stop_loss", md.event_id, md.symbol)
+            self._emit_order(out, md.symbol, "sell", size, holding.qty, order_id, None, (),
+                             "stop_loss")
+            self._exits.stop_loss(out, md.symbol, md.price, holding.qty, holding.avg, order_id)
 
     # ------------------------------------------------------------------ signals
 
@@ -435,28 +301,13 @@ class RiskEngine:
             })
             return
         # 2. circuit breaker
-        cb = self._cb
-        if cb.active:
-            self._reject(out, sig, Check.CIRCUIT_BREAKER, {
-                "breaker_symbols": ",".join(cb.symbols),
-                "slippage": "yes" if cb.slipped else "no",
-                "slippage_symbols": ",".join(cb.slipped),
-                "retries": float(cb.retries),
-            })
+        if self._cb.active:
+            self._reject(out, sig, Check.CIRCUIT_BREAKER, self._cb.rejection())
             return
         # 3. stale data (every feed, then this symbol), manual pause
-        stale = self._stale
-        limit = float(cfg.data_stale_timeout_sec)
-        if stale.paused:
-            last = stale.last_ms
-            age = 0 if last is None else out.now - last
-            self._reject(out, sig, Check.STALE_DATA, {"data_age_sec": age / 1000.0,
-                                                      "limit": limit})
-            return
-        if stale.stale and sym in stale.stale:
-            self._reject(out, sig, Check.STALE_DATA, {
-                "symbol": sym, "data_age_sec": stale.symbol_age_sec(sym, out.now), "limit": limit,
-            })
+        stale_values = self._stale.rejection(sym, out.now)
+        if stale_values is not None:
+            self._reject(out, sig, Check.STALE_DATA, stale_values)
             return
         if self._manual_paused:
             self._reject(out, sig, Check.MANUAL_PAUSE, {"manual_paused": "true"})
@@ -610,37 +461,6 @@ class RiskEngine:
 
     # ------------------------------------------------------------------ persistence
 
-    def snapshot(self) -> RiskSnapshot:
-        """Return everything the engine keeps across a restart."""
-        dd, cb, stale, exits = self._dd, self._cb, self._stale, self._exits
-        day = None if dd.day is None else (_EPOCH + timedelta(days=dd.day)).isoformat()
-        return RiskSnapshot(
-            state=self.state,
-            halt_reason=self._halt_reason,
-            halted_since_ms=self._halted_since_ms,
-            manual_paused=self._manual_paused,
-            pause_reasons=self.pause_reasons,
-            breaker_symbols=tuple(cb.symbols),
-            breaker_slippage=bool(cb.slipped),
-            breaker_retries=cb.retries,
-            breaker_next_retry_ms=cb.next_ms,
-            breaker_since_ms=cb.since_ms,
-            day=day,
-            day_baseline_equity=dd.baseline,
-            cash=self._book.cash,
-            positions=self.positions,
-            outstanding=dict(self._outstanding),
-            last_data_ms=stale.last_ms,
-            prices=dict(self._book.prices),
-            symbol_data_ms=dict(stale.seen),
-            stale_symbols=tuple(stale.stale),
-            breaker_slippage_symbols=dict(cb.slipped),
-            breaker_slippage_evidence=tuple(cb.evidence),
-            exit_retry_ms=dict(exits.retry_at),
-            exit_attempts=dict(exits.attempts),
-            exit_episodes=tuple(exits.episodes),
-        )
-
     @classmethod
     def restore(cls, config: RiskConfig, snapshot: RiskSnapshot) -> RiskEngine:
         """Rebuild an engine from a snapshot (startup and crash recovery).
@@ -659,102 +479,24 @@ class RiskEngine:
             eng._halted_since_ms = snapshot.halted_since_ms
         eng._manual_paused = snapshot.manual_paused
         reasons = {PauseReason(r).value for r in snapshot.pause_reasons}
-        cb = eng._cb
-        if _CB in reasons:
-            cb.active = True
-            cb.symbols = dict.fromkeys(snapshot.breaker_symbols)
-            cb.slipped = dict(snapshot.breaker_slippage_symbols)
-            cb.evidence = dict.fromkeys(snapshot.breaker_slippage_evidence)
-            cb.retries = snapshot.breaker_retries
-            # A missing retry time re-tests at the first call.
-            next_ms = snapshot.breaker_next_retry_ms
-            cb.next_ms = 0 if next_ms is None else next_ms
-            cb.since_ms = snapshot.breaker_since_ms
-        stale = eng._stale
-        stale.paused = _STALE in reasons
-        stale.last_ms = snapshot.last_data_ms
-        stale.seen = dict(snapshot.symbol_data_ms)
-        stale.stale = dict.fromkeys(snapshot.stale_symbols)
-        if snapshot.day is not None:
-            eng._dd.day = (date.fromisoformat(snapshot.day) - _EPOCH).days
-        eng._dd.baseline = snapshot.day_baseline_equity
-        book = eng._book
-        book.cash = snapshot.cash
-        book.holdings = {
-            s: Holding(p.qty, p.avg_price, p.entry_value)
-            for s, p in snapshot.positions.items()
-            if p.qty > 0
-        }
-        book.prices = dict(snapshot.prices)
-        book.revalue()
+        eng._cb.load(snapshot, _CB in reasons)
+        eng._stale.load(snapshot, _STALE in reasons)
+        eng._dd.load(snapshot)
+        eng._book.load(snapshot)
         eng._outstanding = dict(snapshot.outstanding)
-        exits = eng._exits
-        exits.working = {
-            o.symbol: oid for oid, o in snapshot.outstanding.items() if o.side == "sell"
-        }
-        exits.retry_at = dict(snapshot.exit_retry_ms)
-        exits.attempts = dict(snapshot.exit_attempts)
-        exits.episodes = dict.fromkeys(snapshot.exit_episodes)
+        eng._exits.load(snapshot)
         return eng
 
     # ------------------------------------------------------------------ helpers
 
-    def _changed(self, out: Out, reason: str) -> None:
-        prev = out.state_change
-        if prev is not None:
-            reason = f"{prev.reason}; {reason}"
-        out.state_change = StateChange(
-            state=self.state,
-            reason=reason,
-            manual_paused=self._manual_paused,
-            ts_ms=out.now,
-            halted_since_ms=self._halted_since_ms,
-            pause_reasons=self.pause_reasons,
-        )
-
-    def _halt(self, out: Out, reason: str, detail: str | None = None) -> None:
-        if self._halted:
-            return
-        self._halted = True
-        self._halt_reason = reason
-        self._halted_since_ms = out.now
-        self._changed(out, detail or f"halt: {reason}")
-
     def _drawdown_halt(self, out: Out, trigger: str) -> None:
-        equity = self._book.equity
-        dd = self._dd.drawdown(equity)
-        limit = self._cfg.max_daily_drawdown_pct
         self._halt(out, HALT_DRAWDOWN)
-        out.alert(
-            CODE_RISK_LIMIT,
-            "CRITICAL",
-            f"Daily drawdown {dd:.2%} reached the limit {limit:.2%}: trading halted until a "
-            "manual release",
-            {"drawdown": dd, "limit": limit, "equity": equity, "baseline": self._dd.baseline},
-            "drawdown",
-            trigger,
-        )
+        self._dd.alert(out, self._book.equity, trigger)
 
     def _refuse(self, out: Out, what: str, trigger: str) -> None:
         out.alert(CODE_INVALID_INPUT, "WARNING",
                   f"Refused {what}: prices and fills must be finite and positive",
                   {"input": what}, "refused", trigger)
-
-    def _risk_checks(self, trims: tuple[str, ...], symbol: str, stop_loss: bool) -> dict[str, str]:
-        """Outcome per layer for an order: pass, trim, or (exits) exempt / trigger."""
-        checks = dict.fromkeys((c.value for c in LAYERS), "pass")
-        for trim in trims:
-            checks[trim] = "trim"
-        if self._halted:
-            checks[Check.DRAWDOWN.value] = "exempt"
-        if self._cb.active:
-            checks[Check.CIRCUIT_BREAKER.value] = "exempt"
-        stale = self._stale
-        if stale.paused or self._manual_paused or symbol in stale.stale:
-            checks[Check.STALE_DATA.value] = "exempt"
-        if stop_loss:
-            checks[Check.STOP_LOSS.value] = "trigger"
-        return checks
 
     def _emit_order(
         self,
@@ -768,24 +510,14 @@ class RiskEngine:
         trims: tuple[str, ...],
         reason: str,
     ) -> None:
-        stop = reason == "stop_loss"
+        exempt = {
+            Check.DRAWDOWN.value: self._halted,
+            Check.CIRCUIT_BREAKER.value: self._cb.active,
+            Check.STALE_DATA.value: self._stale.paused or self._manual_paused
+            or sym in self._stale.stale,
+        }
         now = out.now
-        out.orders.append(
-            Order(
-                event_id=derive_id("orders", order_id),
-                timestamp=now,
-                symbol=sym,
-                side=side,
-                size=size,
-                quantity=qty,
-                approved_by=SOURCE,
-                risk_checks=self._risk_checks(trims, sym, stop),
-                order_id=order_id,
-                signal_id=signal_id,
-                trimmed=bool(trims),
-                reason="stop_loss" if stop else "signal",
-            )
-        )
+        out.order(sym, side, size, qty, order_id, signal_id, trims, reason, exempt)
         self._outstanding[order_id] = OutstandingOrder(
             order_id=order_id,
             symbol=sym,

@@ -10,7 +10,11 @@ above the stop.
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.risk_manager.config import RiskConfig
+from services.risk_manager.models import Check, RiskSnapshot
+from services.risk_manager.output import CODE_RISK_LIMIT, Out
 
 
 class Exits:
@@ -32,6 +36,23 @@ class Exits:
         """Symbol -> consecutive exits that filled nothing."""
         self.episodes: dict[str, None] = {}
         """Symbols in a stop-loss episode (already alerted)."""
+
+    def dump(self) -> dict[str, Any]:
+        """The exits' part of the snapshot (working exits are the outstanding sells)."""
+        return {
+            "exit_retry_ms": dict(self.retry_at),
+            "exit_attempts": dict(self.attempts),
+            "exit_episodes": tuple(self.episodes),
+        }
+
+    def load(self, snapshot: RiskSnapshot) -> None:
+        """Take the exits' state from a snapshot."""
+        self.working = {
+            o.symbol: oid for oid, o in snapshot.outstanding.items() if o.side == "sell"
+        }
+        self.retry_at = dict(snapshot.exit_retry_ms)
+        self.attempts = dict(snapshot.exit_attempts)
+        self.episodes = dict.fromkeys(snapshot.exit_episodes)
 
     def triggered(self, price: float, avg: float) -> bool:
         """True when `price` is at or below the stop of a position entered at `avg`."""
@@ -56,6 +77,32 @@ class Exits:
         self.episodes.pop(symbol, None)
         self.retry_at.pop(symbol, None)
         self.attempts.pop(symbol, None)
+
+    def stop_loss(self, out: Out, symbol: str, price: float, qty: float, avg: float,
+                  order_id: str) -> None:
+        """Record the decision of a stop-loss exit (and its alert when the episode is new)."""
+        size = qty * price
+        loss = (avg - price) / avg
+        values: dict[str, float | str] = {
+            "price": price,
+            "avg_price": avg,
+            "loss_pct": loss,
+            "limit": self.cfg.stop_loss_pct,
+            "quantity": qty,
+            "attempt": float(self.attempts.get(symbol, 0) + 1),
+        }
+        out.decide(order_id, None, order_id, symbol, "sell", "approved", Check.STOP_LOSS.value,
+                   size, size, values)
+        if self.begin(symbol):
+            out.alert(
+                CODE_RISK_LIMIT,
+                "WARNING",
+                f"Stop-loss on {symbol}: price {price:g} is {loss:.2%} below the average entry "
+                f"{avg:g}; exiting {qty:g}",
+                {"symbol": symbol, "order_id": order_id, **values},
+                "stop_loss",
+                order_id,
+            )
 
     def on_result(self, symbol: str, order_id: str, filled_qty: float, closed: bool,
                   now: int) -> None:

@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.events import Alert, AlertLevel, Order, derive_id
-from services.risk_manager.models import Decision, Outcome, RiskOutput, Side, StateChange
+from services.risk_manager.models import (
+    LAYERS,
+    Check,
+    Decision,
+    Outcome,
+    RiskOutput,
+    Side,
+    StateChange,
+)
 
 SOURCE = "risk_manager"
 
@@ -92,3 +100,57 @@ class Out:
                 ts_ms=self.now,
             )
         )
+
+    def order(
+        self,
+        symbol: str,
+        side: Side,
+        size: float,
+        qty: float | None,
+        order_id: str,
+        signal_id: str | None,
+        trims: tuple[str, ...],
+        reason: str,
+        exempt: dict[str, bool],
+    ) -> Order:
+        """Add an order stamped `now`; `risk_checks` holds every layer's outcome for it.
+
+        Args:
+            symbol: The symbol.
+            side: "buy" or "sell".
+            size: Notional.
+            qty: Base quantity of an exit, None for a buy.
+            order_id: The order id.
+            signal_id: The signal decided, None for a stop-loss.
+            trims: The layers that trimmed it.
+            reason: "signal" or "stop_loss".
+            exempt: Layer -> True when it would block a buy but the order is an exit.
+
+        Returns:
+            The order.
+        """
+        stop = reason == "stop_loss"
+        checks = dict.fromkeys((c.value for c in LAYERS), "pass")
+        for trim in trims:
+            checks[trim] = "trim"
+        for layer, holds in exempt.items():
+            if holds:
+                checks[layer] = "exempt"
+        if stop:
+            checks[Check.STOP_LOSS.value] = "trigger"
+        order = Order(
+            event_id=derive_id("orders", order_id),
+            timestamp=self.now,
+            symbol=symbol,
+            side=side,
+            size=size,
+            quantity=qty,
+            approved_by=SOURCE,
+            risk_checks=checks,
+            order_id=order_id,
+            signal_id=signal_id,
+            trimmed=bool(trims),
+            reason="stop_loss" if stop else "signal",
+        )
+        self.orders.append(order)
+        return order

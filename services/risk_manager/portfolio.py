@@ -8,8 +8,9 @@ so equity, exposure and drawdown stay finite whatever the input.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from services.risk_manager.models import Position
+from services.risk_manager.models import Position, RiskSnapshot
 
 _DUST = 1e-9
 """A remainder below this fraction of the position is treated as closed."""
@@ -66,6 +67,21 @@ class Portfolio:
             s: Position(symbol=s, qty=h.qty, avg_price=h.avg, entry_value=h.cost)
             for s, h in self.holdings.items()
         }
+
+    def dump(self) -> dict[str, Any]:
+        """The account's part of the snapshot."""
+        return {"cash": self.cash, "positions": self.positions(), "prices": dict(self.prices)}
+
+    def load(self, snapshot: RiskSnapshot) -> None:
+        """Take the account from a snapshot."""
+        self.cash = snapshot.cash
+        self.holdings = {
+            s: Holding(p.qty, p.avg_price, p.entry_value)
+            for s, p in snapshot.positions.items()
+            if p.qty > 0
+        }
+        self.prices = dict(snapshot.prices)
+        self.revalue()
 
     def mark(self, symbol: str, price: float) -> bool:
         """Take a new last price of `symbol`.

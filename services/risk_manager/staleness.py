@@ -15,6 +15,9 @@ that notices them comes later (a gap in a replay, a late wall-clock tick).
 
 from __future__ import annotations
 
+from typing import Any
+
+from services.risk_manager.models import RiskSnapshot
 from services.risk_manager.output import CODE_DATA_STALE, Out
 
 
@@ -40,6 +43,21 @@ class StaleData:
         """Symbols silent for too long."""
         self.paused = False
         """True while every feed is silent."""
+
+    def dump(self) -> dict[str, Any]:
+        """The stale-data part of the snapshot."""
+        return {
+            "last_data_ms": self.last_ms,
+            "symbol_data_ms": dict(self.seen),
+            "stale_symbols": tuple(self.stale),
+        }
+
+    def load(self, snapshot: RiskSnapshot, paused: bool) -> None:
+        """Take the stale-data state from a snapshot."""
+        self.paused = paused
+        self.last_ms = snapshot.last_data_ms
+        self.seen = dict(snapshot.symbol_data_ms)
+        self.stale = dict.fromkeys(snapshot.stale_symbols)
 
     def next_due(self) -> int | None:
         """The earliest deadline not fired yet, None when none is pending."""
@@ -94,7 +112,14 @@ class StaleData:
             )
         return False
 
-    def symbol_age_sec(self, symbol: str, now: int) -> float:
-        """Seconds since the symbol's last market data (0 when never seen)."""
-        seen = self.seen.get(symbol)
-        return 0.0 if seen is None else (now - seen) / 1000.0
+    def rejection(self, symbol: str, now: int) -> dict[str, float | str] | None:
+        """The values a buy of `symbol` rejected by stale data records; None when fresh."""
+        limit = float(self.timeout_sec)
+        if self.paused:
+            last = self.last_ms
+            age = 0 if last is None else now - last
+            return {"data_age_sec": age / 1000.0, "limit": limit}
+        if self.stale and symbol in self.stale:
+            seen = self.seen.get(symbol, now)
+            return {"symbol": symbol, "data_age_sec": (now - seen) / 1000.0, "limit": limit}
+        return None
