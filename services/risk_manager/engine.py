@@ -54,12 +54,13 @@ from services.risk_manager.output import (
     SOURCE,
     Out,
 )
-from services.risk_manager.portfolio import Holding, valid_price
+from services.risk_manager.portfolio import Holding
 from services.risk_manager.view import RiskView
 
 __all__ = ["SOURCE", "RiskEngine"]
 
 _NEVER = 1 << 62
+_INF = float("inf")
 _CB = PauseReason.CIRCUIT_BREAKER.value
 _STALE = PauseReason.STALE_DATA.value
 
@@ -150,7 +151,7 @@ class RiskEngine(RiskView):
         price = md.price
         book = self._book
         holding = book.holdings.get(sym)
-        if not valid_price(price) or (holding is not None and not book.mark(sym, price)):
+        if not 0.0 < price < _INF or (holding is not None and not book.mark(sym, price)):
             out = out or Out(now_ms)
             self._refuse(out, f"market data of {sym} with price {price!r}", md.event_id)
             return out.result()
@@ -174,7 +175,7 @@ class RiskEngine(RiskView):
         bid = md.bid
         ask = md.ask
         anomalous = False
-        if bid is not None and ask is not None and 0.0 < bid <= ask < float("inf"):
+        if bid is not None and ask is not None and 0.0 < bid <= ask < _INF:
             spread, limit = cb.sample(sym, bid, ask)
             anomalous = limit > 0 and spread > limit
             if anomalous and sym not in cb.symbols:
@@ -225,7 +226,7 @@ class RiskEngine(RiskView):
         taken = 0
         for md in history:
             bid, ask = md.bid, md.ask
-            if bid is not None and ask is not None and 0.0 < bid <= ask < float("inf"):
+            if bid is not None and ask is not None and 0.0 < bid <= ask < _INF:
                 self._cb.sample(md.symbol, bid, ask)
                 taken += 1
         return taken

@@ -323,6 +323,7 @@ class RiskService(Service[RiskSettings]):
             "halted_since_ms": e.halted_since_ms,
             "manual_paused": e.manual_paused,
             "pause_reasons": list(e.pause_reasons),
+            "stale_symbols": list(e.stale_symbols),
             "equity": e.equity,
             "cash": e.cash,
             "exposure": e.exposure,
