@@ -368,3 +368,37 @@ def test_when_midnight_passes_inside_a_gap_then_the_baseline_is_the_equity_at_mi
     engine.on_market_data(md("BTCUSDT", 92.0, ts=after), after)
     assert engine.baseline_equity == pytest.approx(equity_before)
     assert engine.drawdown == pytest.approx(0.02)
+
+
+# ---------------------------------------------------------------------- clock and persistence
+
+
+def test_when_the_service_runs_on_event_time_then_a_symbols_data_is_due_every_minute() -> None:
+    from services.common.settings import load_settings
+    from services.risk_manager.config import RiskSettings
+
+    urls = {"REDIS_URL": "redis://x:6379/0", "DATABASE_URL": "postgresql://x/y"}
+    event = RiskConfig.from_settings(load_settings(RiskSettings, CLOCK="event", **urls))
+    wall = RiskConfig.from_settings(load_settings(RiskSettings, CLOCK="wall", **urls))
+    assert (event.data_interval_sec, wall.data_interval_sec) == (60, 0)
+
+
+def test_a_restored_engine_keeps_stale_symbols_exit_retries_and_breaker_evidence() -> None:
+    from services.risk_manager.models import RiskSnapshot
+
+    engine = RiskEngine(RiskConfig(data_stale_timeout_sec=120))
+    open_position(engine, "ETHUSDT", 500.0)
+    engine.on_market_data(md("BTCUSDT", 100.0), T0)
+    buy = approve(engine, sig("BTCUSDT", key="slip"), T0)
+    engine.on_order_result(fill(buy, 100.0, slippage=0.03), T0)
+    stop = engine.on_market_data(md("ETHUSDT", 90.0, ts=T0 + SEC), T0 + SEC).orders[0]
+    engine.on_order_result(fill(stop, 90.0, qty=0.0, status="rejected", ts=T0 + SEC), T0 + SEC)
+    feed(engine, ("BTCUSDT",), T0 + 5 * SEC, T0 + 4 * MIN, step=20 * SEC)
+    snapshot = RiskSnapshot.from_dict(engine.snapshot().to_dict())
+    restored = RiskEngine.restore(engine.config, snapshot)
+    assert restored.snapshot() == engine.snapshot()
+    assert restored.stale_symbols == ("ETHUSDT",)
+    assert snapshot.exit_attempts == {"ETHUSDT": 1}
+    assert snapshot.breaker_slippage_symbols == {"BTCUSDT": 1_000.0}
+    later = T0 + 4 * MIN + SEC
+    assert restored.on_market_data(md("ETHUSDT", 89.0, ts=later), later).orders != []
