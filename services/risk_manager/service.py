@@ -51,6 +51,9 @@ PAUSE_REASONS = Gauge(
     "cdb_trading_pause_reason", "1 for each active reason of a pause (manual included)",
     ["reason"],
 )
+STALE_SYMBOLS = Gauge(
+    "cdb_risk_stale_symbols", "Symbols whose market data stopped (new buys of them refused)"
+)
 LIMITS = Gauge(
     "cdb_risk_limit_ratio", "Configured risk limits as fractions (for alerts and dashboards)",
     ["limit"],
@@ -298,6 +301,7 @@ class RiskService(Service[RiskSettings]):
         for reason in PauseReason:
             PAUSE_REASONS.labels(reason.value).set(1 if reason.value in active else 0)
         PAUSE_REASONS.labels("manual").set(1 if engine.manual_paused else 0)
+        STALE_SYMBOLS.set(len(engine.stale_symbols))
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
