@@ -109,6 +109,8 @@ class StateChange:
         ts_ms: Time of the change, Unix epoch milliseconds UTC.
         halted_since_ms: When the current halt began, None when not HALTED.
         pause_reasons: The automatic pause reasons still holding (`PauseReason` values).
+        halt_began: True when a halt began during the call (its time is `halted_since_ms`,
+            which can be earlier than `ts_ms` when it fired inside a data gap).
     """
 
     state: TradingState
@@ -117,6 +119,7 @@ class StateChange:
     ts_ms: int
     halted_since_ms: int | None
     pause_reasons: tuple[str, ...] = ()
+    halt_began: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,11 +277,12 @@ class RiskService(Service[RiskSettings]):
                 str(change.state), self.engine.halt_reason, _ms(change.halted_since_ms),
                 change.manual_paused, list(change.pause_reasons), change.ts_ms,
             )
-            if change.state == TradingState.HALTED and change.halted_since_ms == change.ts_ms:
+            if change.state == TradingState.HALTED and change.halt_began:
                 add(
                     "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
                     "to_timestamp($3 / 1000.0))",
-                    self.engine.halt_reason or change.reason, "risk_manager", change.ts_ms,
+                    self.engine.halt_reason or change.reason, "risk_manager",
+                    change.halted_since_ms,
                 )
 
     async def record_alert(self, stream: str, event: EventBase) -> HandlerResult:

@@ -151,7 +151,7 @@ class RiskView:
 
     # ------------------------------------------------------------------ state changes
 
-    def _changed(self, out: Out, reason: str) -> None:
+    def _changed(self, out: Out, reason: str, halt_began: bool = False) -> None:
         prev = out.state_change
         if prev is not None:
             reason = f"{prev.reason}; {reason}"
@@ -162,6 +162,7 @@ class RiskView:
             ts_ms=out.now,
             halted_since_ms=self._halted_since_ms,
             pause_reasons=self.pause_reasons,
+            halt_began=halt_began or (prev is not None and prev.halt_began),
         )
 
     def _halt(self, out: Out, reason: str, detail: str | None = None) -> None:
@@ -170,4 +171,4 @@ class RiskView:
         self._halted = True
         self._halt_reason = reason
         self._halted_since_ms = out.now
-        self._changed(out, detail or f"halt: {reason}")
+        self._changed(out, detail or f"halt: {reason}", halt_began=True)

@@ -402,3 +402,15 @@ def test_a_restored_engine_keeps_stale_symbols_exit_retries_and_breaker_evidence
     assert snapshot.breaker_slippage_symbols == {"BTCUSDT": 1_000.0}
     later = T0 + 4 * MIN + SEC
     assert restored.on_market_data(md("ETHUSDT", 89.0, ts=later), later).orders != []
+
+
+def test_when_a_halt_fires_inside_a_gap_then_the_state_change_says_when_it_began() -> None:
+    engine = RiskEngine(RiskConfig(data_stale_timeout_sec=120))
+    start = _warm(engine)
+    engine.on_market_data(quote("BTCUSDT", 100.0, 0.01, start), start)
+    after = start + 11 * MIN
+    out = engine.on_market_data(quote("BTCUSDT", 100.0, 0.001, after), after)
+    change = out.state_change
+    assert change is not None and change.state is TradingState.HALTED
+    assert change.halt_began and change.halted_since_ms == start + 10 * MIN
+    assert change.ts_ms == after
