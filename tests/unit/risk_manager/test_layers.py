@@ -414,3 +414,16 @@ def test_when_a_halt_fires_inside_a_gap_then_the_state_change_says_when_it_began
     assert change is not None and change.state is TradingState.HALTED
     assert change.halt_began and change.halted_since_ms == start + 10 * MIN
     assert change.ts_ms == after
+
+
+def test_when_40pct_is_held_in_four_symbols_then_a_buy_of_2000_is_trimmed_not_rejected() -> None:
+    engine = RiskEngine(RiskConfig())
+    for symbol in ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"):
+        open_position(engine, symbol, 1_000.0)
+    engine.on_market_data(md("EEEUSDT", 10.0), T0)
+    out = engine.on_signal(sig("EEEUSDT", size=2_000.0, key="e"), T0)
+    assert out is not None
+    (order,) = out.orders
+    assert order.size == pytest.approx(1_000.0)
+    assert engine.exposure == pytest.approx(0.4)
+    assert out.decisions[0].outcome == "trimmed"
