@@ -127,10 +127,10 @@ class RiskEngine(RiskView):
         if stale.last_ms is None:
             stale.last_ms = now_ms
             self._schedule(now_ms + stale.span_ms)
-        out = Out(now_ms)
-        if now_ms >= self._due:
-            self._advance(out, now_ms)
-        return out.result()
+        if now_ms < self._due:
+            return EMPTY_OUTPUT
+        out = self._advance(None, now_ms)
+        return EMPTY_OUTPUT if out is None else out.result()
 
     # ------------------------------------------------------------------ market data
 
