@@ -378,8 +378,13 @@ def test_emitted_signals_are_valid_events() -> None:
 
 
 def test_non_finite_price_is_ignored() -> None:
+    # the contract refuses it; an event built without validation must not reach a window either
+    broken = MarketData.model_construct(
+        event_id=derive_id("md", "AAAUSDT", T0), timestamp=T0, symbol="AAAUSDT",
+        price=float("inf"), volume=1.0, pct_change=0.0, source="replay",
+    )
     engine = SignalEngine(config())
-    assert engine.on_market_data(md("AAAUSDT", T0, float("inf"))) == []
+    assert engine.on_market_data(broken) == []
     assert engine.symbols_tracked == 0
 
 
