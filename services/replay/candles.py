@@ -8,6 +8,11 @@ The symbols are aligned on a common minute grid: it starts at the latest first c
 chosen symbols and ends at the earliest last candle, so every bar holds every symbol. A missing
 minute means no trades: it is filled with the previous close and volume 0.
 
+Candle files that lie are refused with a `CandleFileError` naming the file and the row: a
+non-numeric, non-finite or non-positive price, high below low, open or close outside
+[low, high], a negative volume, an open time off the minute grid or not after the previous
+row's, and a set of files whose periods have no minute in common.
+
 Each candle becomes a `MarketData` event stamped with its close time (`open_time + 60 000`):
 price = close, volume = close * base volume (quote volume), pct_change = change of the close
 over the last `pct_change_minutes` minutes in percent (0.0 until the grid has that much history),
@@ -28,8 +33,9 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -163,10 +169,18 @@ def _check_row(path: Path, index: int, row: list[Any], previous: int) -> tuple[i
     for name, price in zip(("open", "high", "low", "close"), prices, strict=True):
         if price <= 0:
             raise CandleFileError(path, index, f"{name} price {price!r} is not positive")
+    open_, high, low, close = prices
+    if high < low:
+        raise CandleFileError(path, index, f"high {high!r} is below low {low!r}")
+    for name, price in (("open", open_), ("close", close)):
+        if not low <= price <= high:
+            raise CandleFileError(
+                path, index, f"{name} {price!r} is outside [low, high] = [{low!r}, {high!r}]"
+            )
     volume = _number(path, index, "base_volume", row[5])
     if volume < 0:
         raise CandleFileError(path, index, f"base_volume {volume!r} is negative")
-    return open_time, prices[3], volume
+    return open_time, close, volume
 
 
 def _read_rows(path: Path) -> list[Any]:
@@ -217,8 +231,9 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
 
     Raises:
         CandleFileError: The file is unreadable, not a JSON array, or has a bad row (wrong
-            length, non-numeric value, non-positive price, negative volume, open time not on a
-            minute boundary or not after the previous row's).
+            length, non-numeric or non-finite value, non-positive price, high below low, open
+            or close outside [low, high], negative volume, open time not on a minute boundary
+            or not after the previous row's).
     """
     name = symbol or symbol_from_filename(path.name)
     if name is None:
@@ -246,10 +261,8 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
             and volume.__class__ is float
             and open_time > previous
             and open_time % MINUTE_MS == 0
-            and 0.0 < open_ < inf
-            and 0.0 < high < inf
-            and 0.0 < low < inf
-            and 0.0 < close < inf
+            and 0.0 < low <= open_ <= high < inf
+            and low <= close <= high
             and 0.0 <= volume < inf
         ):
             open_time, close, volume = _check_row(path, index, row, previous)
@@ -478,11 +491,12 @@ def read_candles(
         pct_change_minutes: Span of `pct_change` in minutes.
 
     Returns:
-        The aligned candles; empty (no bars) when the files' time ranges do not overlap.
+        The aligned candles (at least one bar).
 
     Raises:
-        CandleFileError: No candle file for a requested symbol, no candle file at all, or a
-            file or row is invalid (the message names the file and the row index).
+        CandleFileError: No candle file for a requested symbol, no candle file at all, a file
+            or row is invalid (the message names the file and the row index), or the files'
+            periods do not overlap (the message names the two files and rows that show it).
         ValueError: `limit_minutes` is below 1.
     """
     if limit_minutes is not None and limit_minutes < 1:
@@ -505,7 +519,9 @@ def read_candles(
     series = [read_series(path, symbol) for symbol, path in chosen.items()]
     start = max(s.times[0] for s in series)
     end = min(s.times[-1] for s in series)
-    minutes = max(0, (end - start) // MINUTE_MS + 1)
+    if end < start:
+        _refuse_disjoint(chosen, series)
+    minutes = (end - start) // MINUTE_MS + 1
     if limit_minutes is not None:
         minutes = min(minutes, limit_minutes)
     aligned = [_align(s, start, minutes) for s in series]
@@ -515,6 +531,25 @@ def read_candles(
         [closes for closes, _ in aligned],
         [volumes for _, volumes in aligned],
         pct_change_minutes,
+    )
+
+
+def _utc(ms: int) -> str:
+    """An open time as an ISO 8601 UTC minute (`2018-01-20T05:33Z`)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _refuse_disjoint(files: dict[str, Path], series: Sequence[CandleSeries]) -> NoReturn:
+    """Raise the error for files with no minute in common, naming the two that show it."""
+    late = max(series, key=lambda s: (s.times[0], s.symbol))
+    early = min(series, key=lambda s: (s.times[-1], s.symbol))
+    last_row = len(early.times) - 1
+    raise CandleFileError(
+        files[late.symbol],
+        0,
+        f"the files' periods do not overlap: its first candle opens at "
+        f"{_utc(late.times[0])}, after the last candle of {files[early.symbol]} "
+        f"(row {last_row}, {_utc(early.times[-1])}); replay needs a common period",
     )
 
 
