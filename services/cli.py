@@ -291,7 +291,7 @@ class Status:
         for col in ("service", "pid", "port", "status"):
             procs.add_column(col)
         for p in self.procs:
-            procs.add_row(p.name, str(p.process.pid), str(p.port), p.health)
+            procs.add_row(p.name, str(p.process.pid), str(p.port), Text(p.health))
         streams = Table(title="Streams")
         for col in ("stream", "entries", "events/s"):
             streams.add_column(col, justify="right" if col != "stream" else "left")
@@ -302,22 +302,24 @@ class Status:
         if r:
             equity = float(r.get("equity", 0.0))
             exposure = float(r.get("exposure", 0.0))
-            account.add_row("trading state", str(r.get("state")))
+            account.add_row("trading state", Text(str(r.get("state"))))
             account.add_row("equity", f"{equity:,.6f}")
             account.add_row("exposure", f"{exposure / equity * 100 if equity else 0:.2f} %")
             account.add_row("drawdown", f"{float(r.get('drawdown', 0.0)) * 100:.2f} %")
             if r.get("halt_reason"):
-                account.add_row("halt reason", str(r["halt_reason"]))
+                account.add_row("halt reason", Text(str(r["halt_reason"])))
         if self.progress:
             account.add_row(
                 "replay",
-                f"{self.progress.get('done', '0')}/"
-                f"{self.progress.get('total', '?')} bars "
-                f"({self.progress.get('state', '')})",
+                Text(
+                    f"{self.progress.get('done', '0')}/"
+                    f"{self.progress.get('total', '?')} bars "
+                    f"({self.progress.get('state', '')})"
+                ),
             )
         alerts = Table(title="Latest alerts", show_header=False)
         for line in self.alerts or ["(none)"]:
-            alerts.add_row(line)
+            alerts.add_row(Text(line))  # alert messages are untrusted text
         return Group(procs, streams, account, alerts)
 
     def line(self) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
+import pydantic
 import pytest
 import redis
 
@@ -73,10 +75,15 @@ def wait_for(condition: Any, what: str, timeout: float = 15.0) -> Any:
 
 
 def test_parsers_turn_the_raw_literals_into_non_finite_floats() -> None:
-    # the premise: JSON has no NaN, but the lenient parsers produce one from these entries
+    # the premise: JSON has no NaN, but the lenient parsers produce one from these entries;
+    # orjson (used for the bus's own bookkeeping) refuses them outright
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
-        value = json.loads(market_json(price=literal))["price"]
-        assert not math.isfinite(value), literal
+        raw = market_json(price=literal)
+        assert not math.isfinite(json.loads(raw)["price"]), literal
+        lenient = pydantic.TypeAdapter(dict[str, Any]).validate_json(raw)
+        assert not math.isfinite(lenient["price"]), literal
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(raw)
     assert not math.isfinite(json.loads(fill_json("NaN"))["fill_price"])
 
 
