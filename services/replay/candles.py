@@ -270,7 +270,27 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
         add_time(open_time)
         add_close(close)
         add_volume(close * volume)
+    _check_derived(path, closes, volumes)
     return CandleSeries(name, times, closes, volumes)
+
+
+def _check_derived(path: Path, closes: list[float], quote_volumes: list[float]) -> None:
+    """Refuse finite rows whose derived market data would not be finite.
+
+    The quote volume (close x base volume) and pct_change (a ratio of two closes) must fit a
+    double: the replay builds its events without re-validating them.
+    """
+    if max(quote_volumes) == _INF:
+        row = quote_volumes.index(_INF)
+        raise CandleFileError(
+            path, row, f"quote volume (close {closes[row]!r} x base_volume) overflows a double"
+        )
+    low, high = min(closes), max(closes)
+    if high / low == _INF:
+        row = max(closes.index(low), closes.index(high))
+        raise CandleFileError(
+            path, row, f"closes {low!r} and {high!r} are too far apart for a price change"
+        )
 
 
 def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float], list[float]]:

@@ -177,6 +177,8 @@ def test_numeric_strings_and_integers_are_accepted(tmp_path: Path) -> None:
         ([T0 + M, 1.0, 1.1, 0.9, 0.8, 1.0],
          r"row 1: close 0.8 is outside \[low, high\] = \[0.9, 1.1\]"),
         ([T0 + M, "1.0", "1.1", "0.9", "1.15", "1"], r"row 1: close 1.15 is outside"),
+        ([T0 + M, 1e300, 1e300, 1e300, 1e300, 1e300], r"row 1: quote volume .* overflows"),
+        ([T0 + M, 1e-309, 1e-309, 1e-309, 1e-309, 1.0], r"row 1: closes 1e-309 and 1.0 are"),
         ([T0 + M + 5, 1.0, 1.0, 1.0, 1.0, 1.0], "not on a minute boundary"),
         ([T0, 1.0, 1.0, 1.0, 1.0, 1.0], "not after the previous row"),
         ([T0 + M + 0.5, 1.0, 1.0, 1.0, 1.0, 1.0], "open_time_ms is not an integer"),
