@@ -589,6 +589,10 @@ def _token() -> str:
     if not token:
         err.print("RISK_ADMIN_TOKEN is not set")
         raise typer.Exit(1)
+    if not all(" " <= c <= "~" for c in token):  # never print the token itself
+        err.print("RISK_ADMIN_TOKEN holds characters an HTTP header cannot carry; "
+                  "the risk manager accepts printable ASCII only", style="red")
+        raise typer.Exit(1)
     return token
 
 

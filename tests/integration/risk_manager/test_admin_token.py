@@ -5,6 +5,7 @@ Both through a real risk manager process (real Redis and PostgreSQL) over real H
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,3 +67,15 @@ def test_a_risk_manager_with_a_token_no_header_can_carry_refuses_to_start(
     assert "printable ASCII only" in proc.stderr
     assert token not in proc.stderr and token not in proc.stdout, "the token leaked"
     assert "service started" not in proc.stderr
+
+
+def test_cdb_risk_with_a_non_ascii_token_says_so_without_a_traceback(risk: RiskProcess) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISK_")}
+    env.update(RISK_URL=risk.url, RISK_ADMIN_TOKEN="jeton-é")
+    result = subprocess.run([sys.executable, "-m", "services.cli", "risk", "release",
+                             "--reason", "x"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "RISK_ADMIN_TOKEN holds characters an HTTP header cannot carry" in result.stderr
+    assert "Traceback" not in result.stderr and "jeton-é" not in result.stderr
+    assert risk.request("/risk/release", RELEASE).json()["result"] == "nothing to release"
