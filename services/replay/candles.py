@@ -10,6 +10,11 @@ only: a missing minute is a gap in the data, no candle is invented for it (the r
 passes through it as live time would, see `services.risk_manager.staleness`), and
 `CandleSet.gaps` lists the gaps for the run report.
 
+Candle files that lie are refused with a `CandleFileError` naming the file and the row: a
+non-numeric, non-finite or non-positive price, high below low, open or close outside
+[low, high], a negative volume, an open time off the minute grid or not after the previous
+row's, and a set of files whose periods have no minute in common.
+
 Each candle becomes a `MarketData` event stamped with its close time (`open_time + 60 000`):
 price = close, volume = close * base volume (quote volume), pct_change = change of the close
 over the last `pct_change_minutes` minutes in percent (0.0 until the grid has that much history),
@@ -30,8 +35,9 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -165,10 +171,18 @@ def _check_row(path: Path, index: int, row: list[Any], previous: int) -> tuple[i
     for name, price in zip(("open", "high", "low", "close"), prices, strict=True):
         if price <= 0:
             raise CandleFileError(path, index, f"{name} price {price!r} is not positive")
+    open_, high, low, close = prices
+    if high < low:
+        raise CandleFileError(path, index, f"high {high!r} is below low {low!r}")
+    for name, price in (("open", open_), ("close", close)):
+        if not low <= price <= high:
+            raise CandleFileError(
+                path, index, f"{name} {price!r} is outside [low, high] = [{low!r}, {high!r}]"
+            )
     volume = _number(path, index, "base_volume", row[5])
     if volume < 0:
         raise CandleFileError(path, index, f"base_volume {volume!r} is negative")
-    return open_time, prices[3], volume
+    return open_time, close, volume
 
 
 def _read_rows(path: Path) -> list[Any]:
@@ -219,8 +233,9 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
 
     Raises:
         CandleFileError: The file is unreadable, not a JSON array, or has a bad row (wrong
-            length, non-numeric value, non-positive price, negative volume, open time not on a
-            minute boundary or not after the previous row's).
+            length, non-numeric or non-finite value, non-positive price, high below low, open
+            or close outside [low, high], negative volume, open time not on a minute boundary
+            or not after the previous row's).
     """
     name = symbol or symbol_from_filename(path.name)
     if name is None:
@@ -248,10 +263,8 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
             and volume.__class__ is float
             and open_time > previous
             and open_time % MINUTE_MS == 0
-            and 0.0 < open_ < inf
-            and 0.0 < high < inf
-            and 0.0 < low < inf
-            and 0.0 < close < inf
+            and 0.0 < low <= open_ <= high < inf
+            and low <= close <= high
             and 0.0 <= volume < inf
         ):
             open_time, close, volume = _check_row(path, index, row, previous)
@@ -259,7 +272,27 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
         add_time(open_time)
         add_close(close)
         add_volume(close * volume)
+    _check_derived(path, closes, volumes)
     return CandleSeries(name, times, closes, volumes)
+
+
+def _check_derived(path: Path, closes: list[float], quote_volumes: list[float]) -> None:
+    """Refuse finite rows whose derived market data would not be finite.
+
+    The quote volume (close x base volume) and pct_change (a ratio of two closes) must fit a
+    double: the replay builds its events without re-validating them.
+    """
+    if max(quote_volumes) == _INF:
+        row = quote_volumes.index(_INF)
+        raise CandleFileError(
+            path, row, f"quote volume (close {closes[row]!r} x base_volume) overflows a double"
+        )
+    low, high = min(closes), max(closes)
+    if high / low == _INF:
+        row = max(closes.index(low), closes.index(high))
+        raise CandleFileError(
+            path, row, f"closes {low!r} and {high!r} are too far apart for a price change"
+        )
 
 
 def _align(
@@ -514,11 +547,12 @@ def read_candles(
         pct_change_minutes: Span of `pct_change` in minutes.
 
     Returns:
-        The aligned candles; empty (no bars) when the files' time ranges do not overlap.
+        The aligned candles (at least one bar).
 
     Raises:
-        CandleFileError: No candle file for a requested symbol, no candle file at all, or a
-            file or row is invalid (the message names the file and the row index).
+        CandleFileError: No candle file for a requested symbol, no candle file at all, a file
+            or row is invalid (the message names the file and the row index), or the files'
+            periods do not overlap (the message names the two files and rows that show it).
         ValueError: `limit_minutes` is below 1.
     """
     if limit_minutes is not None and limit_minutes < 1:
@@ -541,7 +575,9 @@ def read_candles(
     series = [read_series(path, symbol) for symbol, path in chosen.items()]
     start = max(s.times[0] for s in series)
     end = min(s.times[-1] for s in series)
-    minutes = max(0, (end - start) // MINUTE_MS + 1)
+    if end < start:
+        _refuse_disjoint(chosen, series)
+    minutes = (end - start) // MINUTE_MS + 1
     if limit_minutes is not None:
         minutes = min(minutes, limit_minutes)
     aligned = [_align(s, start, minutes) for s in series]
@@ -552,6 +588,25 @@ def read_candles(
         [volumes for _, volumes, _ in aligned],
         pct_change_minutes,
         [present for _, _, present in aligned],
+    )
+
+
+def _utc(ms: int) -> str:
+    """An open time as an ISO 8601 UTC minute (`2018-01-20T05:33Z`)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _refuse_disjoint(files: dict[str, Path], series: Sequence[CandleSeries]) -> NoReturn:
+    """Raise the error for files with no minute in common, naming the two that show it."""
+    late = max(series, key=lambda s: (s.times[0], s.symbol))
+    early = min(series, key=lambda s: (s.times[-1], s.symbol))
+    last_row = len(early.times) - 1
+    raise CandleFileError(
+        files[late.symbol],
+        0,
+        f"the files' periods do not overlap: its first candle opens at "
+        f"{_utc(late.times[0])}, after the last candle of {files[early.symbol]} "
+        f"(row {last_row}, {_utc(early.times[-1])}); replay needs a common period",
     )
 
 

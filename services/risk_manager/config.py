@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import BaseServiceSettings
 
@@ -104,8 +104,28 @@ class RiskSettings(BaseServiceSettings):
         default=1.0, ge=0, description="Smallest order notional worth sending (quote currency)"
     )
     RISK_ADMIN_TOKEN: SecretStr | None = Field(
-        default=None, description="Bearer token required by POST /risk/halt and /risk/release"
+        default=None,
+        description="Bearer token required by POST /risk/halt and /risk/release "
+        "(printable ASCII: it travels in an HTTP header)",
     )
+
+    @field_validator("RISK_ADMIN_TOKEN")
+    @classmethod
+    def _token_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a token no HTTP client can send: non-ASCII or control characters.
+
+        The message never contains the token, only what is wrong with it.
+        """
+        if value is None:
+            return value
+        bad = [c for c in value.get_secret_value() if not " " <= c <= "~"]
+        if bad:
+            kind = "non-ASCII" if any(ord(c) > 127 for c in bad) else "control"
+            raise ValueError(
+                f"holds {len(bad)} {kind} character(s); use printable ASCII only "
+                "(an HTTP Authorization header cannot carry others)"
+            )
+        return value
 
 
 @dataclass(frozen=True, slots=True)

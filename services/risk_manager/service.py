@@ -342,11 +342,17 @@ class RiskService(Service[RiskSettings]):
         }
 
     def _authorize(self, authorization: str | None) -> None:
+        """Refuse a request without the admin bearer token (401), in constant time.
+
+        Compared as bytes: `hmac.compare_digest` raises on `str` with non-ASCII characters,
+        which a client can always send, and that must answer 401, not 500.
+        """
         token = self.settings.RISK_ADMIN_TOKEN
         if token is None or not token.get_secret_value():
             raise HTTPException(503, "RISK_ADMIN_TOKEN is not configured")
-        expected = f"Bearer {token.get_secret_value()}"
-        if authorization is None or not hmac.compare_digest(authorization, expected):
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        given = None if authorization is None else authorization.encode("utf-8", "surrogatepass")
+        if given is None or not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token")
 
     async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]]) -> None:
