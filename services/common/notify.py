@@ -39,6 +39,9 @@ ACTION = (
 """The `action` annotation of every alert rule that stops trading (checked by a test)."""
 DASHBOARD_PATH = "/d/cdb-trading"
 """Path of the *CDB Trading* dashboard under the Grafana URL."""
+PLACEHOLDERS = ("__SYSTEM__", "__NAMESPACE__", "__GRAFANA_URL__")
+"""System, namespace and Grafana URL of `backoffice/alertmanager/cdb.tmpl`, the template the
+Helm chart fills in (`replace`) where it cannot run `cdb alerting render`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +199,14 @@ def alertmanager_template(stack: Stack) -> str:
         text = line.format(**{**constants, **_GO_FIELDS})
         body.append(f"{critical}{text}\n{{{{ end }}}}" if cond == "critical" else text + "\n")
     title = TITLE.format(**{**constants, **_GO_FIELDS})
+    # `-}}` trims the newlines between the definitions, so the file can also be inlined
+    # before a `{{ template ... }}` call (the chart's AlertmanagerConfig does).
     return (
         "{{/* Claire de Binaire notifications, rendered from services/common/notify.py:"
-        " do not edit by hand. */}}\n"
-        f'{{{{ define "cdb.title" }}}}{title}{{{{ end }}}}\n'
-        '{{ define "cdb.text" }}' + "".join(body) + "{{ end }}\n"
-        '{{ define "cdb.html" }}<pre>{{ template "cdb.text" . }}</pre>{{ end }}\n'
+        " do not edit by hand. */ -}}\n"
+        f'{{{{ define "cdb.title" }}}}{title}{{{{ end -}}}}\n'
+        '{{ define "cdb.text" }}' + "".join(body) + "{{ end -}}\n"
+        '{{ define "cdb.html" }}<pre>{{ template "cdb.text" . }}</pre>{{ end -}}\n'
     )
 
 

@@ -100,3 +100,12 @@ def test_receiver_credentials_never_show_in_a_repr() -> None:
     settings = AlertingSettings(SLACK_WEBHOOK_URL="https://hooks.test/very-secret")
     assert "very-secret" not in repr(settings)
     assert settings.receivers() == ["slack"]
+
+
+def test_the_shipped_template_is_the_formatters_output_with_placeholders() -> None:
+    from services.common.notify import PLACEHOLDERS
+    from tests.conftest import ROOT
+
+    shipped = (ROOT / "backoffice" / "alertmanager" / "cdb.tmpl").read_text()
+    assert shipped == alertmanager_template(Stack(*PLACEHOLDERS)), (
+        "regenerate backoffice/alertmanager/cdb.tmpl from services/common/notify.py")
