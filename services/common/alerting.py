@@ -37,8 +37,10 @@ CONFIG_FILE = "alertmanager.yml"
 class AlertingSettings(BaseSettings):
     """The notification settings (Alertmanager's receivers and routing, `cdb up`'s webhook)."""
 
+    # Empty variables mean "not set" (Compose passes every receiver variable, most empty).
     model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", case_sensitive=True, secrets_dir=None
+        frozen=True, extra="ignore", case_sensitive=True, secrets_dir=None,
+        env_ignore_empty=True,
     )
 
     SERVICE_NAME: ClassVar[str] = "alerting"

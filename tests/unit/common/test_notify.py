@@ -109,3 +109,11 @@ def test_the_shipped_template_is_the_formatters_output_with_placeholders() -> No
     shipped = (ROOT / "backoffice" / "alertmanager" / "cdb.tmpl").read_text()
     assert shipped == alertmanager_template(Stack(*PLACEHOLDERS)), (
         "regenerate backoffice/alertmanager/cdb.tmpl from services/common/notify.py")
+
+
+def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TELEGRAM_CHAT_ID", "SMTP_REQUIRE_TLS", "ALERT_WEBHOOK_URL", "GRAFANA_URL"):
+        monkeypatch.setenv(name, "")
+    settings = AlertingSettings()
+    assert settings.TELEGRAM_CHAT_ID is None and settings.SMTP_REQUIRE_TLS is True
+    assert settings.receivers() == []
