@@ -255,6 +255,11 @@ class Status:
         self.alerts: list[str] = []
         self.progress: dict[str, str] = {}
         self.pager = pager
+        if pager is not None:  # page what happens from now on, not an older run's alerts
+            with contextlib.suppress(Exception):
+                newest: Any = self.redis.xrevrange(prefix + "alerts", count=1)
+                if newest:
+                    pager.last_id = newest[0][0].decode()
 
     def refresh(self) -> None:
         """Poll health, stream lengths, the risk state, recent alerts and replay progress."""

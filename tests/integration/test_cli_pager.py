@@ -70,6 +70,30 @@ def test_when_the_risk_manager_halts_then_the_webhook_is_paged_and_the_release_r
     assert "/page" not in repr(pager)
 
 
+def test_alerts_from_before_the_start_are_not_paged(infra: Infrastructure, prefix: str) -> None:
+    import redis
+
+    from services.common.events import Alert, dump_event
+
+    client = redis.Redis.from_url(infra.redis_url)
+    old = Alert(timestamp=1, code="RISK_LIMIT", level="CRITICAL", message="an old halt",
+                source="risk_manager")
+    client.xadd(prefix + "alerts", {b"data": dump_event(old)})
+    with HttpSink() as sink:
+        pager = Pager(sink.url + "/page", Stack("laptop"))
+        status = Status(infra.redis_url, prefix, [], pager)
+        try:
+            status.refresh()
+            new = Alert(timestamp=2, code="RISK_LIMIT", level="CRITICAL", message="a new halt",
+                        source="risk_manager")
+            client.xadd(prefix + "alerts", {b"data": dump_event(new)})
+            status.refresh()
+        finally:
+            status.close()
+            client.close()
+    assert [r.body["commonAnnotations"]["summary"] for r in sink.requests] == ["a new halt"]
+
+
 def test_cdb_up_takes_the_webhook_from_an_option_or_alert_webhook_url(tmp_path: Path) -> None:
     cdb = str(Path(sys.executable).parent / "cdb")
     done = subprocess.run([cdb, "up", "--help"], capture_output=True, text=True, timeout=60,
