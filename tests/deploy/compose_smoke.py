@@ -396,9 +396,7 @@ class Smoke:
         self.up()
         self.start_sink()
         try:
-            managers = json.loads(_get(f"{PROMETHEUS}/api/v1/alertmanagers"))["data"]
-            if not managers["activeAlertmanagers"]:
-                raise SmokeError(f"Prometheus found no Alertmanager: {managers}")
+            _wait_for(lambda: bool(_alertmanagers()), 90, "Prometheus to find Alertmanager")
             risk = {"RISK_URL": "http://127.0.0.1:18002",
                     "RISK_ADMIN_TOKEN": self.env["RISK_ADMIN_TOKEN"]}
             done = self.cdb("risk", "halt", "--reason", "smoke: page", "--by", "smoke",
@@ -411,7 +409,12 @@ class Smoke:
                 return any(n["status"] == status and n["alertname"] == "CdbTradingHalted"
                            for n in self.sink_notifications())
 
-            _wait_for(lambda: seen("firing"), 150, "the firing CdbTradingHalted at the sink")
+            try:
+                _wait_for(lambda: seen("firing"), 150, "the firing CdbTradingHalted")
+            except SmokeError as exc:
+                logs = self.compose("logs", "--no-color", "--tail", "10", "cdb_alertmanager",
+                                    check=False)
+                raise SmokeError(f"{exc}; Alertmanager: {_tail(logs.stdout, 3)}") from None
             paged = time.monotonic() - started
             firing = next(n for n in self.sink_notifications() if n["status"] == "firing")
             if firing["severity"] != "critical" or "cdb risk release" not in firing["action"]:
@@ -499,6 +502,14 @@ class Smoke:
                                text=True, timeout=120, check=False)
             self.rows.append(Row("teardown (down -v)", down.returncode == 0,
                                  time.monotonic() - started, ""))
+
+
+def _alertmanagers() -> list[str]:
+    """The Alertmanager URLs Prometheus sends to (empty until it discovered one)."""
+    with suppress(OSError, ValueError, KeyError):
+        data = json.loads(_get(f"{PROMETHEUS}/api/v1/alertmanagers"))["data"]
+        return [str(a["url"]) for a in data["activeAlertmanagers"]]
+    return []
 
 
 def _podman_running() -> bool:
