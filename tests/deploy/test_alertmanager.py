@@ -251,3 +251,13 @@ def test_a_drawdown_halt_pages_at_once_and_its_release_resolves_the_page(
     assert "kubectl edit ts" in alert["annotations"]["action"]
     assert paged_after < 20, f"paged {paged_after:.1f}s after the HALT"
     assert resolved.body["alerts"][0]["status"] == "resolved"
+
+
+def test_no_rule_text_breaks_telegrams_html_mode() -> None:
+    """Telegram receives HTML (parse_mode): a bare <, > or & would make it refuse the page."""
+    rules = yaml.safe_load((PROMETHEUS_DIR / "rules" / "cdb.rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for key, text in rule.get("annotations", {}).items():
+                bare = str(text).replace("{{", "").replace("}}", "")
+                assert not set("<>&") & set(bare), f"{rule['alert']} {key}: {text}"
