@@ -51,6 +51,13 @@ PAUSE_REASONS = Gauge(
     "cdb_trading_pause_reason", "1 for each active reason of a pause (manual included)",
     ["reason"],
 )
+HALT_REASONS = ("daily_drawdown", "exposure_above_halt_level",
+                "circuit_breaker_retries_exhausted", "manual")
+"""Label values of `cdb_trading_halt_reason`: the engine's three halts, else a manual one."""
+HALT_REASON = Gauge(
+    "cdb_trading_halt_reason", "1 for the reason of the current HALT (for the notifications)",
+    ["reason"],
+)
 LIMITS = Gauge(
     "cdb_risk_limit_ratio", "Configured risk limits as fractions (for alerts and dashboards)",
     ["limit"],
@@ -298,6 +305,10 @@ class RiskService(Service[RiskSettings]):
         for reason in PauseReason:
             PAUSE_REASONS.labels(reason.value).set(1 if reason.value in active else 0)
         PAUSE_REASONS.labels("manual").set(1 if engine.manual_paused else 0)
+        halted = engine.state == TradingState.HALTED
+        cause = engine.halt_reason if engine.halt_reason in HALT_REASONS else "manual"
+        for name in HALT_REASONS:
+            HALT_REASON.labels(name).set(1 if halted and name == cause else 0)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -130,6 +130,7 @@ def _post_alert(am: str, ends: datetime | None = None) -> None:
     annotations = {k: str(v).replace("{{ $labels.job }}", "cdb_risk")
                    .replace("{{ $labels.instance }}", "cdb_risk:8002")
                    for k, v in rule["annotations"].items()}
+    annotations["summary"] = "Trading is HALTED (daily_drawdown)"  # as Prometheus renders it
     starts = datetime.now(tz=UTC) - timedelta(seconds=5)
     alert = {"labels": {"alertname": "CdbTradingHalted", "severity": "critical",
                         "system": "paper-btc", "instance": "cdb_risk:8002"},
@@ -158,10 +159,11 @@ def test_one_critical_alert_reaches_the_webhook_slack_telegram_and_email(
     attachment = slack.body["attachments"][0]
     assert slack.body["channel"] == "#cdb"
     assert attachment["title"] == ("[FIRING] CRITICAL CdbTradingHalted: Trading is HALTED "
-                                   "(paper-btc)")
+                                   "(daily_drawdown) (paper-btc)")
     for text in (attachment["text"], telegram.body["text"], mail.text):
         assert "FIRING CRITICAL on paper-btc" in text
-        assert "- Trading is HALTED: The risk manager (cdb_risk, cdb_risk:8002)" in text
+        assert ("- Trading is HALTED (daily_drawdown): The risk manager (cdb_risk, "
+                "cdb_risk:8002)") in text
         assert "Look: cdb risk status" in text
         assert 'Release: cdb risk release --reason "WHY" --by "WHO"' in text
         assert "Kubernetes: kubectl edit ts paper-btc -n trading" in text
@@ -247,6 +249,7 @@ def test_a_drawdown_halt_pages_at_once_and_its_release_resolves_the_page(
     alert = firing.body["alerts"][0]
     assert alert["labels"]["severity"] == "critical"
     assert alert["labels"]["system"] == "paper-btc"
+    assert alert["annotations"]["summary"] == "Trading is HALTED (daily_drawdown)"
     assert "cdb risk release" in alert["annotations"]["action"]
     assert "kubectl edit ts" in alert["annotations"]["action"]
     assert paged_after < 20, f"paged {paged_after:.1f}s after the HALT"
