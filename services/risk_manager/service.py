@@ -34,6 +34,7 @@ from services.common.runtime import Service, Task
 from services.risk_manager.config import RiskConfig, RiskSettings
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import PauseReason, RiskOutput, RiskSnapshot, TradingState
+from services.risk_manager.output import HALT_BREAKER, HALT_DRAWDOWN, HALT_EXPOSURE
 
 logger = logging.getLogger("cdb.risk_manager")
 
@@ -51,12 +52,14 @@ PAUSE_REASONS = Gauge(
     "cdb_trading_pause_reason", "1 for each active reason of a pause (manual included)",
     ["reason"],
 )
-HALT_REASONS = ("daily_drawdown", "exposure_above_halt_level",
-                "circuit_breaker_retries_exhausted", "manual")
+HALT_REASONS = (HALT_DRAWDOWN, HALT_EXPOSURE, HALT_BREAKER, "manual")
 """Label values of `cdb_trading_halt_reason`: the engine's three halts, else a manual one."""
 HALT_REASON = Gauge(
     "cdb_trading_halt_reason", "1 for the reason of the current HALT (for the notifications)",
     ["reason"],
+)
+STALE_SYMBOLS = Gauge(
+    "cdb_risk_stale_symbols", "Symbols whose market data stopped (new buys of them refused)"
 )
 LIMITS = Gauge(
     "cdb_risk_limit_ratio", "Configured risk limits as fractions (for alerts and dashboards)",
@@ -281,11 +284,12 @@ class RiskService(Service[RiskSettings]):
                 str(change.state), self.engine.halt_reason, _ms(change.halted_since_ms),
                 change.manual_paused, list(change.pause_reasons), change.ts_ms,
             )
-            if change.state == TradingState.HALTED and change.halted_since_ms == change.ts_ms:
+            if change.state == TradingState.HALTED and change.halt_began:
                 add(
                     "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
                     "to_timestamp($3 / 1000.0))",
-                    self.engine.halt_reason or change.reason, "risk_manager", change.ts_ms,
+                    self.engine.halt_reason or change.reason, "risk_manager",
+                    change.halted_since_ms,
                 )
 
     async def record_alert(self, stream: str, event: EventBase) -> HandlerResult:
@@ -309,6 +313,7 @@ class RiskService(Service[RiskSettings]):
         cause = engine.halt_reason if engine.halt_reason in HALT_REASONS else "manual"
         for name in HALT_REASONS:
             HALT_REASON.labels(name).set(1 if halted and name == cause else 0)
+        STALE_SYMBOLS.set(len(engine.stale_symbols))
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -334,6 +339,7 @@ class RiskService(Service[RiskSettings]):
             "halted_since_ms": e.halted_since_ms,
             "manual_paused": e.manual_paused,
             "pause_reasons": list(e.pause_reasons),
+            "stale_symbols": list(e.stale_symbols),
             "equity": e.equity,
             "cash": e.cash,
             "exposure": e.exposure,
@@ -347,11 +353,17 @@ class RiskService(Service[RiskSettings]):
         }
 
     def _authorize(self, authorization: str | None) -> None:
+        """Refuse a request without the admin bearer token (401), in constant time.
+
+        Compared as bytes: `hmac.compare_digest` raises on `str` with non-ASCII characters,
+        which a client can always send, and that must answer 401, not 500.
+        """
         token = self.settings.RISK_ADMIN_TOKEN
         if token is None or not token.get_secret_value():
             raise HTTPException(503, "RISK_ADMIN_TOKEN is not configured")
-        expected = f"Bearer {token.get_secret_value()}"
-        if authorization is None or not hmac.compare_digest(authorization, expected):
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        given = None if authorization is None else authorization.encode("utf-8", "surrogatepass")
+        if given is None or not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token")
 
     async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]]) -> None:
