@@ -47,10 +47,10 @@ image:
 	docker build -t $(IMAGE) .
 
 compose-up:
-	$(COMPOSE) --profile grafana up -d --build --wait
+	$(COMPOSE) up -d --build --wait
 
 compose-down:
-	$(COMPOSE) --profile grafana --profile replay down
+	$(COMPOSE) --profile replay down
 
 # Builds the image and runs the whole stack on the container sandbox (podman + Compose CLI),
 # with health, metrics, hardening, replay, crash and restart checks; always tears down.

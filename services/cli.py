@@ -30,6 +30,7 @@ from rich.text import Text
 from services.registry import PIPELINE, SERVICES
 
 if TYPE_CHECKING:
+    from services.common.notify import Pager
     from services.replay.candles import CandleSet
 
 app = typer.Typer(
@@ -40,7 +41,10 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 risk_app = typer.Typer(help="Risk manager administration.", no_args_is_help=True)
+alerting_app = typer.Typer(help="Notifications: Alertmanager's configuration.",
+                           no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(alerting_app, name="alerting")
 app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 
@@ -239,8 +243,9 @@ def _stop_all(procs: list[Proc], timeout: float = 10.0) -> None:
 class Status:
     """Collects what the live status table shows."""
 
-    def __init__(self, redis_url: str, prefix: str, procs: list[Proc]) -> None:
-        """Prepare the collectors."""
+    def __init__(self, redis_url: str, prefix: str, procs: list[Proc],
+                 pager: Pager | None = None) -> None:
+        """Prepare the collectors (`pager`: page CRITICAL alerts to a webhook)."""
         import redis
 
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=1)
@@ -253,6 +258,12 @@ class Status:
         self.risk: dict[str, Any] = {}
         self.alerts: list[str] = []
         self.progress: dict[str, str] = {}
+        self.pager = pager
+        if pager is not None:  # page what happens from now on, not an older run's alerts
+            with contextlib.suppress(Exception):
+                newest: Any = self.redis.xrevrange(prefix + "alerts", count=1)
+                if newest:
+                    pager.last_id = newest[0][0].decode()
 
     def refresh(self) -> None:
         """Poll health, stream lengths, the risk state, recent alerts and replay progress."""
@@ -280,10 +291,18 @@ class Status:
                 self.alerts.append(f"{a['level']:<8} {a['code']:<16} {a['message'][:70]}")
             prog: Any = self.redis.hgetall(self.prefix + "replay:progress")
             self.progress = {k.decode(): v.decode() for k, v in prog.items()}
+        if self.pager is not None:
+            with contextlib.suppress(Exception):
+                fresh: Any = self.redis.xrange(
+                    self.prefix + "alerts", min=f"({self.pager.last_id}", count=500)
+                self.pager.on_alerts(
+                    [(k.decode(), orjson.loads(f[b"data"])) for k, f in fresh or []])
         risk = next((p for p in self.procs if p.name == "risk_manager"), None)
         if risk is not None:
             with contextlib.suppress(Exception):
                 self.risk = self.http.get(f"http://127.0.0.1:{risk.port}/risk/state").json()
+                if self.pager is not None:
+                    self.pager.on_state(str(self.risk.get("state")))
 
     def render(self) -> Group:
         """The status as rich tables."""
@@ -333,7 +352,9 @@ class Status:
         return " ".join(parts)
 
     def close(self) -> None:
-        """Close the clients."""
+        """Close the clients (queued notifications are delivered first)."""
+        if self.pager is not None:
+            self.pager.close()
         self.http.close()
         self.redis.close()
 
@@ -366,6 +387,10 @@ def up(
     speed: Annotated[float, typer.Option(help="Replay speed factor (0: lock-step)")] = 0.0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
     data_dir: Annotated[Path, typer.Option(help="Embedded servers' data")] = Path(".cdb"),
+    notify_webhook: Annotated[str, typer.Option(
+        envvar="ALERT_WEBHOOK_URL", show_default=False,
+        help="POST every CRITICAL alert (and its release) to this webhook (Alertmanager's "
+             "JSON with the notification text)")] = "",
 ) -> None:
     """Start Redis, PostgreSQL and the services; replay ends with the report."""
     from services.common.infra import free_port, infrastructure
@@ -415,7 +440,8 @@ def up(
         try:
             for name in names:
                 procs.append(_spawn(name, env, free_port(), logs))
-            status = Status(infra.redis_url, env.get("STREAM_PREFIX", ""), procs)
+            status = Status(infra.redis_url, env.get("STREAM_PREFIX", ""), procs,
+                            _pager(notify_webhook))
             code = _watch(status, procs, source)
             if source == "replay" and code == 0:
                 assert candles is not None
@@ -464,6 +490,20 @@ def report_command(
         raise typer.Exit(1) from None
     render(result, console)
     _write_report(result, report)
+
+
+def _pager(url: str) -> Pager | None:
+    """The direct notification path of `cdb up`, or None without a webhook."""
+    if not url:
+        return None
+    from services.common import notify
+    from services.common.alerting import AlertingSettings
+    from services.common.logs import register_secret
+
+    register_secret(url)
+    stack = AlertingSettings(ALERT_WEBHOOK_URL=None).stack
+    err.print(f"paging CRITICAL alerts of {stack.system} to the configured webhook")
+    return notify.Pager(url, stack)
 
 
 def _admin_token(data_dir: Path) -> str:
@@ -574,8 +614,65 @@ def config_check() -> None:
             shown = ("****" if value else "(unset)") if secret else str(value)
             default = "(required)" if info.is_required() else str(info.default)
             table.add_row(name, var, shown, default)
+    failed = _alerting_rows(table) or failed
     console.print(table)
     raise typer.Exit(1 if failed else 0)
+
+
+def _alerting_rows(table: Table) -> bool:
+    """Add the notification settings to the table (secrets masked); True when invalid."""
+    from pydantic import SecretStr, ValidationError
+
+    from services.common.alerting import AlertingSettings
+
+    try:
+        settings = AlertingSettings()
+    except ValidationError as exc:
+        for e in exc.errors(include_input=False):
+            table.add_row("alerting", ".".join(str(x) for x in e["loc"]),
+                          f"[red]{e['msg']}[/red]", "")
+        return True
+    for var, info in AlertingSettings.model_fields.items():
+        value = getattr(settings, var)
+        if isinstance(value, SecretStr) or "Secret" in str(info.annotation):
+            shown = "****" if value else "(unset)"
+        else:
+            shown = str(value)
+        table.add_row("alerting", var, shown, str(info.default))
+    table.add_row("alerting", "(receivers)", ", ".join(settings.receivers()) or
+                  "none: alerts in Alertmanager's UI only", "")
+    return False
+
+
+@alerting_app.command("render")
+def alerting_render(
+    output: Annotated[Path, typer.Option(help="Directory for alertmanager.yml and cdb.tmpl")],
+    template_dir: Annotated[
+        str, typer.Option(help="Where Alertmanager reads cdb.tmpl (default: --output)")
+    ] = "",
+) -> None:
+    """Write Alertmanager's configuration from the environment (receivers, routing, text).
+
+    alertmanager.yml holds the receivers' credentials: it is written with mode 0600 and
+    never printed.
+    """
+    from pydantic import ValidationError
+
+    from services.common.alerting import AlertingSettings, write_config
+
+    try:
+        settings = AlertingSettings()
+        written = write_config(settings, output, template_dir or None)
+    except (ValidationError, ValueError) as exc:
+        detail = (
+            "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                      for e in exc.errors(include_input=False))
+            if isinstance(exc, ValidationError) else str(exc)
+        )
+        err.print(f"[red]alerting configuration invalid:[/red] {detail}")
+        raise typer.Exit(1) from None
+    receivers = ", ".join(settings.receivers()) or "none (alerts in Alertmanager's UI only)"
+    err.print(f"wrote {', '.join(str(p) for p in written)}; receivers: {receivers}")
 
 
 def _risk_url() -> str:
