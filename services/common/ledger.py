@@ -13,28 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 
-from services.common.bus import Bus, Outgoing, RetryableError
+from services.common.bus import Backoff, Bus, Outgoing, RetryableError
 from services.common.events import dump_event, parse_event
-from services.common.store import Store
+from services.common.store import PG_TRANSIENT, Store
+
+__all__ = ["PG_TRANSIENT", "Ledger", "entry_id", "render_sql", "sql_literal"]
+
+logger = logging.getLogger("cdb.ledger")
 
 EntryId = tuple[int, int]
 
-PG_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    TimeoutError,
-)
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -251,9 +248,21 @@ class Ledger:
             await self._delete_batches(batches)
 
     async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
-        """Commit out-of-round changes (HTTP commands, timers) and publish their events."""
+        """Commit out-of-round changes (HTTP commands, timers) and publish their events.
+
+        The engine has already changed in memory, so the commit is retried (capped backoff)
+        until PostgreSQL takes it: a timer or a command waits while the database is away.
+        """
         self.emit(outputs)
-        batch = await self._commit()
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            try:
+                batch = await self._commit()
+                break
+            except RetryableError as exc:
+                delay = backoff.next_delay()
+                logger.warning("commit failed (%s); retry in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
         for out in outputs:
             await self.bus.publish(out.stream, out.event)
         if batch:

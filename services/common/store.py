@@ -17,11 +17,26 @@ from typing import Any
 
 import asyncpg
 
+from services.common.bus import RetryableError
+
 logger = logging.getLogger("cdb.store")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x0CDB_0001
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+PG_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (ConnectionError included)
+    TimeoutError,  # a command or a connect that took too long
+    asyncpg.InterfaceError,  # the connection went away under a query (ConnectionDoesNotExist)
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.OperatorInterventionError,  # 57: admin shutdown, crash, cancel
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.exceptions.TransactionRollbackError,  # 40: serialization failure, deadlock
+)
+"""PostgreSQL failures that go away by themselves: retry with backoff, never dead-letter."""
 
 
 class MigrationError(RuntimeError):
@@ -155,7 +170,7 @@ class Store:
         try:
             async with self._pool.acquire(timeout=2) as conn:
                 return bool(await conn.fetchval("SELECT 1", timeout=2) == 1)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except (*PG_TRANSIENT, asyncpg.PostgresError):
             return False
 
     async def record_alert(self, alert: Any) -> bool:
@@ -166,15 +181,24 @@ class Store:
 
         Returns:
             True when it was new.
+
+        Raises:
+            RetryableError: PostgreSQL is unreachable or slow; the consumer retries in place.
         """
-        status = await self.pool.execute(
+        try:
+            status = await self._insert_alert(alert)
+        except PG_TRANSIENT as exc:
+            raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
+        return bool(status.endswith(" 1"))
+
+    async def _insert_alert(self, alert: Any) -> str:
+        return str(await self.pool.execute(
             """INSERT INTO alerts (event_id, code, level, message, source, context, ts)
                VALUES ($1, $2, $3, $4, $5, $6::jsonb, to_timestamp($7 / 1000.0))
                ON CONFLICT (event_id) DO NOTHING""",
             alert.event_id, alert.code, alert.level, alert.message, alert.source,
             _json(alert.context), alert.timestamp,
-        )
-        return bool(status.endswith(" 1"))
+        ))
 
 
 def _json(value: Any) -> str:
