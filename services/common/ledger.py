@@ -31,6 +31,8 @@ __all__ = ["PG_TRANSIENT", "Ledger", "entry_id", "render_sql", "sql_literal"]
 logger = logging.getLogger("cdb.ledger")
 
 EntryId = tuple[int, int]
+MAX_PUBLISHED_BATCHES = 64
+"""Published outbox batches waiting for the next commit before they are deleted directly."""
 
 
 
@@ -116,6 +118,7 @@ class Ledger:
         self.watermarks: dict[str, EntryId] = {}
         self._dirty_marks: set[str] = set()
         self._unpublished: list[int] = []
+        self._published_batches: list[int] = []
         self._last_batch = 0
         self.lock = asyncio.Lock()
         self.state_only_rounds = state_only_rounds
@@ -208,6 +211,12 @@ class Ledger:
                 + " ON CONFLICT (service, key) DO UPDATE SET value = EXCLUDED.value, "
                 "updated_at = now()"
             )
+            done = list(self._published_batches)
+            if done:  # published since the last commit: their outbox rows go with this one
+                script.append(
+                    f"DELETE FROM outbox WHERE service = {sql_literal(self.service)} "  # noqa: S608
+                    f"AND batch IN ({', '.join(str(b) for b in done)})"
+                )
             batch = 0
             if outputs:
                 batch = self._next_batch()
@@ -226,6 +235,7 @@ class Ledger:
                 raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
             self.writes, self.outputs = [], []
             self._dirty_marks.clear()
+            del self._published_batches[:len(done)]
             return batch
 
     def _next_batch(self) -> int:
@@ -242,10 +252,20 @@ class Ledger:
             )
 
     async def published(self) -> None:
-        """Delete the outbox rows of the rounds just published."""
+        """Forget the outbox rows of the rounds just published.
+
+        Their DELETE rides along with the next commit (no round trip of its own); only when
+        many batches are waiting, because no commit came for a while, are they deleted at once.
+        A crash before that republishes them at start, which downstream consumers ignore.
+        """
         if self._unpublished:
-            batches, self._unpublished = self._unpublished, []
-            await self._delete_batches(batches)
+            self._published_batches += self._unpublished
+            self._unpublished = []
+        if len(self._published_batches) >= MAX_PUBLISHED_BATCHES:
+            async with self.lock:
+                batches = list(self._published_batches)
+                await self._delete_batches(batches)
+                del self._published_batches[:len(batches)]
 
     async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
         """Commit out-of-round changes (HTTP commands, timers) and publish their events.

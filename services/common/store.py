@@ -151,7 +151,8 @@ class Store:
     async def open(self, run_migrations: bool = True) -> None:
         """Connect and (by default) apply migrations."""
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=self._min, max_size=self._max, command_timeout=30
+            self._dsn, min_size=self._min, max_size=self._max, command_timeout=30,
+            reset=_keep_session,
         )
         if run_migrations:
             async with self.pool.acquire() as conn:
@@ -199,6 +200,17 @@ class Store:
             alert.event_id, alert.code, alert.level, alert.message, alert.source,
             _json(alert.context), alert.timestamp,
         ))
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool without asyncpg's reset query.
+
+    The default reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL) is one more
+    round trip per acquire: as much as the batch commit itself. The services set no session
+    state on pooled connections (an open transaction is still rolled back by asyncpg); a
+    session-level lock or setting needs a connection of its own.
+    """
+    del conn
 
 
 def _json(value: Any) -> str:

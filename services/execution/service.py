@@ -12,6 +12,7 @@ market data waits until that market data has been applied.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, ClassVar
@@ -87,8 +88,8 @@ class ExecutionService(Service[ExecutionSettings]):
         })
 
     def _snapshot(self) -> dict[str, Any]:
-        data = self.engine.snapshot().to_dict()
-        data["results"] = []  # kept in the order_results table
+        # The results are kept in the order_results table: not dumped into every snapshot.
+        data = dataclasses.replace(self.engine.snapshot(), results=()).to_dict()
         return {"portfolio": data, "quotes": self.engine.quotes(), "bar_ts": self.bar_ts,
                 "last_md_ts": self.last_md_ts}
 
