@@ -757,8 +757,8 @@ class Consumer:
                     if stop.is_set():
                         raise BusUnavailableError("stopped before the batch was committed") from exc
                     delay = backoff.next_delay()
-                    logger.warning("commit of a batch failed (%s); retry in %.2fs",
-                                   type(exc).__name__, delay)
+                    logger.warning("commit of a batch failed (%s: %s); retry in %.2fs",
+                                   type(exc).__name__, exc, delay)
                     await asyncio.sleep(delay)
         outgoing, acks, dead = self._outgoing, self._acks, self._dead
         self._outgoing, self._acks, self._dead = [], {}, []

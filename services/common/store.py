@@ -23,6 +23,8 @@ logger = logging.getLogger("cdb.store")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x0CDB_0001
+LOCK_TIMEOUT_MS = 2_000
+"""Longest wait of a pooled statement for a lock before it fails and is retried."""
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -124,17 +126,24 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
 class Store:
     """An asyncpg pool plus the runtime's own queries."""
 
-    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 5) -> None:
+    def __init__(
+        self, dsn: str, min_size: int = 0, max_size: int = 5,
+        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+    ) -> None:
         """Remember the DSN; `open()` connects.
 
         Args:
             dsn: PostgreSQL URL.
-            min_size: Minimum pool size.
+            min_size: Minimum pool size. 0 by default: connections are opened on demand and
+                kept while used, and asyncpg does not log a traceback each time it fails to
+                restore a floor of connections while PostgreSQL is away (callers retry).
             max_size: Maximum pool size.
+            lock_timeout_ms: `lock_timeout` of the pooled connections (0: wait forever).
         """
         self._dsn = dsn
         self._min = min_size
         self._max = max_size
+        self._lock_timeout_ms = lock_timeout_ms
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -148,15 +157,20 @@ class Store:
             raise RuntimeError("store is not open")
         return self._pool
 
-    async def open(self, run_migrations: bool = True) -> None:
-        """Connect and (by default) apply migrations."""
+    async def open(self, migrations: bool = True) -> None:
+        """Apply migrations (by default, on a connection of their own) and open the pool.
+
+        A statement on a pooled connection waits at most `lock_timeout_ms` for a lock and then
+        fails with `LockNotAvailableError` (in `PG_TRANSIENT`): the caller backs off and
+        retries instead of queueing behind a long lock. Migrations wait as long as it takes
+        for the services starting beside them.
+        """
+        if migrations:
+            await run_migrations(self._dsn)
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=self._min, max_size=self._max, command_timeout=30,
-            reset=_keep_session,
+            reset=_keep_session, server_settings={"lock_timeout": str(self._lock_timeout_ms)},
         )
-        if run_migrations:
-            async with self.pool.acquire() as conn:
-                await migrate(conn)
 
     async def close(self) -> None:
         """Close the pool (waits for connections in use)."""
@@ -220,9 +234,10 @@ def _json(value: Any) -> str:
 
 
 async def run_migrations(dsn: str) -> list[int]:
-    """Connect once and apply migrations (used by `cdb db migrate`)."""
+    """Connect once and apply migrations (used by `cdb db migrate` and `Store.open`)."""
     conn = await asyncpg.connect(dsn)
     try:
         return await migrate(conn)
     finally:
         await conn.close()
+
