@@ -160,7 +160,8 @@ async def soak(redis_url: str, database_url: str, args: argparse.Namespace) -> N
                         sample[f"pending_{stream}/{group}"] = pending
                 published, reconnects = await screener_counters(client, ports["ws_screener"])
                 sample["md_per_s"] = (published - last_published) / (now - last_t)
-                last_published, last_t = published, now
+                if published == published:  # a scrape that timed out (NaN) is skipped
+                    last_published, last_t = published, now
                 sample["reconnects"] = reconnects
                 sample["ws_open"], sample["ws_opened"] = exchange.connections()
                 samples.append(sample)
