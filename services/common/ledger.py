@@ -229,10 +229,14 @@ class Ledger:
                     )
                 )
             try:
-                async with self.store.pool.acquire() as conn:
-                    await conn.execute(";\n".join(script))
+                conn = await self.store.writer()
+                await conn.execute(";\n".join(script))
             except PG_TRANSIENT as exc:
+                self.store.discard_writer()
                 raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
+            except BaseException:
+                self.store.discard_writer()  # cancelled or failed mid-query: state unknown
+                raise
             self.writes, self.outputs = [], []
             self._dirty_marks.clear()
             del self._published_batches[:len(done)]

@@ -32,6 +32,7 @@ PG_TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable (ConnectionError included)
     TimeoutError,  # a command or a connect that took too long
     asyncpg.InterfaceError,  # the connection went away under a query (ConnectionDoesNotExist)
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a server shutdown
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08
     asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
     asyncpg.exceptions.OperatorInterventionError,  # 57: admin shutdown, crash, cancel
@@ -143,7 +144,8 @@ class Store:
         self._dsn = dsn
         self._min = min_size
         self._max = max_size
-        self._lock_timeout_ms = lock_timeout_ms
+        self._server_settings = {"lock_timeout": str(lock_timeout_ms)}
+        self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -169,14 +171,34 @@ class Store:
             await run_migrations(self._dsn)
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=self._min, max_size=self._max, command_timeout=30,
-            reset=_keep_session, server_settings={"lock_timeout": str(self._lock_timeout_ms)},
+            server_settings=self._server_settings,
         )
 
     async def close(self) -> None:
-        """Close the pool (waits for connections in use)."""
+        """Close the writer connection and the pool (waits for connections in use)."""
+        self.discard_writer()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def writer(self) -> asyncpg.Connection:
+        """The connection of the batch commits: opened on first use, kept while it works.
+
+        Outside the pool, so a commit costs exactly its own round trip: a pooled connection
+        runs asyncpg's reset query (one more round trip) every time it goes back. One caller
+        at a time (the ledger's lock); after a failure, `discard_writer` and ask again.
+        """
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await asyncpg.connect(
+                self._dsn, timeout=10, command_timeout=30,
+                server_settings=self._server_settings)
+        return self._writer
+
+    def discard_writer(self) -> None:
+        """Drop the writer connection (after an error its state is unknown)."""
+        if self._writer is not None:
+            self._writer.terminate()
+            self._writer = None
 
     async def ping(self) -> bool:
         """Return True when PostgreSQL answers."""
@@ -214,17 +236,6 @@ class Store:
             alert.event_id, alert.code, alert.level, alert.message, alert.source,
             _json(alert.context), alert.timestamp,
         ))
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Release a connection to the pool without asyncpg's reset query.
-
-    The default reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL) is one more
-    round trip per acquire: as much as the batch commit itself. The services set no session
-    state on pooled connections (an open transaction is still rolled back by asyncpg); a
-    session-level lock or setting needs a connection of its own.
-    """
-    del conn
 
 
 def _json(value: Any) -> str:

@@ -31,9 +31,10 @@ GROUPS = {"market_data": list(SERVICES), "signals": ["risk_manager"], "orders": 
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def own_postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server for one test (the test may stop and restart it)."""
-    server = EmbeddedPostgres(tmp_path / "pg" / "postgres").start()
+    data = Path(tempfile.mkdtemp(prefix="cdb-test-pg-"))
+    server = EmbeddedPostgres(data / "postgres").start()
     try:
         yield server
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,9 +54,9 @@ def retry_delays(output: str) -> list[float]:
 async def test_postgres_unreachable_at_start_answers_503_naming_it_retries_with_backoff_then_starts(
     infra: Infrastructure, prefix: str, processes: list[ServiceProcess], tmp_path: Path
 ) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg" / "postgres", port=free_port())
-    password_file = tmp_path / "pg" / "postgres.password"
-    password_file.parent.mkdir(parents=True)
+    data = Path(tempfile.mkdtemp(prefix="cdb-test-pg-"))  # like the session's servers
+    server = EmbeddedPostgres(data / "postgres", port=free_port())
+    password_file = data / "postgres.password"
     password_file.write_text("late-postgres-pass-41c2")
     password_file.chmod(0o600)
     server.password = password_file.read_text()
