@@ -3,8 +3,9 @@
 A consumer round handles several entries in memory, then (in the consumer's `before_flush`)
 commits in ONE PostgreSQL transaction: the rows the handlers recorded, the engine snapshot, the
 highest stream entry id handled per stream (the watermark) and the events to publish (the
-outbox). Only then are the events published and the entries acked; the outbox rows are deleted
-after the publish. After a crash the service restores the snapshot, republishes the outbox
+outbox). Only then are the events published and the entries acked; the outbox rows of
+published rounds are deleted by the next commit (no round trip of their own). After a crash
+the service restores the snapshot, republishes the outbox
 (consumers downstream are idempotent) and skips redelivered entries at or below the
 watermark, so every entry takes effect exactly once.
 """
@@ -31,9 +32,6 @@ __all__ = ["PG_TRANSIENT", "Ledger", "entry_id", "render_sql", "sql_literal"]
 logger = logging.getLogger("cdb.ledger")
 
 EntryId = tuple[int, int]
-MAX_PUBLISHED_BATCHES = 64
-"""Published outbox batches waiting for the next commit before they are deleted directly."""
-
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -258,18 +256,13 @@ class Ledger:
     async def published(self) -> None:
         """Forget the outbox rows of the rounds just published.
 
-        Their DELETE rides along with the next commit (no round trip of its own); only when
-        many batches are waiting, because no commit came for a while, are they deleted at once.
-        A crash before that republishes them at start, which downstream consumers ignore.
+        Their DELETE rides along with the next commit (no round trip of its own). A crash
+        before that republishes the last round's events at start, which downstream consumers
+        ignore (they are idempotent).
         """
         if self._unpublished:
             self._published_batches += self._unpublished
             self._unpublished = []
-        if len(self._published_batches) >= MAX_PUBLISHED_BATCHES:
-            async with self.lock:
-                batches = list(self._published_batches)
-                await self._delete_batches(batches)
-                del self._published_batches[:len(batches)]
 
     async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
         """Commit out-of-round changes (HTTP commands, timers) and publish their events.
