@@ -81,6 +81,8 @@ class MexcLookalike:
         self.faults: dict[str, deque[Fault]] = {}
         self.symbol_faults: dict[str, Fault] = {}
         self.extra_ticker_rows: list[Any] = []
+        self.kline_patch: dict[str, dict[int, Any]] = {}
+        """Per symbol, kline row position -> value served instead (float NaN: a raw `NaN`)."""
         self.requests: list[tuple[str, str | None, float, int]] = []
         self.connections: list[WsConn] = []
         self.ping_silent = False
@@ -199,6 +201,10 @@ class MexcLookalike:
         self._record("ticker_24hr", None, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
+        return web.Response(body=self.raw_ticker_body(), content_type="application/json")
+
+    def raw_ticker_body(self) -> bytes:
+        """The /ticker/24hr body as served (Python's json: a float NaN is a raw `NaN`)."""
         now = self.clock()
         rows: list[Any] = []
         for mk in self.markets.values():
@@ -213,7 +219,7 @@ class MexcLookalike:
                 "closeTime": now, "count": None,
             })
         rows.extend(self.extra_ticker_rows)
-        return web.json_response(rows)
+        return json.dumps(rows).encode()
 
     async def _klines(self, request: web.Request) -> web.StreamResponse:
         symbol = request.query.get("symbol", "")
@@ -227,6 +233,9 @@ class MexcLookalike:
         limit = int(request.query.get("limit", "500"))
         current = self.clock() // 60_000 * 60_000
         rows = [self.bar(symbol, current - i * 60_000) for i in range(limit - 1, -1, -1)]
+        for position, value in self.kline_patch.get(symbol, {}).items():
+            for row in rows:
+                row[position] = value
         return web.json_response(rows)
 
     async def _book_ticker(self, request: web.Request) -> web.StreamResponse:
