@@ -77,8 +77,8 @@ def assert_same_as_backtest(database_url: str) -> None:
     """The replay's report (digest included) and decisions equal the in-process backtest's."""
     reference, trace = backtest(MINUTES)
     record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
-    record.candles, record.first_ms, record.last_ms = (
-        reference.candles, reference.first_ms, reference.last_ms)
+    record.candles, record.first_ms, record.last_ms, record.gaps = (
+        reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
     report = build_report(record, "replay")
     expected = build_report(reference, "backtest")
     assert report["digest"] == expected["digest"]
