@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import multiprocessing as mp
 import os
@@ -102,6 +103,8 @@ async def _relay_main(url: str, prefix: str, batch: int, expect: int, results: Q
 
     consumer = Consumer(bus, GROUP, [SOURCE], relay, "relay-1", on_batch_done=batch_done)
     await consumer.setup()
+    gc.collect()
+    gc.freeze()  # as the service runtime does once a service has started
 
     async def watch() -> None:
         while not stop.is_set():

@@ -3,8 +3,9 @@
 A consumer round handles several entries in memory, then (in the consumer's `before_flush`)
 commits in ONE PostgreSQL transaction: the rows the handlers recorded, the engine snapshot, the
 highest stream entry id handled per stream (the watermark) and the events to publish (the
-outbox). Only then are the events published and the entries acked; the outbox rows are deleted
-after the publish. After a crash the service restores the snapshot, republishes the outbox
+outbox). Only then are the events published and the entries acked; the outbox rows of
+published rounds are deleted by the next commit (no round trip of their own). After a crash
+the service restores the snapshot, republishes the outbox
 (consumers downstream are idempotent) and skips redelivered entries at or below the
 watermark, so every entry takes effect exactly once.
 """
@@ -13,28 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 
-from services.common.bus import Bus, Outgoing, RetryableError
+from services.common.bus import Backoff, Bus, Outgoing, RetryableError
 from services.common.events import dump_event, parse_event
-from services.common.store import Store
+from services.common.store import PG_TRANSIENT, Store
+
+__all__ = ["PG_TRANSIENT", "Ledger", "entry_id", "render_sql", "sql_literal"]
+
+logger = logging.getLogger("cdb.ledger")
 
 EntryId = tuple[int, int]
-
-PG_TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    TimeoutError,
-)
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -119,6 +116,7 @@ class Ledger:
         self.watermarks: dict[str, EntryId] = {}
         self._dirty_marks: set[str] = set()
         self._unpublished: list[int] = []
+        self._published_batches: list[int] = []
         self._last_batch = 0
         self.lock = asyncio.Lock()
         self.state_only_rounds = state_only_rounds
@@ -211,6 +209,12 @@ class Ledger:
                 + " ON CONFLICT (service, key) DO UPDATE SET value = EXCLUDED.value, "
                 "updated_at = now()"
             )
+            done = list(self._published_batches)
+            if done:  # published since the last commit: their outbox rows go with this one
+                script.append(
+                    f"DELETE FROM outbox WHERE service = {sql_literal(self.service)} "  # noqa: S608
+                    f"AND batch IN ({', '.join(str(b) for b in done)})"
+                )
             batch = 0
             if outputs:
                 batch = self._next_batch()
@@ -223,12 +227,17 @@ class Ledger:
                     )
                 )
             try:
-                async with self.store.pool.acquire() as conn:
-                    await conn.execute(";\n".join(script))
+                conn = await self.store.writer()
+                await conn.execute(";\n".join(script))
             except PG_TRANSIENT as exc:
+                self.store.discard_writer()
                 raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
+            except BaseException:
+                self.store.discard_writer()  # cancelled or failed mid-query: state unknown
+                raise
             self.writes, self.outputs = [], []
             self._dirty_marks.clear()
+            del self._published_batches[:len(done)]
             return batch
 
     def _next_batch(self) -> int:
@@ -245,15 +254,32 @@ class Ledger:
             )
 
     async def published(self) -> None:
-        """Delete the outbox rows of the rounds just published."""
+        """Forget the outbox rows of the rounds just published.
+
+        Their DELETE rides along with the next commit (no round trip of its own). A crash
+        before that republishes the last round's events at start, which downstream consumers
+        ignore (they are idempotent).
+        """
         if self._unpublished:
-            batches, self._unpublished = self._unpublished, []
-            await self._delete_batches(batches)
+            self._published_batches += self._unpublished
+            self._unpublished = []
 
     async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
-        """Commit out-of-round changes (HTTP commands, timers) and publish their events."""
+        """Commit out-of-round changes (HTTP commands, timers) and publish their events.
+
+        The engine has already changed in memory, so the commit is retried (capped backoff)
+        until PostgreSQL takes it: a timer or a command waits while the database is away.
+        """
         self.emit(outputs)
-        batch = await self._commit()
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            try:
+                batch = await self._commit()
+                break
+            except RetryableError as exc:
+                delay = backoff.next_delay()
+                logger.warning("commit failed (%s); retry in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
         for out in outputs:
             await self.bus.publish(out.stream, out.event)
         if batch:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -21,17 +22,28 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.common import metrics
-from services.common.bus import Bus, BusConfig, Consumer
+from services.common.bus import (
+    TRANSIENT_ERRORS,
+    Bus,
+    BusConfig,
+    BusUnavailableError,
+    Consumer,
+    RetryableError,
+)
 from services.common.http import create_app
 from services.common.logs import configure_logging
 from services.common.settings import BaseServiceSettings, SettingsError, load_settings
-from services.common.store import Store
+from services.common.store import PG_TRANSIENT, Store
 
 logger = logging.getLogger("cdb.runtime")
 
 SettingsT = TypeVar("SettingsT", bound=BaseServiceSettings)
 Task = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 SHUTDOWN_GRACE_S = 8.0
+START_RETRYABLE: tuple[type[BaseException], ...] = (
+    *PG_TRANSIENT, *TRANSIENT_ERRORS, RetryableError, BusUnavailableError,
+)
+"""Failures of `Service.start` that mean a dependency is away: start again after a while."""
 
 
 class Service(Generic[SettingsT]):
@@ -134,35 +146,63 @@ class Runtime(Generic[SettingsT]):
         self.service: Service[SettingsT] | None = None
         self.store: Store | None = None
         self.bus: Bus | None = None
+        self.running = False
+        """True once the service started and its consumers were launched."""
 
     async def _ready(self) -> dict[str, bool]:
         checks: dict[str, bool] = {}
         checks["redis"] = bool(self.bus and await self.bus.ping())
         if self.service_cls.uses_store:
             checks["postgres"] = bool(self.store and await self.store.ping())
-        checks["consumers"] = all(c.stats.running for c in self.consumer_list)
+        checks["consumers"] = self.running and all(c.stats.running for c in self.consumer_list)
         if self.service is not None:
             checks.update(await self.service.ready_checks())
         metrics.SERVICE_READY.labels(self.service_cls.name).set(1 if all(checks.values()) else 0)
         return checks
 
     async def _open_store(self) -> Store | None:
-        """Open the store, waiting for PostgreSQL; None when stopped before it came up."""
+        """Open the store, waiting for PostgreSQL; None when stopped before it came up.
+
+        Retries with capped exponential backoff (0.2 s doubling to 5 s); `/ready` answers 503
+        naming postgres meanwhile. A migration conflict or a refused login is not retried.
+        """
         store = Store(self.settings.DATABASE_URL.get_secret_value())
         delay = 0.2
         while not self.stop_event.is_set():
             try:
                 await store.open()
                 return store
-            except (OSError, ConnectionError) as exc:
+            except PG_TRANSIENT as exc:
                 with contextlib.suppress(Exception):
                     await store.close()
                 logger.warning("postgres unavailable (%s); retrying in %.1fs",
                                type(exc).__name__, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
         return None
+
+    async def _sleep(self, delay: float) -> None:
+        """Wait `delay` seconds or until told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop_event.wait(), delay)
+
+    async def _start_service(self, service: Service[SettingsT]) -> bool:
+        """Run `service.start()`, retrying while Redis or PostgreSQL is away.
+
+        Returns:
+            False when told to stop before the service started.
+        """
+        delay = 0.2
+        while not self.stop_event.is_set():
+            try:
+                await service.start()
+                return True
+            except START_RETRYABLE as exc:
+                logger.warning("%s could not start (%s: %s); retrying in %.1fs",
+                               self.service_cls.name, type(exc).__name__, exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return False
 
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -178,28 +218,40 @@ class Runtime(Generic[SettingsT]):
             loop.add_signal_handler(sig, self._on_signal, sig)
         name = self.service_cls.name
         self.bus = Bus(bus_config(self.settings, name))
-        if self.service_cls.uses_store:
-            self.store = await self._open_store()
-            if self.store is None:
-                await self.bus.close()
-                logger.info("stopped before startup completed")
-                return 0
-        self.service = self.service_cls(self.settings, self.bus, self.store)
-        await self.service.start()
+        # HTTP first: /health answers and /ready names what is missing while the
+        # dependencies come up.
         app = create_app(name, self._ready)
-        self.service.routes(app)
         config = uvicorn.Config(
             app, host=self.settings.HTTP_HOST, port=self.settings.port, log_config=None,
             access_log=False, lifespan="off",
         )
         server = _Server(config)
         server_task = asyncio.create_task(server.serve(), name="http")
+        opener = asyncio.create_task(self._open_dependencies(), name="start")
+        await asyncio.wait([opener, server_task], return_when=asyncio.FIRST_COMPLETED)
+        if not opener.done():  # the HTTP server died first
+            opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opener
+        if opener.cancelled() or opener.exception() is not None or not opener.result():
+            code = await self._abort(server, server_task)
+            if not opener.cancelled() and opener.exception() is not None:
+                raise opener.exception()  # type: ignore[misc]  # a permanent startup error
+            return code
+        assert self.service is not None
+        self.service.routes(app)
+        # What startup loaded (modules, settings, restored state) lives as long as the
+        # process: keep it out of the cyclic collector, whose full passes would otherwise walk
+        # it every time and pause the event loop for tens of milliseconds.
+        gc.collect()
+        gc.freeze()
         self.consumer_list = self.service.consumers()
         work = [asyncio.create_task(c.run(self.stop_event), name=f"consumer:{c.group}")
                 for c in self.consumer_list]
         work += [asyncio.create_task(t(self.stop_event), name="task")
                  for t in self.service.tasks()]
         helper = asyncio.create_task(self._metrics_loop(self.stop_event), name="metrics")
+        self.running = True
         logger.info("service started", extra={"port": self.settings.port,
                                               "consumers": [c.group for c in self.consumer_list]})
         exit_code = 0
@@ -225,11 +277,41 @@ class Runtime(Generic[SettingsT]):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 2)
         await self.service.stop()
-        if self.store is not None:
-            await self.store.close()
-        await self.bus.close()
+        await self._close_pools()
         logger.info("service stopped", extra={"exit_code": exit_code})
         return exit_code
+
+    async def _open_dependencies(self) -> bool:
+        """Open the store and start the service; False when stopped first."""
+        assert self.bus is not None
+        if self.service_cls.uses_store:
+            self.store = await self._open_store()
+            if self.store is None:
+                return False
+        service = self.service_cls(self.settings, self.bus, self.store)
+        if not await self._start_service(service):
+            return False
+        self.service = service
+        return True
+
+    async def _abort(self, server: _Server, server_task: asyncio.Task[None]) -> int:
+        """Stop before startup completed: 0 when told to stop, 1 when the HTTP server died."""
+        failed = server_task.done() and not self.stop_event.is_set()
+        if failed:
+            logger.error("http server stopped unexpectedly (port %d in use?)",
+                         self.settings.port)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server_task, 2)
+        await self._close_pools()
+        logger.info("stopped before startup completed")
+        return 1 if failed else 0
+
+    async def _close_pools(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+        if self.bus is not None:
+            await self.bus.close()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         logger.info("received %s; stopping", sig.name)

@@ -17,11 +17,29 @@ from typing import Any
 
 import asyncpg
 
+from services.common.bus import RetryableError
+
 logger = logging.getLogger("cdb.store")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x0CDB_0001
+LOCK_TIMEOUT_MS = 2_000
+"""Longest wait of a pooled statement for a lock before it fails and is retried."""
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+PG_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (ConnectionError included)
+    TimeoutError,  # a command or a connect that took too long
+    asyncpg.InterfaceError,  # the connection went away under a query (ConnectionDoesNotExist)
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a server shutdown
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.OperatorInterventionError,  # 57: admin shutdown, crash, cancel
+    asyncpg.exceptions.LockNotAvailableError,  # 55P03: lock_timeout
+    asyncpg.exceptions.TransactionRollbackError,  # 40: serialization failure, deadlock
+)
+"""PostgreSQL failures that go away by themselves: retry with backoff, never dead-letter."""
 
 
 class MigrationError(RuntimeError):
@@ -109,17 +127,25 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
 class Store:
     """An asyncpg pool plus the runtime's own queries."""
 
-    def __init__(self, dsn: str, min_size: int = 1, max_size: int = 5) -> None:
+    def __init__(
+        self, dsn: str, min_size: int = 0, max_size: int = 5,
+        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+    ) -> None:
         """Remember the DSN; `open()` connects.
 
         Args:
             dsn: PostgreSQL URL.
-            min_size: Minimum pool size.
+            min_size: Minimum pool size. 0 by default: connections are opened on demand and
+                kept while used, and asyncpg does not log a traceback each time it fails to
+                restore a floor of connections while PostgreSQL is away (callers retry).
             max_size: Maximum pool size.
+            lock_timeout_ms: `lock_timeout` of the pooled connections (0: wait forever).
         """
         self._dsn = dsn
         self._min = min_size
         self._max = max_size
+        self._server_settings = {"lock_timeout": str(lock_timeout_ms)}
+        self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
 
     @property
@@ -133,20 +159,46 @@ class Store:
             raise RuntimeError("store is not open")
         return self._pool
 
-    async def open(self, run_migrations: bool = True) -> None:
-        """Connect and (by default) apply migrations."""
+    async def open(self, migrations: bool = True) -> None:
+        """Apply migrations (by default, on a connection of their own) and open the pool.
+
+        A statement on a pooled connection waits at most `lock_timeout_ms` for a lock and then
+        fails with `LockNotAvailableError` (in `PG_TRANSIENT`): the caller backs off and
+        retries instead of queueing behind a long lock. Migrations wait as long as it takes
+        for the services starting beside them.
+        """
+        if migrations:
+            await run_migrations(self._dsn)
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=self._min, max_size=self._max, command_timeout=30
+            self._dsn, min_size=self._min, max_size=self._max, command_timeout=30,
+            server_settings=self._server_settings,
         )
-        if run_migrations:
-            async with self.pool.acquire() as conn:
-                await migrate(conn)
 
     async def close(self) -> None:
-        """Close the pool (waits for connections in use)."""
+        """Close the writer connection and the pool (waits for connections in use)."""
+        self.discard_writer()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def writer(self) -> asyncpg.Connection:
+        """The connection of the batch commits: opened on first use, kept while it works.
+
+        Outside the pool, so a commit costs exactly its own round trip: a pooled connection
+        runs asyncpg's reset query (one more round trip) every time it goes back. One caller
+        at a time (the ledger's lock); after a failure, `discard_writer` and ask again.
+        """
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await asyncpg.connect(
+                self._dsn, timeout=10, command_timeout=30,
+                server_settings=self._server_settings)
+        return self._writer
+
+    def discard_writer(self) -> None:
+        """Drop the writer connection (after an error its state is unknown)."""
+        if self._writer is not None:
+            self._writer.terminate()
+            self._writer = None
 
     async def ping(self) -> bool:
         """Return True when PostgreSQL answers."""
@@ -155,7 +207,7 @@ class Store:
         try:
             async with self._pool.acquire(timeout=2) as conn:
                 return bool(await conn.fetchval("SELECT 1", timeout=2) == 1)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except (*PG_TRANSIENT, asyncpg.PostgresError):
             return False
 
     async def record_alert(self, alert: Any) -> bool:
@@ -166,15 +218,24 @@ class Store:
 
         Returns:
             True when it was new.
+
+        Raises:
+            RetryableError: PostgreSQL is unreachable or slow; the consumer retries in place.
         """
-        status = await self.pool.execute(
+        try:
+            status = await self._insert_alert(alert)
+        except PG_TRANSIENT as exc:
+            raise RetryableError(f"postgres unavailable: {type(exc).__name__}") from exc
+        return bool(status.endswith(" 1"))
+
+    async def _insert_alert(self, alert: Any) -> str:
+        return str(await self.pool.execute(
             """INSERT INTO alerts (event_id, code, level, message, source, context, ts)
                VALUES ($1, $2, $3, $4, $5, $6::jsonb, to_timestamp($7 / 1000.0))
                ON CONFLICT (event_id) DO NOTHING""",
             alert.event_id, alert.code, alert.level, alert.message, alert.source,
             _json(alert.context), alert.timestamp,
-        )
-        return bool(status.endswith(" 1"))
+        ))
 
 
 def _json(value: Any) -> str:
@@ -184,9 +245,10 @@ def _json(value: Any) -> str:
 
 
 async def run_migrations(dsn: str) -> list[int]:
-    """Connect once and apply migrations (used by `cdb db migrate`)."""
+    """Connect once and apply migrations (used by `cdb db migrate` and `Store.open`)."""
     conn = await asyncpg.connect(dsn)
     try:
         return await migrate(conn)
     finally:
         await conn.close()
+

@@ -12,6 +12,7 @@ market data waits until that market data has been applied.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, ClassVar
@@ -78,7 +79,7 @@ class ExecutionService(Service[ExecutionSettings]):
         self.consumer = Consumer(
             self.bus, GROUP, ["market_data", "orders"], self.handle, self.consumer_name,
             before_flush=self.ledger.commit, lazy_ack_ms=LAZY_ACK_MS,
-            on_batch_done=self.ledger.published,
+            on_batch_done=self._batch_done,
         )
         self._gauges()
         logger.info("execution restored", extra={
@@ -87,8 +88,8 @@ class ExecutionService(Service[ExecutionSettings]):
         })
 
     def _snapshot(self) -> dict[str, Any]:
-        data = self.engine.snapshot().to_dict()
-        data["results"] = []  # kept in the order_results table
+        # The results are kept in the order_results table: not dumped into every snapshot.
+        data = dataclasses.replace(self.engine.snapshot(), results=()).to_dict()
         return {"portfolio": data, "quotes": self.engine.quotes(), "bar_ts": self.bar_ts,
                 "last_md_ts": self.last_md_ts}
 
@@ -135,11 +136,18 @@ class ExecutionService(Service[ExecutionSettings]):
                     ORDER_TO_FILL.observe(max(0.0, time.time() - event.timestamp / 1000))
             outputs.append(Outgoing("order_results", out.result))
             outputs.extend(counted_alert(a) for a in out.alerts)
-            if out.fill is not None:
-                await self._publish_held()
             self._gauges()
         self.ledger.handled(stream, entry.entry_id)
         return self.ledger.emit(outputs)
+
+    async def _batch_done(self) -> None:
+        """Clean up the outbox, then write the held symbols: off the order's critical path.
+
+        The screeners only follow the held symbols, so they are written after the round's
+        results are committed and published, not before.
+        """
+        await self.ledger.published()
+        await self._publish_held()
 
     async def _publish_held(self) -> None:
         """Write the held symbols to HELD_SYMBOLS_KEY when they changed (for the screeners)."""

@@ -15,6 +15,7 @@ first market data of each new timestamp. With CLOCK=wall a one-second timer tick
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -137,7 +138,7 @@ class RiskService(Service[RiskSettings]):
         self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
         # Not persisted: market data not committed before a crash is redelivered, and what was
         # committed is covered by the engine's last_data_ms.
-        self.recent_md: dict[str, int] = {}
+        self.recent_md: collections.OrderedDict[str, int] = collections.OrderedDict()
         rows = await self.store.pool.fetch(
             "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL"
         )
@@ -234,7 +235,7 @@ class RiskService(Service[RiskSettings]):
         recent = self.recent_md
         recent[event_id] = timestamp
         if len(recent) > RECENT_MD:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)  # O(1); `del d[next(iter(d))]` rescans dead slots
 
     def _applied(self, sig: Signal) -> bool:
         """True when the market data that closed the signal's ranking has been applied.

@@ -40,8 +40,28 @@ LAZY_ACK_MS = 100
 """Longest wait before rounds that emitted no signal are acked."""
 
 GROUP = "signal_engine"
+TIMER_MAX_SEC = 1.0
+"""Longest sleep of the quiet-market timer."""
+TIMER_GRACE_SEC = 0.001
+"""Wake just after the interval end: an event stamped exactly at the end still belongs."""
 WARM_UP_MAX = 500_000
 """Most market data events read back at start to refill the windows."""
+
+
+def seconds_until_due(open_end_ms: int | None, now_s: float) -> float:
+    """How long the quiet-market timer sleeps: until just after the open interval's end.
+
+    Args:
+        open_end_ms: End of the open interval (Unix ms), None before the first event.
+        now_s: Wall time (Unix seconds).
+
+    Returns:
+        Seconds to sleep, at most TIMER_MAX_SEC (also when the interval already ended: it is
+        ranked then, and the next one opens with the next event).
+    """
+    if open_end_ms is None or open_end_ms / 1000 <= now_s:
+        return TIMER_MAX_SEC
+    return min(TIMER_MAX_SEC, open_end_ms / 1000 - now_s + TIMER_GRACE_SEC)
 
 
 class SignalService(Service[SignalSettings]):
@@ -130,9 +150,15 @@ class SignalService(Service[SignalSettings]):
         return [Outgoing("signals", s) for s in signals]
 
     async def _timer(self, stop: asyncio.Event) -> None:
+        """Rank an interval that ended without all its events, at its end (wall clock).
+
+        Wakes at the open interval's end (at most a second apart), so a quiet whitelisted
+        symbol delays a ranking by milliseconds, not by up to a second.
+        """
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(
+                    stop.wait(), seconds_until_due(self.engine.open_interval_end, time.time()))
             if stop.is_set():
                 return
             signals = self.engine.rank_if_due(int(time.time() * 1000))

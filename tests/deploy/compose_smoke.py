@@ -4,9 +4,10 @@ Runs `docker-compose.yml` unchanged (bridge network `cdb_network`, service names
 container sandbox (podman behind the real Compose CLI, local stand-in images; see
 `backoffice/compose/README.md`), checks health, metrics, Prometheus, the hardening inside each
 container, lock-step replays through the containers against `cdb backtest` (undisturbed, with
-the risk container killed, with Redis restarted), a forced HALT across a restart and a HALT
-paging a webhook through Prometheus and Alertmanager inside the Compose network, then always
-tears the stack down. Prints a table of what passed and the timings; exit code 0 only
+the risk container killed, with Redis restarted, with PostgreSQL stopped and started while the
+services report not ready), a forced HALT across a restart and a HALT paging a webhook through
+Prometheus and Alertmanager inside the Compose network, then always tears the stack down.
+Prints a table of what passed and the timings; exit code 0 only
 when every check passed.
 
     python -m tests.deploy.compose_smoke        (make compose-smoke)
@@ -308,6 +309,32 @@ class Smoke:
         self.compose("restart", "cdb_redis", timeout=120)
         return "cdb_redis restarted (append-only file)"
 
+    def restart_postgres(self) -> str:
+        """Stop cdb_postgres mid-replay: the pipeline reports not ready naming postgres, then
+        recovers by itself once it is started again (the replay is compared afterwards)."""
+        stores = ("cdb_core", "cdb_risk", "cdb_execution")  # the services with a store
+        self.compose("stop", "cdb_postgres", timeout=120)
+        away = time.monotonic()
+
+        def not_ready(name: str) -> bool:
+            try:
+                _get(f"http://127.0.0.1:{SERVICES[name]}/ready", timeout=5)
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read() or b"{}")
+                return exc.code == 503 and body.get("checks", {}).get("postgres") is False
+            except OSError:
+                return False  # not answering at all is not "not ready"
+            return False
+
+        for name in stores:
+            _wait_for(lambda n=name: not_ready(n), 60, f"{name} /ready 503 naming postgres")
+        self.compose("start", "cdb_postgres", timeout=120)
+        for name in stores:
+            _wait_for(lambda n=name: _ok(f"http://127.0.0.1:{SERVICES[n]}/ready"), 120,
+                      f"{name} ready again")
+        return (f"cdb_postgres restarted: 3 services not ready (postgres) and back after "
+                f"{time.monotonic() - away:.0f} s")
+
     def halt_survives_restart(self) -> str:
         self.up()
         risk = {"RISK_URL": "http://127.0.0.1:18002",
@@ -467,6 +494,8 @@ class Smoke:
                           lambda: self.replay(expected, self.kill_risk, MINUTES // 3))
                 self.step("restart cdb_redis mid-replay = backtest",
                           lambda: self.replay(expected, self.restart_redis, MINUTES // 2))
+                self.step("restart cdb_postgres mid-replay = backtest",
+                          lambda: self.replay(expected, self.restart_postgres, MINUTES // 2))
             self.step("forced HALT survives restart; cdb risk release", self.halt_survives_restart)
             self.step("HALT pages the webhook via Alertmanager; release resolves",
                       self.halt_pages_the_webhook)

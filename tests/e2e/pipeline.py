@@ -29,12 +29,15 @@ class PipelineProcesses:
     env: dict[str, str]
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str) -> None:
         log = (self.logs / f"{name}.log").open("ab")
+        self.ports[name] = free_port()
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
-            env={**self.env, "HTTP_PORT": str(free_port()), "CONSUMER_NAME": f"{name}-e2e"},
+            env={**self.env, "HTTP_PORT": str(self.ports[name]),
+                 "CONSUMER_NAME": f"{name}-e2e"},
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
