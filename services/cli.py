@@ -100,6 +100,19 @@ def _write_report(report: dict[str, Any], path: Path | None) -> None:
     console.print(f"report written to {path}")
 
 
+def _write_html(
+    report: dict[str, Any], timeline: Any, path: Path | None,
+    sweep: list[dict[str, Any]] | None = None, names: tuple[str, ...] = (),
+) -> None:
+    """Write the HTML run report (one self-contained file) and print its path."""
+    if path is None:
+        return
+    from services.replay.html_report import render_html, write_html
+
+    write_html(path, render_html(report, timeline, sweep, names))
+    console.print(f"HTML report written to {path}", soft_wrap=True)
+
+
 @app.command()
 def backtest(
     data_dir: Annotated[
@@ -108,17 +121,34 @@ def backtest(
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols (default: all)")] = "",
     minutes: Annotated[int, typer.Option(help="Minutes from the start (0: all)")] = 0,
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (charts) here")
+    ] = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=v1,v2: run a grid of risk parameters (repeat per parameter)"),
+    ] = None,
+    csv: Annotated[Path | None, typer.Option(help="Write the sweep table as CSV here")] = None,
+    workers: Annotated[int, typer.Option(help="Sweep processes (0: all cores)")] = 0,
 ) -> None:
-    """Run the engines in-process on candle files, as fast as possible."""
+    """Run the engines in-process on candle files, as fast as possible.
+
+    With --sweep, every point of the grid is a backtest of its own with those variables set,
+    run in parallel processes; the table (and --csv, --html) compares them.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.replay.backtest import Pipeline, run_backtest
     from services.replay.report import build_report, render
 
     wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
+    if sweep:
+        _sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers)
+        return
     candles = _candles_or_exit(data_dir, wanted, minutes)
     configs = _engine_configs(list(candles.symbols))
-    pipeline = Pipeline(*configs, keep_trace=False)
+    pipeline = Pipeline(*configs, keep_trace=html is not None)
+    timeline = None
     started = time.perf_counter()
     with Progress(
         TextColumn("backtest"),
@@ -137,7 +167,12 @@ def backtest(
             if done % 20_000 < n:
                 progress.update(task, completed=done)
 
-        record = run_backtest(candles, pipeline, step)
+        if html is None:
+            record = run_backtest(candles, pipeline, step)
+        else:
+            from services.replay.timeline import run_backtest_timeline
+
+            record, timeline = run_backtest_timeline(candles, pipeline, step)
     elapsed = time.perf_counter() - started
     result = build_report(record, "backtest")
     from services.replay.report import render as _render
@@ -148,6 +183,7 @@ def backtest(
         f"({candles.candles / max(elapsed, 1e-9):,.0f} candles/s)"
     )
     _write_report(result, report)
+    _write_html(result, timeline, html)
     del render
 
 
@@ -360,6 +396,9 @@ def up(
     speed: Annotated[float, typer.Option(help="Replay speed factor (0: lock-step)")] = 0.0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
     data_dir: Annotated[Path, typer.Option(help="Embedded servers' data")] = Path(".cdb"),
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (charts) here")
+    ] = None,
 ) -> None:
     """Start Redis, PostgreSQL and the services; replay ends with the report."""
     from services.common.infra import free_port, infrastructure
@@ -419,6 +458,11 @@ def up(
 
                 render(result, console)
                 _write_report(result, report)
+                if html is not None:
+                    from services.replay.timeline import load_timeline
+
+                    timeline = asyncio.run(load_timeline(env["DATABASE_URL"], candles))
+                    _write_html(result, timeline, html)
         except KeyboardInterrupt:
             err.print("stopping")
         finally:
@@ -433,6 +477,9 @@ def report_command(
     data: Annotated[Path | None, typer.Option(help="Candle directory of the replay")] = None,
     minutes: Annotated[int, typer.Option(help="Minutes the replay ran (0: all)")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (charts) here")
+    ] = None,
 ) -> None:
     """Build the report of a replay from what the services recorded in DATABASE_URL.
 
@@ -453,11 +500,17 @@ def report_command(
                    or "10000")
     try:
         result = asyncio.run(_replay_report(url, candles, equity))
+        timeline = None
+        if html is not None:
+            from services.replay.timeline import load_timeline
+
+            timeline = asyncio.run(load_timeline(url, candles))
     except (OSError, asyncpg.PostgresError) as exc:
         err.print(f"[red]cannot read the run from PostgreSQL:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     render(result, console)
     _write_report(result, report)
+    _write_html(result, timeline, html)
 
 
 def _admin_token(data_dir: Path) -> str:
@@ -638,6 +691,62 @@ def risk_release(
         "/risk/release",
         {"request_id": request_id or str(uuid.uuid4()), "released_by": by, "reason": reason},
     )
+
+
+# -- cdb backtest --sweep --------------------------------------------------------------------
+
+
+def _sweep_command(
+    data_dir: Path | None, symbols: list[str] | None, minutes: int, specs: list[str],
+    csv_path: Path | None, html_path: Path | None, report_path: Path | None, workers: int,
+) -> None:
+    """Run a risk-parameter grid in parallel processes and print one row per point."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from services.replay.config import SAMPLE_DIR
+    from services.replay.sweep import SweepError, grid, parse_sweep, run_sweep, to_csv
+
+    try:
+        axes = parse_sweep(specs)
+    except SweepError as exc:
+        err.print(f"cannot sweep: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    directory = data_dir or SAMPLE_DIR
+    candles = _candles_or_exit(directory, symbols, minutes)
+    names = tuple(n for n, _ in axes)
+    points = grid(axes)
+    cores = workers or os.cpu_count() or 1
+    err.print(f"sweep: {len(points)} points over {candles.candles:,} candles, "
+              f"{min(cores, len(points))} processes")
+    started = time.perf_counter()
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True) as progress:
+        task = progress.add_task("sweep", total=len(points))
+        rows = run_sweep(directory, symbols, minutes, points, workers,
+                         lambda _: progress.advance(task))
+    elapsed = time.perf_counter() - started
+    table = Table(title=f"Sweep ({len(rows)} points, {elapsed:.1f}s)")
+    for col in (*names, "return %", "max DD %", "halts", "pauses by check", "trades", "fees"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        pauses = ", ".join(f"{k} {v}" for k, v in r["pauses"].items()) or "0"
+        table.add_row(*(r["params"][n] for n in names), f"{r['return_pct']:.4f}",
+                      f"{r['max_drawdown_pct']:.4f}", str(r["halts"]), pauses,
+                      str(r["trades"]), f"{r['fees']:.6g}")
+    console.print(table)
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_path.write_text(to_csv(rows, names))
+        console.print(f"CSV written to {csv_path}", soft_wrap=True)
+    if report_path is not None:
+        _write_report({"parameters": list(names), "points": rows}, report_path)
+    if html_path is not None:
+        from services.replay.html_report import render_sweep_html, write_html
+
+        subtitle = (f"{', '.join(candles.symbols)}: {candles.candles:,} candles; "
+                    f"{len(rows)} points")
+        write_html(html_path, render_sweep_html(rows, names, subtitle))
+        console.print(f"HTML report written to {html_path}", soft_wrap=True)
 
 
 # -- cdb data --------------------------------------------------------------------------------

@@ -1,0 +1,249 @@
+"""The run over time, for the HTML report: equity, trading-state periods, fills, decisions.
+
+The JSON report (`services.replay.report`) counts; a `Timeline` keeps *when*. Two sources fill
+it, as for the report:
+
+* `run_backtest_timeline` drives the in-process pipeline bar by bar (the same calls as
+  `run_backtest`, so the run record is the same) and samples the equity and the risk engine's
+  trading state after every bar: HALT and PAUSE periods are exact to the bar.
+* `load_timeline` reads what the services recorded in PostgreSQL: the equity curve, fills,
+  decisions and alerts as stored; HALT periods from the `halts` and `releases` tables, PAUSE
+  periods from the risk manager's alerts (a CIRCUIT_BREAKER warning opens a circuit-breaker
+  pause, its INFO "cleared" or CRITICAL halt closes it; a DATA_STALE warning opens a
+  stale-data pause that the next minute's data closes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.replay.candles import MINUTE_MS, Bar
+from services.replay.report import RunRecord
+
+HALT_CHECKS = {
+    "daily_drawdown": "drawdown",
+    "exposure_above_halt_level": "exposure",
+    "circuit_breaker_retries_exhausted": "circuit_breaker",
+}
+"""Halt reasons of the risk engine -> the check that caused them (others: manual)."""
+
+
+@dataclass(slots=True)
+class Period:
+    """A stretch of time trading was not ACTIVE.
+
+    Attributes:
+        start_ms: First moment of the period (Unix epoch ms).
+        end_ms: End of the period, None while it still held at the end of the run.
+        state: `HALTED` or `PAUSED`.
+        label: The check behind it (`drawdown`, `stale_data`, `circuit_breaker`, ...).
+    """
+
+    start_ms: int
+    end_ms: int | None
+    state: str
+    label: str
+
+
+@dataclass(slots=True)
+class FillPoint:
+    """One fill on the price chart."""
+
+    ts_ms: int
+    symbol: str
+    side: str
+    price: float
+    qty: float
+
+
+@dataclass(slots=True)
+class Timeline:
+    """What happened when, for the plots.
+
+    Attributes:
+        equity: (time, equity) after each bar or recorded minute.
+        prices: Per symbol, (time, close) per bar.
+        fills: Every fill.
+        decisions: (time, outcome, check) per risk decision.
+        alerts: (time, code, level) per alert.
+        periods: HALT and PAUSE periods in time order.
+    """
+
+    equity: list[tuple[int, float]] = field(default_factory=list)
+    prices: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    fills: list[FillPoint] = field(default_factory=list)
+    decisions: list[tuple[int, str, str]] = field(default_factory=list)
+    alerts: list[tuple[int, str, str]] = field(default_factory=list)
+    periods: list[Period] = field(default_factory=list)
+
+
+def halt_label(reason: str | None) -> str:
+    """The check a halt reason stands for (`manual` for anything else)."""
+    return HALT_CHECKS.get(reason or "", "manual")
+
+
+class _StateTracker:
+    """Turns samples of (state, label) into periods."""
+
+    def __init__(self, periods: list[Period]) -> None:
+        self.periods = periods
+        self.current: Period | None = None
+
+    def sample(self, ts: int, state: str, label: str) -> None:
+        cur = self.current
+        if cur is not None and (cur.state, cur.label) == (state, label):
+            return
+        if cur is not None:
+            cur.end_ms = ts
+            self.current = None
+        if state != "ACTIVE":
+            self.current = Period(ts, None, state, label)
+            self.periods.append(self.current)
+
+
+def add_prices(timeline: Timeline, bars: Iterable[Bar]) -> None:
+    """Add every bar's close per symbol to the timeline."""
+    prices = timeline.prices
+    for bar in bars:
+        for md in bar.events:
+            prices.setdefault(md.symbol, []).append((bar.timestamp, md.price))
+
+
+def run_backtest_timeline(
+    bars: Iterable[Bar],
+    pipeline: Any,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[RunRecord, Timeline]:
+    """Feed every bar through the pipeline (as `run_backtest`) and record the timeline.
+
+    Args:
+        bars: Bars in time order.
+        pipeline: A `services.replay.backtest.Pipeline` built with `keep_trace=True`.
+        progress: Called with the number of candles of each bar processed.
+
+    Returns:
+        The run record (equal to `run_backtest`'s) and the timeline.
+    """
+    trace = pipeline.trace
+    if trace is None:
+        raise ValueError("the pipeline must keep its trace (keep_trace=True)")
+    timeline = Timeline()
+    tracker = _StateTracker(timeline.periods)
+    risk = pipeline.risk
+    execution = pipeline.execution
+    prices = timeline.prices
+    seen_decisions = seen_fills = seen_alerts = 0
+    for bar in bars:
+        pipeline.on_bar(bar.events, bar.timestamp)
+        ts = bar.timestamp
+        for md in bar.events:
+            prices.setdefault(md.symbol, []).append((ts, md.price))
+        timeline.equity.append((ts, execution.equity))
+        state = str(risk.state)
+        if state == "HALTED":
+            label = halt_label(risk.halt_reason)
+        elif state == "PAUSED":
+            label = "+".join(sorted(risk.pause_reasons)) or "pause"
+        else:
+            label = ""
+        tracker.sample(ts, state, label)
+        if len(trace.decisions) > seen_decisions:
+            for d in trace.decisions[seen_decisions:]:
+                timeline.decisions.append((d.ts_ms, d.outcome, d.check))
+            seen_decisions = len(trace.decisions)
+        if len(trace.fills) > seen_fills:
+            for f in trace.fills[seen_fills:]:
+                timeline.fills.append(FillPoint(f.ts_ms, f.symbol, f.side, f.price, f.qty))
+            seen_fills = len(trace.fills)
+        if len(trace.alerts) > seen_alerts:
+            for a in trace.alerts[seen_alerts:]:
+                timeline.alerts.append((a.timestamp, a.code, a.level))
+            seen_alerts = len(trace.alerts)
+        if progress is not None:
+            progress(len(bar.events))
+    return pipeline.finish(), timeline
+
+
+def pause_periods_from_alerts(
+    alerts: Iterable[tuple[int, str, str, str]], halts: Iterable[int] = (),
+) -> list[Period]:
+    """PAUSE periods rebuilt from the risk manager's alerts (time, code, level, message).
+
+    Args:
+        alerts: The alerts in time order.
+        halts: Times of halts (a halt ends a circuit-breaker pause).
+
+    Returns:
+        The PAUSE periods in time order.
+    """
+    periods: list[Period] = []
+    breaker: Period | None = None
+    halt_times = sorted(halts)
+    for ts, code, level, message in alerts:
+        if code == "CIRCUIT_BREAKER":
+            if level == "WARNING" and breaker is None:
+                breaker = Period(ts, None, "PAUSED", "circuit_breaker")
+                periods.append(breaker)
+            elif breaker is not None and (level == "CRITICAL" or "cleared" in message):
+                breaker.end_ms = ts
+                breaker = None
+        elif code == "DATA_STALE" and level == "WARNING":
+            periods.append(Period(ts, ts + MINUTE_MS, "PAUSED", "stale_data"))
+    if breaker is not None:
+        later = [t for t in halt_times if t >= breaker.start_ms]
+        breaker.end_ms = later[0] if later else None
+    return sorted(periods, key=lambda p: p.start_ms)
+
+
+async def load_timeline(database_url: str, bars: Iterable[Bar]) -> Timeline:
+    """Read the timeline of a replay from what the services recorded in PostgreSQL.
+
+    Args:
+        database_url: The run's database.
+        bars: The replayed bars (for the price lines).
+
+    Returns:
+        The timeline.
+    """
+    import asyncpg
+
+    def ms(value: Any) -> int:
+        return int(value.timestamp() * 1000)
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        equity = await conn.fetch("SELECT ts, equity FROM equity_curve ORDER BY ts")
+        fills = await conn.fetch(
+            "SELECT ts, symbol, side, price, qty FROM fills ORDER BY ts, seq")
+        decisions = await conn.fetch(
+            "SELECT ts, outcome, check_name FROM risk_decisions ORDER BY ts, seq")
+        alerts = await conn.fetch(
+            "SELECT ts, code, level, message FROM alerts ORDER BY ts, event_id")
+        halts = await conn.fetch("SELECT ts, reason FROM halts ORDER BY ts, id")
+        releases = await conn.fetch(
+            "SELECT ts FROM releases WHERE result = 'released' ORDER BY ts")
+    finally:
+        await conn.close()
+    timeline = Timeline()
+    timeline.equity = [(ms(r["ts"]), float(r["equity"])) for r in equity]
+    timeline.fills = [FillPoint(ms(r["ts"]), r["symbol"], r["side"], float(r["price"]),
+                                float(r["qty"])) for r in fills]
+    timeline.decisions = [(ms(r["ts"]), r["outcome"], r["check_name"]) for r in decisions]
+    timeline.alerts = [(ms(r["ts"]), r["code"], r["level"]) for r in alerts]
+    release_times = [ms(r["ts"]) for r in releases]
+    halt_periods: list[Period] = []
+    for r in halts:
+        start = ms(r["ts"])
+        if halt_periods and halt_periods[-1].end_ms is None:
+            continue
+        end = next((t for t in release_times if t > start), None)
+        halt_periods.append(Period(start, end, "HALTED", halt_label(r["reason"])))
+    pauses = pause_periods_from_alerts(
+        [(ms(r["ts"]), r["code"], r["level"], r["message"]) for r in alerts],
+        [p.start_ms for p in halt_periods],
+    )
+    timeline.periods = sorted([*halt_periods, *pauses], key=lambda p: p.start_ms)
+    add_prices(timeline, bars)
+    return timeline
