@@ -733,7 +733,8 @@ def _sweep_command(
         table.add_row(*(r["params"][n] for n in names), f"{r['return_pct']:.4f}",
                       f"{r['max_drawdown_pct']:.4f}", str(r["halts"]), pauses,
                       str(r["trades"]), f"{r['fees']:.6g}")
-    console.print(table)
+    # A sweep table is wide: never squeeze it into 80 columns when the output is a pipe.
+    (console if console.is_terminal else Console(width=200)).print(table)
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         csv_path.write_text(to_csv(rows, names))
