@@ -3,8 +3,8 @@
 The JSON report (`services.replay.report`) counts; a `Timeline` keeps *when*. Two sources fill
 it, as for the report:
 
-* `run_backtest_timeline` drives the in-process pipeline bar by bar (the same calls as
-  `run_backtest`, so the run record is the same) and samples the equity and the risk engine's
+* `run_backtest_timeline` runs `run_backtest` itself (so the run record is the same) and
+  samples the equity and the risk engine's
   trading state after every bar: HALT and PAUSE periods are exact to the bar.
 * `load_timeline` reads what the services recorded in PostgreSQL: the equity curve, fills,
   decisions and alerts as stored; HALT periods from the `halts` and `releases` tables, PAUSE
@@ -116,7 +116,10 @@ def run_backtest_timeline(
     pipeline: Any,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[RunRecord, Timeline]:
-    """Feed every bar through the pipeline (as `run_backtest`) and record the timeline.
+    """Run `run_backtest` itself and record the timeline after every bar.
+
+    The bars pass through unchanged and the samples are taken in `run_backtest`'s per-bar
+    progress callback, so the run (and its record) is exactly the plain backtest's.
 
     Args:
         bars: Bars in time order.
@@ -126,6 +129,8 @@ def run_backtest_timeline(
     Returns:
         The run record (equal to `run_backtest`'s) and the timeline.
     """
+    from services.replay.backtest import run_backtest
+
     trace = pipeline.trace
     if trace is None:
         raise ValueError("the pipeline must keep its trace (keep_trace=True)")
@@ -134,9 +139,16 @@ def run_backtest_timeline(
     risk = pipeline.risk
     execution = pipeline.execution
     prices = timeline.prices
-    seen_decisions = seen_fills = seen_alerts = 0
-    for bar in bars:
-        pipeline.on_bar(bar.events, bar.timestamp)
+    current: list[Bar] = []
+    seen = {"decisions": 0, "fills": 0, "alerts": 0}
+
+    def passing(source: Iterable[Bar]) -> Iterable[Bar]:
+        for bar in source:
+            current[:] = [bar]
+            yield bar
+
+    def sample(n: int) -> None:
+        bar = current[0]
         ts = bar.timestamp
         for md in bar.events:
             prices.setdefault(md.symbol, []).append((ts, md.price))
@@ -149,21 +161,23 @@ def run_backtest_timeline(
         else:
             label = ""
         tracker.sample(ts, state, label)
-        if len(trace.decisions) > seen_decisions:
-            for d in trace.decisions[seen_decisions:]:
+        if len(trace.decisions) > seen["decisions"]:
+            for d in trace.decisions[seen["decisions"]:]:
                 timeline.decisions.append((d.ts_ms, d.outcome, d.check))
-            seen_decisions = len(trace.decisions)
-        if len(trace.fills) > seen_fills:
-            for f in trace.fills[seen_fills:]:
+            seen["decisions"] = len(trace.decisions)
+        if len(trace.fills) > seen["fills"]:
+            for f in trace.fills[seen["fills"]:]:
                 timeline.fills.append(FillPoint(f.ts_ms, f.symbol, f.side, f.price, f.qty))
-            seen_fills = len(trace.fills)
-        if len(trace.alerts) > seen_alerts:
-            for a in trace.alerts[seen_alerts:]:
+            seen["fills"] = len(trace.fills)
+        if len(trace.alerts) > seen["alerts"]:
+            for a in trace.alerts[seen["alerts"]:]:
                 timeline.alerts.append((a.timestamp, a.code, a.level))
-            seen_alerts = len(trace.alerts)
+            seen["alerts"] = len(trace.alerts)
         if progress is not None:
-            progress(len(bar.events))
-    return pipeline.finish(), timeline
+            progress(n)
+
+    record = run_backtest(passing(bars), pipeline, sample)
+    return record, timeline
 
 
 def pause_periods_from_alerts(
