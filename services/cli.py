@@ -826,6 +826,10 @@ def data_download(
         except dl.DownloadError as exc:
             err.print(f"[red]cannot download:[/red] {exc}")
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: the files hold every complete page; run the same command "
+                      "again to continue")
+            raise typer.Exit(130) from None
     table = Table(title=f"Downloaded into {downloader.directory}")
     for col in ("symbol", "file", "candles", "added", "first", "last", "gaps", "status"):
         table.add_column(col)

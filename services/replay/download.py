@@ -337,6 +337,8 @@ class Downloader:
     ) -> SymbolResult:
         path = self.directory / pair.file_name
         result = SymbolResult(pair, path)
+        for stale in self.directory.glob(f".{pair.file_name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a run that was killed while writing
         rows: list[list[Any]] = []
         try:
             rows = read_rows(path) if path.exists() else []

@@ -206,3 +206,36 @@ async def test_cdb_data_download_top_movers_then_cdb_backtest_reads_the_folder(
 async def test_cdb_data_download_when_both_symbols_and_top_then_usage_error() -> None:
     code, _, err = await _cdb("data", "download", "--symbols", "BTCUSDT", "--top", "3")
     assert code == 2 and "either --symbols or --top" in err
+
+
+async def test_cdb_data_download_when_killed_then_the_file_is_whole_and_resume_completes(
+    tmp_path: Path,
+) -> None:
+    args = ("data", "download", "--symbols", "BTCUSDT", "--since", "2026-11-01",
+            "--until", "2026-11-03", "--limit", "100")
+    base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    target = tmp_path / "killed" / BTC.file_name
+    async with MexcLookalike() as ex:
+        ex.inject("klines", Fault("slow", delay=0.05), times=10_000)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", *args, "--dir", str(tmp_path / "killed"),
+            cwd=ROOT, env={**base, "MEXC_REST_URL": ex.rest_url},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(600):  # until the first checkpoint (10 pages) is on disk
+            if target.exists():
+                break
+            await asyncio.sleep(0.05)
+        proc.kill()
+        await proc.wait()
+        assert target.exists()
+        partial = rows_of(target)
+        assert 1000 <= len(partial) < 2880 and len(partial) % 100 == 0
+        ex.faults.clear()
+        code, _, err = await _cdb(*args, "--dir", str(tmp_path / "killed"),
+                                  MEXC_REST_URL=ex.rest_url)
+        assert code == 0, err
+        code, _, err = await _cdb(*args, "--dir", str(tmp_path / "whole"),
+                                  MEXC_REST_URL=ex.rest_url)
+        assert code == 0, err
+    assert target.read_bytes() == (tmp_path / "whole" / BTC.file_name).read_bytes()
+    assert [p.name for p in (tmp_path / "killed").iterdir() if p.name.endswith(".tmp")] == []
