@@ -207,15 +207,18 @@ def sweep_figures(points: Sequence[dict[str, Any]], names: Sequence[str]) -> lis
     import plotly.graph_objects as go
 
     labels = [", ".join(f"{n}={p['params'][n]}" for n in names) for p in points]
+    short = [" / ".join(str(p["params"][n]) for n in names) for p in points]
+    few = len(points) <= 6
     fig = go.Figure(go.Scatter(
         x=[p["max_drawdown_pct"] for p in points], y=[p["return_pct"] for p in points],
-        mode="markers+text", text=labels, textposition="top center",
+        mode="markers+text" if few else "markers", text=short if few else None,
+        textposition="top center",
         marker={"size": 11, "color": [p["halts"] for p in points], "colorscale": "Reds",
                 "showscale": True, "colorbar": {"title": "halts"}},
         hovertext=[f"{lab}<br>trades {p['trades']}, fees {p['fees']:.6g}"
                    for lab, p in zip(labels, points, strict=True)],
     ))
-    fig.update_layout(title="Sweep: return vs max drawdown", height=460,
+    fig.update_layout(title=f"Sweep: return vs max drawdown ({' / '.join(names)})", height=460,
                       xaxis_title="max drawdown %", yaxis_title="return %",
                       margin={"t": 50, "b": 40})
     figs: list[tuple[str, Any]] = [("sweep-scatter", fig)]
