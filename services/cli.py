@@ -100,16 +100,13 @@ def _write_report(report: dict[str, Any], path: Path | None) -> None:
     console.print(f"report written to {path}")
 
 
-def _write_html(
-    report: dict[str, Any], timeline: Any, path: Path | None,
-    sweep: list[dict[str, Any]] | None = None, names: tuple[str, ...] = (),
-) -> None:
+def _write_html(report: dict[str, Any], timeline: Any, path: Path | None) -> None:
     """Write the HTML run report (one self-contained file) and print its path."""
     if path is None:
         return
     from services.replay.html_report import render_html, write_html
 
-    write_html(path, render_html(report, timeline, sweep, names))
+    write_html(path, render_html(report, timeline))
     console.print(f"HTML report written to {path}", soft_wrap=True)
 
 
@@ -412,6 +409,9 @@ def up(
     logging.getLogger().setLevel(logging.WARNING)
     if source not in ("replay", "mexc"):
         err.print("--source must be replay or mexc")
+        raise typer.Exit(2)
+    if html is not None and source != "replay":
+        err.print("--html writes the report of a replay; live runs have none")
         raise typer.Exit(2)
     symbols: list[str] = []
     candles = None
