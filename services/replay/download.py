@@ -28,7 +28,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,12 +284,15 @@ class Downloader:
 
     async def top_symbols(self, n: int, quote: str, min_quote_volume: float) -> list[str]:
         """The top `n` movers quoted in `quote`, chosen as the REST screener chooses them."""
-        async with self._client() as client:
+        async def fetch() -> Any:
             body = await self._get(client, "ticker_24hr", "/api/v3/ticker/24hr", {}, "ticker")
-        try:
-            tickers, _ = rest.parse_tickers(body)
-        except rest.MalformedResponseError as exc:
-            raise DownloadError(f"unusable 24 h ticker answer: {exc}") from None
+            try:
+                return rest.parse_tickers(body)
+            except rest.MalformedResponseError as exc:
+                raise _Transient(f"unusable 24 h ticker answer: {exc}") from None
+
+        async with self._client() as client:
+            tickers, _ = await self._retrying("24 h ticker", fetch)
         config = RestConfig(top_n=n, quote_asset=quote.upper(),
                             min_quote_volume=min_quote_volume)
         chosen, _ = rest.select_symbols(tickers, config)
@@ -382,21 +385,32 @@ class Downloader:
         """One window of klines as replay rows, retried on transient faults."""
         params = {"symbol": symbol, "interval": "1m", "startTime": str(start),
                   "endTime": str(end - 1), "limit": str(self.limit)}
+
+        async def fetch() -> list[list[Any]]:
+            body = await self._get(client, "klines", "/api/v3/klines", params, symbol)
+            return _rows_of_page(body, symbol, start, end)
+
+        rows: list[list[Any]] = await self._retrying(
+            f"{symbol}: page from {iso(start)}", fetch)
+        return rows
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `attempt`, retrying transient faults with backoff up to `retries` times.
+
+        Raises:
+            DownloadError: Still failing after the last attempt (or a permanent fault).
+        """
         backoff = Backoff(base=self.backoff_base_s, cap=self.backoff_cap_s)
         failures = 0
         while True:
             try:
-                body = await self._get(client, "klines", "/api/v3/klines", params, symbol)
-                return _rows_of_page(body, symbol, start, end)
+                return await attempt()
             except _Transient as exc:
                 failures += 1
                 if failures >= self.retries:
-                    raise DownloadError(
-                        f"{symbol}: page from {iso(start)} failed {failures} times: {exc}"
-                    ) from None
+                    raise DownloadError(f"{what} failed {failures} times: {exc}") from None
                 delay = backoff.next_delay()
-                logger.warning("%s: retrying page in %.1fs: %s", symbol, delay, exc,
-                               extra={"symbol": symbol, "start": start})
+                logger.warning("%s: retrying in %.1fs: %s", what, delay, exc)
                 await asyncio.sleep(delay)
 
     async def _get(

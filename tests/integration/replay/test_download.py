@@ -239,3 +239,15 @@ async def test_cdb_data_download_when_killed_then_the_file_is_whole_and_resume_c
         assert code == 0, err
     assert target.read_bytes() == (tmp_path / "whole" / BTC.file_name).read_bytes()
     assert [p.name for p in (tmp_path / "killed").iterdir() if p.name.endswith(".tmp")] == []
+
+
+async def test_top_symbols_when_the_ticker_fails_once_then_retried_and_as_the_screener(
+    tmp_path: Path,
+) -> None:
+    async with MexcLookalike() as ex:
+        ex.inject("ticker_24hr", Fault("500"))
+        ex.inject("ticker_24hr", Fault("truncated"))
+        top = await downloader(ex, tmp_path).top_symbols(3, "USDT", 100_000.0)
+        statuses = [s for e, _, _, s in ex.requests if e == "ticker_24hr"]
+    # By absolute 24 h change among USDT pairs with enough volume (TINYUSDT has too little).
+    assert top == ["SOLUSDT", "ETHUSDT", "BTCUSDT"] and statuses == [500, 200, 200]
