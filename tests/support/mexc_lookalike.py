@@ -17,7 +17,8 @@ quoteVolume]` (times integers in ms, every number else a string; closeTime = ope
 inclusive bounds on the open time (only startTime: the first `limit` rows from it; only
 endTime or neither: the last `limit` closed-or-open rows up to it / now). History starts at
 `Market.listed_ms`; minutes in `kline_gaps[symbol]` have no row (no trades). More than
-`kline_rate_limit` requests within 10 s answer 429 with `Retry-After: 1` (None: no limit).
+`kline_rate_limit` requests within `kline_rate_window` seconds (10) answer 429 with
+`Retry-After: 1` (None: no limit).
 
 WebSocket `/ws`: JSON text control frames (SUBSCRIPTION, UNSUBSCRIPTION, PING -> PONG), at most
 30 subscriptions per connection, and protobuf push frames (`PushDataV3ApiWrapper` from the
@@ -96,6 +97,7 @@ class MexcLookalike:
         self.kline_gaps: dict[str, set[int]] = {}
         self.kline_from_faults: dict[str, tuple[int, Fault]] = {}
         self.kline_rate_limit: int | None = None
+        self.kline_rate_window = 10.0
         self.kline_params: list[dict[str, str]] = []
         self.requests: list[tuple[str, str | None, float, int]] = []
         self.connections: list[WsConn] = []
@@ -255,7 +257,7 @@ class MexcLookalike:
         faulty = await self._fault("klines", symbol, start)
         if faulty is None and self.kline_rate_limit is not None:
             recent = [t for e, _, t, st in self.requests
-                      if e == "klines" and st == 200 and t > arrived - 10.0]
+                      if e == "klines" and st == 200 and t > arrived - self.kline_rate_window]
             if len(recent) >= self.kline_rate_limit:
                 faulty = web.json_response({"code": 429, "msg": "Too many requests"},
                                            status=429, headers={"Retry-After": "1"})

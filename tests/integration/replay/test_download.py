@@ -112,6 +112,7 @@ async def test_download_when_the_exchange_limits_the_rate_then_every_page_arrive
 ) -> None:
     async with MexcLookalike() as ex:
         ex.kline_rate_limit = 2
+        ex.kline_rate_window = 1.5
         [result] = await downloader(ex, tmp_path, limit=500).download(
             [BTC], SINCE, SINCE + 1500 * M)
         statuses = [s for e, _, _, s in ex.requests if e == "klines"]
