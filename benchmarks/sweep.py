@@ -2,8 +2,8 @@
 
 Usage: python -m benchmarks.sweep [WORKERS]  (default: every core). Runs the grid
 MAX_POSITION_PCT x STOP_LOSS_PCT (4 x 4) exactly as `cdb backtest --sweep` does (one worker
-process per core from a fork server, each point a full backtest with its variables in the environment)
-and prints one `name=value` line per figure: wall time, points per second, and the
+process per core from a fork server, each point a full backtest with its variables in the
+environment) and prints one `name=value` line per figure: wall time, points per second, and the
 one-process baseline (the same 16 points run one after the other in this process).
 """
 

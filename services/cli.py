@@ -25,6 +25,7 @@ import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from services.registry import PIPELINE, SERVICES
 
@@ -43,8 +44,11 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+# Markup is off: everything printed here may hold untrusted text (error messages, file names,
+# alert messages, HTTP bodies, patterns) whose square brackets rich would take for tags and
+# swallow. Colour comes from `style=` and `Text` instead.
+console = Console(markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 BTC_PROFILE = {
     "PAPER_START_EQUITY": "1.0",
@@ -88,7 +92,7 @@ def _candles_or_exit(data: Path | None, symbols: list[str] | None, minutes: int)
     try:
         return read_candles(data or SAMPLE_DIR, symbols, minutes or None)
     except (CandleFileError, ValueError) as exc:
-        err.print(f"[red]cannot read candles:[/red] {exc}")
+        err.print(f"cannot read candles: {exc}", style="red")
         raise typer.Exit(1) from None
 
 
@@ -320,7 +324,7 @@ class Status:
         for col in ("service", "pid", "port", "status"):
             procs.add_column(col)
         for p in self.procs:
-            procs.add_row(p.name, str(p.process.pid), str(p.port), p.health)
+            procs.add_row(p.name, str(p.process.pid), str(p.port), Text(p.health))
         streams = Table(title="Streams")
         for col in ("stream", "entries", "events/s"):
             streams.add_column(col, justify="right" if col != "stream" else "left")
@@ -331,22 +335,24 @@ class Status:
         if r:
             equity = float(r.get("equity", 0.0))
             exposure = float(r.get("exposure", 0.0))
-            account.add_row("trading state", str(r.get("state")))
+            account.add_row("trading state", Text(str(r.get("state"))))
             account.add_row("equity", f"{equity:,.6f}")
             account.add_row("exposure", f"{exposure / equity * 100 if equity else 0:.2f} %")
             account.add_row("drawdown", f"{float(r.get('drawdown', 0.0)) * 100:.2f} %")
             if r.get("halt_reason"):
-                account.add_row("halt reason", str(r["halt_reason"]))
+                account.add_row("halt reason", Text(str(r["halt_reason"])))
         if self.progress:
             account.add_row(
                 "replay",
-                f"{self.progress.get('done', '0')}/"
-                f"{self.progress.get('total', '?')} bars "
-                f"({self.progress.get('state', '')})",
+                Text(
+                    f"{self.progress.get('done', '0')}/"
+                    f"{self.progress.get('total', '?')} bars "
+                    f"({self.progress.get('state', '')})"
+                ),
             )
         alerts = Table(title="Latest alerts", show_header=False)
         for line in self.alerts or ["(none)"]:
-            alerts.add_row(line)
+            alerts.add_row(Text(line))  # alert messages are untrusted text
         return Group(procs, streams, account, alerts)
 
     def line(self) -> str:
@@ -506,7 +512,7 @@ def report_command(
 
             timeline = asyncio.run(load_timeline(url, candles))
     except (OSError, asyncpg.PostgresError) as exc:
-        err.print(f"[red]cannot read the run from PostgreSQL:[/red] {type(exc).__name__}: {exc}")
+        err.print(f"cannot read the run from PostgreSQL: {type(exc).__name__}: {exc}", style="red")
         raise typer.Exit(1) from None
     render(result, console)
     _write_report(result, report)
@@ -537,7 +543,7 @@ def _watch(status: Status, procs: list[Proc], source: str) -> int:
         for p in procs:
             if p is not replay and p.process.poll() is not None:
                 err.print(
-                    f"[red]{p.name} exited with code {p.process.returncode}; see {p.log}[/red]"
+                    f"{p.name} exited with code {p.process.returncode}; see {p.log}", style="red"
                 )
                 return 1
         return None
@@ -558,7 +564,7 @@ def _watch(status: Status, procs: list[Proc], source: str) -> int:
                 err.print(status.line())
             time.sleep(0.5)
     if replay is not None and code != 0:
-        err.print(f"[red]replay exited with code {code}; see {replay.log}[/red]")
+        err.print(f"replay exited with code {code}; see {replay.log}", style="red")
     del source
     return int(code)
 
@@ -571,6 +577,7 @@ async def _replay_report(database_url: str, candles: Any, equity: float) -> dict
     record.candles = candles.candles
     record.first_ms = candles.first_timestamp
     record.last_ms = candles.last_timestamp
+    record.gaps = candles.gaps
     return build_report(record, "replay")
 
 
@@ -603,7 +610,7 @@ def config_check() -> None:
         try:
             _, settings_cls = spec.load()
         except ImportError as exc:
-            table.add_row(name, "-", f"[red]not available: {exc}[/red]", "")
+            table.add_row(name, "-", Text(f"not available: {exc}", style="red"), "")
             continue
         try:
             settings = settings_cls()
@@ -611,7 +618,7 @@ def config_check() -> None:
             failed = True
             for e in exc.errors():
                 table.add_row(
-                    name, ".".join(str(x) for x in e["loc"]), f"[red]{e['msg']}[/red]", ""
+                    name, ".".join(str(x) for x in e["loc"]), Text(e["msg"], style="red"), ""
                 )
             continue
         for var, info in settings_cls.model_fields.items():
@@ -635,6 +642,10 @@ def _token() -> str:
         token = path.read_text().strip() if path.exists() else ""
     if not token:
         err.print("RISK_ADMIN_TOKEN is not set")
+        raise typer.Exit(1)
+    if not all(" " <= c <= "~" for c in token):  # never print the token itself
+        err.print("RISK_ADMIN_TOKEN holds characters an HTTP header cannot carry; "
+                  "the risk manager accepts printable ASCII only", style="red")
         raise typer.Exit(1)
     return token
 
@@ -662,7 +673,7 @@ def _post(path: str, body: dict[str, Any]) -> None:
         err.print(f"risk manager unreachable at {_risk_url()}: {type(exc).__name__}")
         raise typer.Exit(1) from None
     if r.status_code != 200:
-        err.print(f"refused ({r.status_code}): {r.text}")
+        err.print(f"refused ({r.status_code}): {r.text}", style="red")
         raise typer.Exit(1)
     console.print_json(data=r.json())
 

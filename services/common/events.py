@@ -9,18 +9,56 @@ redelivered input can never become a second output.
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 import uuid
 from typing import Annotated, Any, Literal, TypeAlias
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 SCHEMA_VERSION = 1
 NAMESPACE = uuid.UUID("6f1c1d0e-8a4f-5b7e-9c2d-3e4f5a6b7c8d")
 
+_MAX = sys.float_info.max
+
+NON_FINITE_SCHEMA: dict[str, Any] = {
+    "type": "number",
+    "anyOf": [
+        {"minimum": 0, "exclusiveMaximum": 0},
+        {"exclusiveMinimum": _MAX},
+        {"exclusiveMaximum": -_MAX},
+    ],
+}
+"""JSON Schema matching exactly NaN, Infinity and -Infinity.
+
+JSON (RFC 8259) has no such numbers, but common parsers produce them from `NaN`, `Infinity`,
+`-Infinity` or `1e999` (Python's json module, pydantic's parser). NaN is the only number that
+is neither below 0 nor at or above 0, so it satisfies the first branch; the infinities satisfy
+the others. Every number of the contract carries `"not": NON_FINITE_SCHEMA`, so a validator
+that meets such a value refuses it, and one that never meets it is unaffected.
+"""
+
+
+def _finite(**bounds: Any) -> Any:
+    """A `Field` for a finite number with the given bounds (`gt`, `ge`, `le`)."""
+    return Field(allow_inf_nan=False, json_schema_extra={"not": NON_FINITE_SCHEMA}, **bounds)
+
+
 Symbol = Annotated[str, Field(pattern=r"^[A-Z0-9]{2,30}$", description="Exchange symbol, BTCUSDT")]
-Price = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
+Finite = Annotated[float, _finite()]
+"""Any finite number (no NaN, no infinity)."""
+Price = Annotated[float, _finite(gt=0)]
+"""A finite, strictly positive number."""
+NonNegative = Annotated[float, _finite(ge=0)]
+"""A finite number, zero or above."""
 EventId = Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$", description="UUID")]
 
 Source = Literal["mexc_ws", "mexc_rest", "replay"]
@@ -76,7 +114,7 @@ def new_id() -> str:
 class EventBase(BaseModel):
     """Fields every event carries."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     event_id: EventId = Field(default_factory=new_id, description="Unique id of this event")
     timestamp: int = Field(ge=0, description="Unix epoch milliseconds, UTC")
@@ -90,7 +128,7 @@ class MarketData(EventBase):
     symbol: Symbol
     price: Price
     volume: NonNegative = Field(description="Quote volume of the last interval")
-    pct_change: float = Field(description="Change over the lookback, as a percentage")
+    pct_change: Finite = Field(description="Change over the lookback, as a percentage")
     bid: Price | None = None
     ask: Price | None = None
     source: Source
@@ -103,7 +141,7 @@ class Signal(EventBase):
     symbol: Symbol
     direction: Direction
     size: NonNegative = Field(description="Notional in the quote currency")
-    signal_strength: float = Field(ge=0, le=1)
+    signal_strength: Annotated[float, _finite(ge=0, le=1)]
     signal_id: EventId
     market_event_id: EventId = Field(description="Id of the market_data event that closed it")
     reason: str = Field(max_length=200)
@@ -127,13 +165,30 @@ class Order(EventBase):
     reason: OrderReason
 
 
+FILLED_STATUSES: frozenset[str] = frozenset({"filled", "partially_filled"})
+"""Statuses of an order result that carries a fill (and so a positive fill price)."""
+
+
 class OrderResult(EventBase):
-    """The paper fill (or rejection) of an order."""
+    """The paper fill (or rejection) of an order.
+
+    A fill (`filled`, `partially_filled`) has a positive `fill_price`; a rejection reports 0.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"status": {"enum": ["filled", "partially_filled"]}},
+                "required": ["status"],
+            },
+            "then": {"properties": {"fill_price": {"exclusiveMinimum": 0}}},
+        }
+    )
 
     type: Literal["order_results"] = "order_results"
     order_id: EventId
     status: OrderStatus
-    fill_price: NonNegative
+    fill_price: NonNegative = Field(description="Average fill price; positive for a fill")
     fees: NonNegative
     symbol: Symbol
     side: Direction
@@ -141,6 +196,14 @@ class OrderResult(EventBase):
     filled_notional: NonNegative
     slippage_pct: NonNegative
     reason: str | None = Field(default=None, max_length=200)
+
+    @field_validator("fill_price")
+    @classmethod
+    def _fill_has_a_price(cls, value: float, info: ValidationInfo) -> float:
+        """Refuse a fill at a price of 0 (status is validated before fill_price)."""
+        if value <= 0 and info.data.get("status") in FILLED_STATUSES:
+            raise ValueError(f"must be positive for a {info.data['status']} order, got {value}")
+        return value
 
 
 class Alert(EventBase):
@@ -151,7 +214,56 @@ class Alert(EventBase):
     level: AlertLevel
     message: str = Field(max_length=1000)
     source: str = Field(description="Service that raised it")
-    context: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Values behind the alert; numbers in it are finite",
+    )
+
+    @field_validator("context")
+    @classmethod
+    def _finite_context(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Refuse a non-finite number anywhere in a received context; null it when built.
+
+        From JSON (the bus) a NaN or infinity is refused, as everywhere in the contract. An
+        alert built in Python (a service reporting a broken value) keeps the alert and
+        replaces the number by None, which is what its JSON form would carry anyway: an alert
+        about a bad number must never fail because of it.
+        """
+        path = _non_finite_path(value)
+        if path is None:
+            return value
+        if info.mode == "json":
+            raise ValueError(f"context.{path} is not a finite number")
+        cleaned: dict[str, Any] = _nulled(value)
+        return cleaned
+
+
+def _non_finite_path(value: Any, path: str = "") -> str | None:
+    """Dotted path of the first non-finite float inside a JSON-like value, None if none."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "<value>")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _non_finite_path(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+def _nulled(value: Any) -> Any:
+    """A copy of a JSON-like value with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _nulled(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulled(item) for item in value]
+    return value
 
 
 Event: TypeAlias = MarketData | Signal | Order | OrderResult | Alert

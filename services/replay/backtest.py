@@ -11,21 +11,23 @@ through Redis (see `backoffice/docs/ARCHITECTURE.md`, "Determinism"):
 3. the bar's signals in order, each decided, its order filled and the result returned.
 
 All clocks are event time: market data at its timestamp, signals at theirs, orders at the
-decision time. So a backtest and a replay through the five services decide alike.
+decision time; a minute without a candle is a gap the clocks pass through (the risk engine
+fires its timers at their due times inside it; a symbol's data is due every minute, as in a
+replay with CLOCK=event). So a backtest and a replay through the five services decide alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.common.events import Alert, MarketData, Order
 from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
-from services.replay.candles import Bar
+from services.replay.candles import Bar, CandleSet
 from services.replay.report import RunRecord
-from services.risk_manager.config import RiskConfig
+from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import EMPTY_OUTPUT, Decision, RiskOutput
 from services.signal_engine.config import SignalConfig
@@ -57,12 +59,12 @@ class Pipeline:
         Args:
             signal: Signal engine configuration (its whitelist should name the replayed
                 symbols, so each bar is ranked as soon as it is complete).
-            risk: Risk engine configuration.
+            risk: Risk engine configuration (its data interval becomes the candles' minute).
             execution: Execution engine configuration.
             keep_trace: Keep every decision, order and alert (for comparisons).
         """
         self.signal = SignalEngine(signal)
-        self.risk = RiskEngine(risk)
+        self.risk = RiskEngine(replace(risk, data_interval_sec=REPLAY_DATA_INTERVAL_SEC))
         self.execution = ExecutionEngine(execution)
         self.record = RunRecord(start_equity=execution.start_equity,
                                 symbols=list(signal.whitelist))
@@ -158,6 +160,7 @@ class Pipeline:
         record.realized_pnl = execution.realized_pnl
         record.total_fees = execution.total_fees
         record.trading_state = str(self.risk.state)
+        record.held = {s: p.qty for s, p in execution.positions.items()}
         return record
 
 
@@ -169,7 +172,7 @@ def run_backtest(
     """Feed every bar through the pipeline.
 
     Args:
-        bars: Bars in time order.
+        bars: Bars in time order (a `CandleSet` also gives the report its data gaps).
         pipeline: The wired engines.
         progress: Called with the number of candles of each bar processed.
 
@@ -180,4 +183,7 @@ def run_backtest(
         pipeline.on_bar(bar.events, bar.timestamp)
         if progress is not None:
             progress(len(bar.events))
-    return pipeline.finish()
+    record = pipeline.finish()
+    if isinstance(bars, CandleSet):
+        record.gaps = bars.gaps
+    return record

@@ -5,8 +5,15 @@ file per symbol named `<BASE>_<QUOTE>-1m.json` (or gzip-compressed, `.json.gz`);
 `BASE + QUOTE` upper-case (`ETH_BTC-1m.json` -> `ETHBTC`).
 
 The symbols are aligned on a common minute grid: it starts at the latest first candle of the
-chosen symbols and ends at the earliest last candle, so every bar holds every symbol. A missing
-minute means no trades: it is filled with the previous close and volume 0.
+chosen symbols and ends at the earliest last candle. A bar holds the candles of that minute
+only: a missing minute is a gap in the data, no candle is invented for it (the replay's clock
+passes through it as live time would, see `services.risk_manager.staleness`), and
+`CandleSet.gaps` lists the gaps for the run report.
+
+Candle files that lie are refused with a `CandleFileError` naming the file and the row: a
+non-numeric, non-finite or non-positive price, high below low, open or close outside
+[low, high], a negative volume, an open time off the minute grid or not after the previous
+row's, and a set of files whose periods have no minute in common.
 
 Each candle becomes a `MarketData` event stamped with its close time (`open_time + 60 000`):
 price = close, volume = close * base volume (quote volume), pct_change = change of the close
@@ -28,8 +35,9 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -163,10 +171,18 @@ def _check_row(path: Path, index: int, row: list[Any], previous: int) -> tuple[i
     for name, price in zip(("open", "high", "low", "close"), prices, strict=True):
         if price <= 0:
             raise CandleFileError(path, index, f"{name} price {price!r} is not positive")
+    open_, high, low, close = prices
+    if high < low:
+        raise CandleFileError(path, index, f"high {high!r} is below low {low!r}")
+    for name, price in (("open", open_), ("close", close)):
+        if not low <= price <= high:
+            raise CandleFileError(
+                path, index, f"{name} {price!r} is outside [low, high] = [{low!r}, {high!r}]"
+            )
     volume = _number(path, index, "base_volume", row[5])
     if volume < 0:
         raise CandleFileError(path, index, f"base_volume {volume!r} is negative")
-    return open_time, prices[3], volume
+    return open_time, close, volume
 
 
 def _read_rows(path: Path) -> list[Any]:
@@ -217,8 +233,9 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
 
     Raises:
         CandleFileError: The file is unreadable, not a JSON array, or has a bad row (wrong
-            length, non-numeric value, non-positive price, negative volume, open time not on a
-            minute boundary or not after the previous row's).
+            length, non-numeric or non-finite value, non-positive price, high below low, open
+            or close outside [low, high], negative volume, open time not on a minute boundary
+            or not after the previous row's).
     """
     name = symbol or symbol_from_filename(path.name)
     if name is None:
@@ -246,10 +263,8 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
             and volume.__class__ is float
             and open_time > previous
             and open_time % MINUTE_MS == 0
-            and 0.0 < open_ < inf
-            and 0.0 < high < inf
-            and 0.0 < low < inf
-            and 0.0 < close < inf
+            and 0.0 < low <= open_ <= high < inf
+            and low <= close <= high
             and 0.0 <= volume < inf
         ):
             open_time, close, volume = _check_row(path, index, row, previous)
@@ -257,12 +272,39 @@ def read_series(path: Path, symbol: str | None = None) -> CandleSeries:
         add_time(open_time)
         add_close(close)
         add_volume(close * volume)
+    _check_derived(path, closes, volumes)
     return CandleSeries(name, times, closes, volumes)
 
 
-def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float], list[float]]:
-    """Closes and quote volumes of `series` on the grid `start + i * MINUTE_MS`, gaps filled."""
+def _check_derived(path: Path, closes: list[float], quote_volumes: list[float]) -> None:
+    """Refuse finite rows whose derived market data would not be finite.
+
+    The quote volume (close x base volume) and pct_change (a ratio of two closes) must fit a
+    double: the replay builds its events without re-validating them.
+    """
+    if max(quote_volumes) == _INF:
+        row = quote_volumes.index(_INF)
+        raise CandleFileError(
+            path, row, f"quote volume (close {closes[row]!r} x base_volume) overflows a double"
+        )
+    low, high = min(closes), max(closes)
+    if high / low == _INF:
+        row = max(closes.index(low), closes.index(high))
+        raise CandleFileError(
+            path, row, f"closes {low!r} and {high!r} are too far apart for a price change"
+        )
+
+
+def _align(
+    series: CandleSeries, start: int, minutes: int
+) -> tuple[list[float], list[float], bytearray]:
+    """Closes, quote volumes and presence of `series` on the grid `start + i * MINUTE_MS`.
+
+    A missing minute is marked absent; its close slot carries the previous close (only the
+    reference of later `pct_change` values, never an event).
+    """
     closes: list[float | None] = [None] * minutes
+    present = bytearray(minutes)
     volumes = [0.0] * minutes
     times = series.times
     end = start + minutes * MINUTE_MS
@@ -276,6 +318,7 @@ def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float],
         slot = (open_time - start) // MINUTE_MS
         closes[slot] = series.closes[k]
         volumes[slot] = series.quote_volumes[k]
+        present[slot] = 1
     filled: list[float] = []
     for close in closes:
         if close is None:
@@ -284,7 +327,7 @@ def _align(series: CandleSeries, start: int, minutes: int) -> tuple[list[float],
             close = previous
         filled.append(close)
         previous = close
-    return filled, volumes
+    return filled, volumes, present
 
 
 
@@ -384,8 +427,9 @@ def replay_event_id(symbol: str, timestamp: int) -> str:
 class CandleSet:
     """Candles of several symbols aligned on a common minute grid; iterate it for bars.
 
-    Build one with `read_candles`. Iterating yields one `Bar` per minute, in time order, with
-    the symbols in sorted order; every iteration builds the same events (ids included).
+    Build one with `read_candles`. Iterating yields one `Bar` per minute that has a candle, in
+    time order, with that minute's symbols in sorted order; every iteration builds the same
+    events (ids included).
     """
 
     def __init__(
@@ -395,6 +439,7 @@ class CandleSet:
         closes: Sequence[list[float]],
         volumes: Sequence[list[float]],
         pct_change_minutes: int = 15,
+        present: Sequence[bytes | bytearray] | None = None,
     ) -> None:
         """Wrap aligned columns (use `read_candles` rather than calling this directly).
 
@@ -404,6 +449,7 @@ class CandleSet:
             closes: Per symbol, the close of every minute of the grid.
             volumes: Per symbol, the quote volume of every minute of the grid.
             pct_change_minutes: Span of `pct_change` in minutes.
+            present: Per symbol, 1 for every minute with a candle (None: every minute).
 
         Raises:
             ValueError: The columns do not match the symbols or each other.
@@ -421,6 +467,13 @@ class CandleSet:
         self.pct_change_minutes = pct_change_minutes
         self._closes = tuple(closes)
         self._volumes = tuple(volumes)
+        if present is None:
+            present = [b"\x01" * self.minutes for _ in self.symbols]
+        if len(present) != len(self.symbols) or any(len(p) != self.minutes for p in present):
+            raise ValueError("one presence column per symbol, as long as the others")
+        self._present = tuple(bytes(p) for p in present)
+        self._candles = sum(p.count(1) for p in self._present)
+        self._bars = sum(1 for row in zip(*self._present, strict=True) if any(row))
 
     @property
     def first_timestamp(self) -> int:
@@ -435,20 +488,33 @@ class CandleSet:
     @property
     def candles(self) -> int:
         """Number of candles (market data events) the bars hold."""
-        return self.minutes * len(self.symbols)
+        return self._candles
+
+    @property
+    def gaps(self) -> list[tuple[str, int, int]]:
+        """The data gaps: (symbol, first missing minute's close time, minutes missing)."""
+        found: list[tuple[str, int, int]] = []
+        for symbol, present in zip(self.symbols, self._present, strict=True):
+            i = present.find(0)
+            while i != -1:
+                end = present.find(1, i)
+                end = self.minutes if end == -1 else end
+                found.append((symbol, self.start_ms + (i + 1) * MINUTE_MS, end - i))
+                i = present.find(0, end)
+        return sorted(found, key=lambda g: (g[1], g[0]))
 
     def __len__(self) -> int:
-        """Return the number of bars (minutes)."""
-        return self.minutes
+        """Return the number of bars (minutes with at least one candle)."""
+        return self._bars
 
     def __iter__(self) -> Iterator[Bar]:
         """Yield the bars in time order, building their events on the way."""
         make = make_market_data
         span = self.pct_change_minutes
         columns = [
-            (symbol, replay_id_prefix(symbol), closes, volumes)
-            for symbol, closes, volumes in zip(
-                self.symbols, self._closes, self._volumes, strict=True
+            (symbol, replay_id_prefix(symbol), closes, volumes, present)
+            for symbol, closes, volumes, present in zip(
+                self.symbols, self._closes, self._volumes, self._present, strict=True
             )
         ]
         timestamp = self.start_ms
@@ -456,11 +522,14 @@ class CandleSet:
             timestamp += MINUTE_MS
             tail = f"{timestamp:012x}"
             events = []
-            for symbol, prefix, closes, volumes in columns:
+            for symbol, prefix, closes, volumes, present in columns:
+                if not present[i]:
+                    continue
                 close = closes[i]
                 pct = (close / closes[i - span] - 1.0) * 100.0 if i >= span else 0.0
                 events.append(make(prefix + tail, timestamp, symbol, close, volumes[i], pct))
-            yield Bar(timestamp, tuple(events))
+            if events:
+                yield Bar(timestamp, tuple(events))
 
 
 def read_candles(
@@ -478,11 +547,12 @@ def read_candles(
         pct_change_minutes: Span of `pct_change` in minutes.
 
     Returns:
-        The aligned candles; empty (no bars) when the files' time ranges do not overlap.
+        The aligned candles (at least one bar).
 
     Raises:
-        CandleFileError: No candle file for a requested symbol, no candle file at all, or a
-            file or row is invalid (the message names the file and the row index).
+        CandleFileError: No candle file for a requested symbol, no candle file at all, a file
+            or row is invalid (the message names the file and the row index), or the files'
+            periods do not overlap (the message names the two files and rows that show it).
         ValueError: `limit_minutes` is below 1.
     """
     if limit_minutes is not None and limit_minutes < 1:
@@ -505,16 +575,38 @@ def read_candles(
     series = [read_series(path, symbol) for symbol, path in chosen.items()]
     start = max(s.times[0] for s in series)
     end = min(s.times[-1] for s in series)
-    minutes = max(0, (end - start) // MINUTE_MS + 1)
+    if end < start:
+        _refuse_disjoint(chosen, series)
+    minutes = (end - start) // MINUTE_MS + 1
     if limit_minutes is not None:
         minutes = min(minutes, limit_minutes)
     aligned = [_align(s, start, minutes) for s in series]
     return CandleSet(
         [s.symbol for s in series],
         start,
-        [closes for closes, _ in aligned],
-        [volumes for _, volumes in aligned],
+        [closes for closes, _, _ in aligned],
+        [volumes for _, volumes, _ in aligned],
         pct_change_minutes,
+        [present for _, _, present in aligned],
+    )
+
+
+def _utc(ms: int) -> str:
+    """An open time as an ISO 8601 UTC minute (`2018-01-20T05:33Z`)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _refuse_disjoint(files: dict[str, Path], series: Sequence[CandleSeries]) -> NoReturn:
+    """Raise the error for files with no minute in common, naming the two that show it."""
+    late = max(series, key=lambda s: (s.times[0], s.symbol))
+    early = min(series, key=lambda s: (s.times[-1], s.symbol))
+    last_row = len(early.times) - 1
+    raise CandleFileError(
+        files[late.symbol],
+        0,
+        f"the files' periods do not overlap: its first candle opens at "
+        f"{_utc(late.times[0])}, after the last candle of {files[early.symbol]} "
+        f"(row {last_row}, {_utc(early.times[-1])}); replay needs a common period",
     )
 
 
@@ -534,7 +626,8 @@ def load_bars(
         limit_minutes: Keep at most this many minutes from the start of the common range.
 
     Returns:
-        An iterator of bars, one per minute, each with every symbol in symbol order.
+        An iterator of bars, one per minute with candles, each with that minute's symbols in
+        symbol order.
 
     Raises:
         CandleFileError: See `read_candles`.

@@ -251,6 +251,9 @@ def _summary(report: dict[str, Any]) -> str:
         ("PnL", f"{pnl['total']:,.6f} ({pnl['return_pct']:.3f} %)"),
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state at the end", report["trading_state"]),
+        ("data gaps", f"{len(report.get('data_gaps', []))} "
+                      f"({sum(g['minutes'] for g in report.get('data_gaps', []))} "
+                      "symbol-minutes)"),
         ("alerts", ", ".join(f"{k} {v}" for k, v in report["alerts"].items()) or "none"),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"

@@ -43,6 +43,8 @@ class RunRecord:
         candles: Market data events processed.
         order_ids: Id of every order emitted.
         fill_keys: (order id, quantity, price) of every fill.
+        held: Base quantity still held at the end, by symbol (positions that did not close).
+        gaps: Data gaps of the run: (symbol, close time of the first missing minute, minutes).
     """
 
     start_equity: float
@@ -62,6 +64,8 @@ class RunRecord:
     candles: int = 0
     order_ids: list[str] = field(default_factory=list)
     fill_keys: list[tuple[str, float, float]] = field(default_factory=list)
+    held: dict[str, float] = field(default_factory=dict)
+    gaps: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 def _round(value: float, digits: int) -> float:
@@ -143,6 +147,10 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         "alerts": dict(sorted(Counter(code for code, _ in record.alerts).items())),
         "alerts_by_level": dict(sorted(Counter(level for _, level in record.alerts).items())),
         "trading_state": record.trading_state,
+        "held": {s: float(f"{q:.10g}") for s, q in sorted(record.held.items())},
+        "data_gaps": [
+            {"symbol": s, "from": _iso(first), "minutes": n} for s, first, n in record.gaps
+        ],
         "digest": digest(record),
     }
 
@@ -198,6 +206,9 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("PnL realized / unrealized", f"{pnl['realized']:,.6f} / {pnl['unrealized']:,.6f}"),
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state", report["trading_state"]),
+        ("still held", ", ".join(f"{s} {q:g}" for s, q in report["held"].items()) or "nothing"),
+        ("data gaps", f"{len(report['data_gaps'])} "
+                      f"({sum(g['minutes'] for g in report['data_gaps'])} symbol-minutes)"),
     ]
     for name, value in rows:
         summary.add_row(name, value)
@@ -274,4 +285,5 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.final_equity = engine.equity
     record.realized_pnl = engine.realized_pnl
     record.total_fees = engine.total_fees
+    record.held = {s: p.qty for s, p in engine.positions.items()}
     return record

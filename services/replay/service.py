@@ -53,7 +53,7 @@ class ReplayService(Service[ReplaySettings]):
             self.settings.REPLAY_MINUTES or None,
         )
         self.progress_key = self.bus.key("replay:progress")
-        BARS_TOTAL.set(self.candles.minutes)
+        BARS_TOTAL.set(len(self.candles))
         self.done = False
 
     def tasks(self) -> list[Task]:
@@ -62,13 +62,13 @@ class ReplayService(Service[ReplaySettings]):
 
     async def ready_checks(self) -> dict[str, bool]:
         """Ready while publishing (and after the end)."""
-        return {"candles": self.candles.minutes > 0}
+        return {"candles": len(self.candles) > 0}
 
     async def _run(self, stop: asyncio.Event) -> None:
         redis = self.bus.redis
         last = await redis.hget(self.progress_key, "last_ts")
         resume_after = int(last) if last else -1
-        total = self.candles.minutes
+        total = len(self.candles)
         await redis.hset(self.progress_key, mapping={"total": total, "state": "running"})
         lockstep = self.settings.REPLAY_SPEED == 0
         done = 0

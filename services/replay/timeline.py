@@ -3,23 +3,28 @@
 The JSON report (`services.replay.report`) counts; a `Timeline` keeps *when*. Two sources fill
 it, as for the report:
 
-* `run_backtest_timeline` runs `run_backtest` itself (so the run record is the same) and
-  samples the equity and the risk engine's
-  trading state after every bar: HALT and PAUSE periods are exact to the bar.
+* `run_backtest_timeline` runs `run_backtest` itself (so the run record is the same),
+  samples the equity after every bar and the HALT start from the risk engine
+  (`halted_since_ms`), and keeps every alert.
 * `load_timeline` reads what the services recorded in PostgreSQL: the equity curve, fills,
-  decisions and alerts as stored; HALT periods from the `halts` and `releases` tables, PAUSE
-  periods from the risk manager's alerts (a CIRCUIT_BREAKER warning opens a circuit-breaker
-  pause, its INFO "cleared" or CRITICAL halt closes it; a DATA_STALE warning opens a
-  stale-data pause that the next minute's data closes).
+  decisions and alerts as stored, HALT periods from the `halts` and `releases` tables.
+
+Both rebuild the PAUSE periods from the risk manager's alerts with one function
+(`pause_periods_from_alerts`), so a backtest and a replay of the same data draw the same
+periods: a CIRCUIT_BREAKER warning opens a circuit-breaker pause, its INFO "cleared" or its
+CRITICAL halt closes it; a DATA_STALE warning for the whole account opens a stale-data pause
+that the next bar lifts (per-symbol staleness only refuses that symbol's buys).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import bisect
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.replay.candles import MINUTE_MS, Bar
+from services.replay.candles import Bar, CandleSet
 from services.replay.report import RunRecord
 
 HALT_CHECKS = {
@@ -103,12 +108,15 @@ class _StateTracker:
             self.periods.append(self.current)
 
 
-def add_prices(timeline: Timeline, bars: Iterable[Bar]) -> None:
-    """Add every bar's close per symbol to the timeline."""
+def add_prices(timeline: Timeline, bars: Iterable[Bar]) -> list[int]:
+    """Add every bar's close per symbol to the timeline; return the bar times."""
     prices = timeline.prices
+    times = []
     for bar in bars:
+        times.append(bar.timestamp)
         for md in bar.events:
             prices.setdefault(md.symbol, []).append((bar.timestamp, md.price))
+    return times
 
 
 def run_backtest_timeline(
@@ -141,6 +149,7 @@ def run_backtest_timeline(
     prices = timeline.prices
     current: list[Bar] = []
     seen = {"decisions": 0, "fills": 0, "alerts": 0}
+    risk_alerts: list[tuple[int, str, str, str, dict[str, Any]]] = []
 
     def passing(source: Iterable[Bar]) -> Iterable[Bar]:
         for bar in source:
@@ -153,14 +162,10 @@ def run_backtest_timeline(
         for md in bar.events:
             prices.setdefault(md.symbol, []).append((ts, md.price))
         timeline.equity.append((ts, execution.equity))
-        state = str(risk.state)
-        if state == "HALTED":
-            label = halt_label(risk.halt_reason)
-        elif state == "PAUSED":
-            label = "+".join(sorted(risk.pause_reasons)) or "pause"
+        if str(risk.state) == "HALTED":
+            tracker.sample(risk.halted_since_ms or ts, "HALTED", halt_label(risk.halt_reason))
         else:
-            label = ""
-        tracker.sample(ts, state, label)
+            tracker.sample(ts, "ACTIVE", "")
         if len(trace.decisions) > seen["decisions"]:
             for d in trace.decisions[seen["decisions"]:]:
                 timeline.decisions.append((d.ts_ms, d.outcome, d.check))
@@ -172,22 +177,46 @@ def run_backtest_timeline(
         if len(trace.alerts) > seen["alerts"]:
             for a in trace.alerts[seen["alerts"]:]:
                 timeline.alerts.append((a.timestamp, a.code, a.level))
+                risk_alerts.append((a.timestamp, a.code, a.level, a.message, a.context))
             seen["alerts"] = len(trace.alerts)
         if progress is not None:
             progress(n)
 
     record = run_backtest(passing(bars), pipeline, sample)
+    if isinstance(bars, CandleSet):
+        record.gaps = bars.gaps  # what run_backtest takes from a CandleSet it is given itself
+    halts = [p for p in timeline.periods if p.state == "HALTED"]
+    bar_times = [t for t, _ in timeline.equity]
+    pauses = pause_periods_from_alerts(risk_alerts, [h.start_ms for h in halts], bar_times)
+    timeline.periods = sorted([*halts, *pauses], key=lambda p: p.start_ms)
     return record, timeline
 
 
+def _closes_first(alert: tuple[int, str, str, str, dict[str, Any]]) -> tuple[int, int]:
+    """Order alerts by time; at one time a breaker's clear or halt before a new trip."""
+    ts, code, level, message, _ = alert
+    closing = code == "CIRCUIT_BREAKER" and (level == "CRITICAL" or "cleared" in message)
+    return ts, 0 if closing else 1
+
+
 def pause_periods_from_alerts(
-    alerts: Iterable[tuple[int, str, str, str]], halts: Iterable[int] = (),
+    alerts: Iterable[tuple[int, str, str, str, dict[str, Any]]],
+    halts: Iterable[int] = (),
+    bar_times: Sequence[int] = (),
 ) -> list[Period]:
-    """PAUSE periods rebuilt from the risk manager's alerts (time, code, level, message).
+    """PAUSE periods rebuilt from the risk manager's alerts.
+
+    A CIRCUIT_BREAKER WARNING opens a circuit-breaker pause, its INFO "cleared" or its
+    CRITICAL halt closes it (a later halt closes one still open at the end). A DATA_STALE
+    WARNING for the whole account (its context names no single `symbol`: per-symbol
+    staleness refuses that symbol's buys only) opens a stale-data pause that the next bar
+    lifts. Alerts of one time are taken closes first, so the order they were stored in does
+    not matter.
 
     Args:
-        alerts: The alerts in time order.
-        halts: Times of halts (a halt ends a circuit-breaker pause).
+        alerts: (time, code, level, message, context) per alert.
+        halts: Times of halts.
+        bar_times: Times of the bars, ascending.
 
     Returns:
         The PAUSE periods in time order.
@@ -195,7 +224,7 @@ def pause_periods_from_alerts(
     periods: list[Period] = []
     breaker: Period | None = None
     halt_times = sorted(halts)
-    for ts, code, level, message in alerts:
+    for ts, code, level, message, context in sorted(alerts, key=_closes_first):
         if code == "CIRCUIT_BREAKER":
             if level == "WARNING" and breaker is None:
                 breaker = Period(ts, None, "PAUSED", "circuit_breaker")
@@ -203,8 +232,10 @@ def pause_periods_from_alerts(
             elif breaker is not None and (level == "CRITICAL" or "cleared" in message):
                 breaker.end_ms = ts
                 breaker = None
-        elif code == "DATA_STALE" and level == "WARNING":
-            periods.append(Period(ts, ts + MINUTE_MS, "PAUSED", "stale_data"))
+        elif code == "DATA_STALE" and level == "WARNING" and "symbol" not in context:
+            i = bisect.bisect_right(bar_times, ts)
+            periods.append(Period(ts, bar_times[i] if i < len(bar_times) else None, "PAUSED",
+                                  "stale_data"))
     if breaker is not None:
         later = [t for t in halt_times if t >= breaker.start_ms]
         breaker.end_ms = later[0] if later else None
@@ -234,7 +265,7 @@ async def load_timeline(database_url: str, bars: Iterable[Bar]) -> Timeline:
         decisions = await conn.fetch(
             "SELECT ts, outcome, check_name FROM risk_decisions ORDER BY ts, seq")
         alerts = await conn.fetch(
-            "SELECT ts, code, level, message FROM alerts ORDER BY ts, event_id")
+            "SELECT ts, code, level, message, context FROM alerts ORDER BY ts, event_id")
         halts = await conn.fetch("SELECT ts, reason FROM halts ORDER BY ts, id")
         releases = await conn.fetch(
             "SELECT ts FROM releases WHERE result = 'released' ORDER BY ts")
@@ -254,10 +285,22 @@ async def load_timeline(database_url: str, bars: Iterable[Bar]) -> Timeline:
             continue
         end = next((t for t in release_times if t > start), None)
         halt_periods.append(Period(start, end, "HALTED", halt_label(r["reason"])))
+    bar_times = add_prices(timeline, bars)
     pauses = pause_periods_from_alerts(
-        [(ms(r["ts"]), r["code"], r["level"], r["message"]) for r in alerts],
+        [(ms(r["ts"]), r["code"], r["level"], r["message"], _context(r["context"]))
+         for r in alerts],
         [p.start_ms for p in halt_periods],
+        bar_times,
     )
     timeline.periods = sorted([*halt_periods, *pauses], key=lambda p: p.start_ms)
-    add_prices(timeline, bars)
     return timeline
+
+
+def _context(value: Any) -> dict[str, Any]:
+    """An alert's stored context as a dict (asyncpg returns jsonb as text)."""
+    import orjson
+
+    if isinstance(value, str):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value = orjson.loads(value)
+    return value if isinstance(value, dict) else {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from services.common.settings import BaseServiceSettings
 
@@ -20,6 +20,15 @@ EXPOSURE_HALT_PCT = 0.80
 
 MIN_SPREAD_SAMPLES = 10
 """Spread samples a symbol needs before its rolling median is trusted."""
+
+EXIT_RETRY_SEC = 60
+"""Wait before an exit that filled nothing is tried again (doubles with every failure)."""
+
+EXIT_RETRY_MAX_SEC = 3600
+"""Longest wait between attempts of an exit that fills nothing."""
+
+REPLAY_DATA_INTERVAL_SEC = 60
+"""Spacing of a symbol's market data in a replay of 1-minute candles (event clock)."""
 
 
 class RiskSettings(BaseServiceSettings):
@@ -95,8 +104,28 @@ class RiskSettings(BaseServiceSettings):
         default=1.0, ge=0, description="Smallest order notional worth sending (quote currency)"
     )
     RISK_ADMIN_TOKEN: SecretStr | None = Field(
-        default=None, description="Bearer token required by POST /risk/halt and /risk/release"
+        default=None,
+        description="Bearer token required by POST /risk/halt and /risk/release "
+        "(printable ASCII: it travels in an HTTP header)",
     )
+
+    @field_validator("RISK_ADMIN_TOKEN")
+    @classmethod
+    def _token_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a token no HTTP client can send: non-ASCII or control characters.
+
+        The message never contains the token, only what is wrong with it.
+        """
+        if value is None:
+            return value
+        bad = [c for c in value.get_secret_value() if not " " <= c <= "~"]
+        if bad:
+            kind = "non-ASCII" if any(ord(c) > 127 for c in bad) else "control"
+            raise ValueError(
+                f"holds {len(bad)} {kind} character(s); use printable ASCII only "
+                "(an HTTP Authorization header cannot carry others)"
+            )
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +147,12 @@ class RiskConfig:
         circuit_breaker_max_retries: Failed re-tests after which the pause becomes a halt.
         spread_window: Spread samples per symbol in the rolling median.
         min_order_notional: Smallest order notional the engine emits.
-        exposure_halt_pct: Exposure at which a buy signal halts trading.
+        exposure_halt_pct: Exposure above which trading halts (after any move).
         min_spread_samples: Samples required before the spread check applies.
+        data_interval_sec: Expected spacing of a symbol's market data: 0 live, the candle
+            length in a replay; silence counts from when the next data was due.
+        exit_retry_sec: Wait before an exit that filled nothing is tried again (doubling).
+        exit_retry_max_sec: Longest wait between attempts of such an exit.
     """
 
     max_daily_drawdown_pct: float = 0.05
@@ -136,6 +169,9 @@ class RiskConfig:
     min_order_notional: float = 1.0
     exposure_halt_pct: float = EXPOSURE_HALT_PCT
     min_spread_samples: int = MIN_SPREAD_SAMPLES
+    data_interval_sec: int = 0
+    exit_retry_sec: int = EXIT_RETRY_SEC
+    exit_retry_max_sec: int = EXIT_RETRY_MAX_SEC
 
     def __post_init__(self) -> None:
         """Refuse values the engine cannot work with (the settings enforce the real ranges)."""
@@ -147,6 +183,10 @@ class RiskConfig:
             raise ValueError("circuit breaker retries must be at least 1, interval >= 0")
         if self.data_stale_timeout_sec < 0 or self.min_order_notional < 0:
             raise ValueError("data_stale_timeout_sec and min_order_notional must be >= 0")
+        if self.data_interval_sec < 0 or not 0 < self.exit_retry_sec <= self.exit_retry_max_sec:
+            raise ValueError(
+                "data_interval_sec must be >= 0 and 0 < exit_retry_sec <= exit_retry_max_sec"
+            )
         fractions = (
             self.max_daily_drawdown_pct,
             self.max_slippage_pct,
@@ -161,6 +201,9 @@ class RiskConfig:
     @classmethod
     def from_settings(cls, s: RiskSettings) -> RiskConfig:
         """Build the engine configuration from the service settings.
+
+        With CLOCK=event (a replay of 1-minute candles) a symbol's data is due every
+        `REPLAY_DATA_INTERVAL_SEC`, as in `cdb backtest`.
 
         Args:
             s: The validated settings.
@@ -181,4 +224,5 @@ class RiskConfig:
             circuit_breaker_max_retries=s.CIRCUIT_BREAKER_MAX_RETRIES,
             spread_window=s.SPREAD_WINDOW,
             min_order_notional=s.MIN_ORDER_NOTIONAL,
+            data_interval_sec=REPLAY_DATA_INTERVAL_SEC if s.CLOCK == "event" else 0,
         )

@@ -109,6 +109,8 @@ class StateChange:
         ts_ms: Time of the change, Unix epoch milliseconds UTC.
         halted_since_ms: When the current halt began, None when not HALTED.
         pause_reasons: The automatic pause reasons still holding (`PauseReason` values).
+        halt_began: True when a halt began during the call (its time is `halted_since_ms`,
+            which can be earlier than `ts_ms` when it fired inside a data gap).
     """
 
     state: TradingState
@@ -117,6 +119,7 @@ class StateChange:
     ts_ms: int
     halted_since_ms: int | None
     pause_reasons: tuple[str, ...] = ()
+    halt_began: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,13 @@ class RiskSnapshot:
         outstanding: Orders without a result yet, by order id.
         last_data_ms: Time of the last market data, None before the first.
         prices: Last known price by symbol (values positions after a restart).
+        symbol_data_ms: Time of the last market data by symbol.
+        stale_symbols: Symbols silent for longer than the stale-data timeout.
+        breaker_slippage_symbols: Symbols whose fill slipped, with their volume at the trip.
+        breaker_slippage_evidence: Slipped symbols with evidence of normal fills since.
+        exit_retry_ms: Symbol -> earliest next attempt of an exit that filled nothing.
+        exit_attempts: Symbol -> consecutive exits that filled nothing.
+        exit_episodes: Symbols in a stop-loss episode (already alerted).
     """
 
     state: TradingState
@@ -231,6 +241,13 @@ class RiskSnapshot:
     outstanding: dict[str, OutstandingOrder]
     last_data_ms: int | None
     prices: dict[str, float]
+    symbol_data_ms: dict[str, int] = field(default_factory=dict)
+    stale_symbols: tuple[str, ...] = ()
+    breaker_slippage_symbols: dict[str, float] = field(default_factory=dict)
+    breaker_slippage_evidence: tuple[str, ...] = ()
+    exit_retry_ms: dict[str, int] = field(default_factory=dict)
+    exit_attempts: dict[str, int] = field(default_factory=dict)
+    exit_episodes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the snapshot as JSON-compatible values."""
@@ -265,11 +282,18 @@ class RiskSnapshot:
             },
             "last_data_ms": self.last_data_ms,
             "prices": dict(self.prices),
+            "symbol_data_ms": dict(self.symbol_data_ms),
+            "stale_symbols": list(self.stale_symbols),
+            "breaker_slippage_symbols": dict(self.breaker_slippage_symbols),
+            "breaker_slippage_evidence": list(self.breaker_slippage_evidence),
+            "exit_retry_ms": dict(self.exit_retry_ms),
+            "exit_attempts": dict(self.exit_attempts),
+            "exit_episodes": list(self.exit_episodes),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RiskSnapshot:
-        """Rebuild a snapshot from `to_dict()` output.
+        """Rebuild a snapshot from `to_dict()` output (fields added later may be missing).
 
         Args:
             data: The stored values.
@@ -323,4 +347,13 @@ class RiskSnapshot:
             outstanding=outstanding,
             last_data_ms=data["last_data_ms"],
             prices={s: float(p) for s, p in data["prices"].items()},
+            symbol_data_ms={s: int(t) for s, t in data.get("symbol_data_ms", {}).items()},
+            stale_symbols=tuple(data.get("stale_symbols", ())),
+            breaker_slippage_symbols={
+                s: float(v) for s, v in data.get("breaker_slippage_symbols", {}).items()
+            },
+            breaker_slippage_evidence=tuple(data.get("breaker_slippage_evidence", ())),
+            exit_retry_ms={s: int(t) for s, t in data.get("exit_retry_ms", {}).items()},
+            exit_attempts={s: int(n) for s, n in data.get("exit_attempts", {}).items()},
+            exit_episodes=tuple(data.get("exit_episodes", ())),
         )

@@ -51,6 +51,9 @@ PAUSE_REASONS = Gauge(
     "cdb_trading_pause_reason", "1 for each active reason of a pause (manual included)",
     ["reason"],
 )
+STALE_SYMBOLS = Gauge(
+    "cdb_risk_stale_symbols", "Symbols whose market data stopped (new buys of them refused)"
+)
 LIMITS = Gauge(
     "cdb_risk_limit_ratio", "Configured risk limits as fractions (for alerts and dashboards)",
     ["limit"],
@@ -274,11 +277,12 @@ class RiskService(Service[RiskSettings]):
                 str(change.state), self.engine.halt_reason, _ms(change.halted_since_ms),
                 change.manual_paused, list(change.pause_reasons), change.ts_ms,
             )
-            if change.state == TradingState.HALTED and change.halted_since_ms == change.ts_ms:
+            if change.state == TradingState.HALTED and change.halt_began:
                 add(
                     "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
                     "to_timestamp($3 / 1000.0))",
-                    self.engine.halt_reason or change.reason, "risk_manager", change.ts_ms,
+                    self.engine.halt_reason or change.reason, "risk_manager",
+                    change.halted_since_ms,
                 )
 
     async def record_alert(self, stream: str, event: EventBase) -> HandlerResult:
@@ -298,6 +302,7 @@ class RiskService(Service[RiskSettings]):
         for reason in PauseReason:
             PAUSE_REASONS.labels(reason.value).set(1 if reason.value in active else 0)
         PAUSE_REASONS.labels("manual").set(1 if engine.manual_paused else 0)
+        STALE_SYMBOLS.set(len(engine.stale_symbols))
 
     async def _ticker(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -323,6 +328,7 @@ class RiskService(Service[RiskSettings]):
             "halted_since_ms": e.halted_since_ms,
             "manual_paused": e.manual_paused,
             "pause_reasons": list(e.pause_reasons),
+            "stale_symbols": list(e.stale_symbols),
             "equity": e.equity,
             "cash": e.cash,
             "exposure": e.exposure,
@@ -336,11 +342,17 @@ class RiskService(Service[RiskSettings]):
         }
 
     def _authorize(self, authorization: str | None) -> None:
+        """Refuse a request without the admin bearer token (401), in constant time.
+
+        Compared as bytes: `hmac.compare_digest` raises on `str` with non-ASCII characters,
+        which a client can always send, and that must answer 401, not 500.
+        """
         token = self.settings.RISK_ADMIN_TOKEN
         if token is None or not token.get_secret_value():
             raise HTTPException(503, "RISK_ADMIN_TOKEN is not configured")
-        expected = f"Bearer {token.get_secret_value()}"
-        if authorization is None or not hmac.compare_digest(authorization, expected):
+        expected = f"Bearer {token.get_secret_value()}".encode()
+        given = None if authorization is None else authorization.encode("utf-8", "surrogatepass")
+        if given is None or not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token")
 
     async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]]) -> None:

@@ -63,6 +63,13 @@ class SignalSettings(BaseServiceSettings):
     SIGNAL_NOTIONAL: float = Field(
         default=1000.0, gt=0, description="Size of each signal, notional in the quote currency"
     )
+    SYMBOL_STALE_TIMEOUT_SEC: int = Field(
+        default=90,
+        ge=10,
+        le=86_400,
+        description="Seconds without market data of a symbol before the ranking leaves it out "
+        "(until its data resumes)",
+    )
 
 
 
@@ -84,6 +91,8 @@ class SignalConfig:
         sell_momentum_pct: Momentum (percent, <= 0) below which a sell is emitted.
         min_quote_volume: Quote volume over the window a symbol needs to be bought.
         signal_notional: Size of every signal (quote currency).
+        symbol_stale_timeout_sec: A symbol whose latest market data is older than this at an
+            interval's end is left out of that ranking (no buy, no sell, out of the top set).
     """
 
     lookback_minutes: int = 15
@@ -94,6 +103,7 @@ class SignalConfig:
     sell_momentum_pct: float = -0.5
     min_quote_volume: float = 0.0
     signal_notional: float = 1000.0
+    symbol_stale_timeout_sec: int = 90
 
     def __post_init__(self) -> None:
         """Normalize the whitelist and refuse values the engine cannot work with.
@@ -112,6 +122,8 @@ class SignalConfig:
             raise ValueError("min_momentum_pct must be >= 0 and sell_momentum_pct <= 0")
         if self.min_quote_volume < 0 or self.signal_notional <= 0:
             raise ValueError("min_quote_volume must be >= 0 and signal_notional positive")
+        if self.symbol_stale_timeout_sec < 1:
+            raise ValueError("symbol_stale_timeout_sec must be at least 1")
         object.__setattr__(self, "whitelist", parse_whitelist(",".join(self.whitelist)))
 
     @classmethod
@@ -134,4 +146,5 @@ class SignalConfig:
             sell_momentum_pct=s.SELL_MOMENTUM_PCT,
             min_quote_volume=s.MIN_QUOTE_VOLUME,
             signal_notional=s.SIGNAL_NOTIONAL,
+            symbol_stale_timeout_sec=s.SYMBOL_STALE_TIMEOUT_SEC,
         )

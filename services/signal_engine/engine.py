@@ -24,6 +24,12 @@ The first TOP_N of them with momentum >= MIN_MOMENTUM_PCT form the top set; a sy
 the top set gets a `buy`. Any symbol with a momentum (the volume filter gates buys only: an exit
 is never blocked by thin volume) that falls below SELL_MOMENTUM_PCT, and was not below it at the
 previous ranking, gets a `sell`.
+
+Silent symbols: a symbol whose latest sample is older than `E - SYMBOL_STALE_TIMEOUT_SEC` is
+left out of the ranking at E (its frozen momentum is not evidence of anything): it is no
+candidate, leaves the top set, and gets no sell (whether it was below the sell threshold is
+remembered, so its return does not repeat a sell it already got). With its next market data it
+is ranked again like any other symbol; re-entering the top set then gives a new `buy`.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class SignalEngine:
         self._config = config
         self._interval = config.interval_ms
         self._lookback_ms = config.lookback_minutes * _MINUTE_MS
+        self._stale_ms = config.symbol_stale_timeout_sec * 1000
         self._whitelist = frozenset(config.whitelist)
         self._n_whitelist = len(self._whitelist)
         self._buy_threshold = config.min_momentum_pct / 100.0
@@ -91,6 +98,7 @@ class SignalEngine:
         self._ranked = False
         self._seen_in_open = 0
         self._top: tuple[str, ...] = ()
+        self._stale: tuple[str, ...] = ()
         self._below: set[str] = set()
         self._ordered: list[tuple[str, _Series]] | None = None
         self._last_ranking_ms: int | None = None
@@ -128,6 +136,11 @@ class SignalEngine:
     def top_set(self) -> tuple[str, ...]:
         """The top set of the latest ranking, best first."""
         return self._top
+
+    @property
+    def stale_symbols(self) -> tuple[str, ...]:
+        """Symbols the latest ranking left out because their data had stopped, sorted."""
+        return self._stale
 
     # ------------------------------------------------------------------ input
 
@@ -234,10 +247,12 @@ class SignalEngine:
         self._rankings += 1
         self._last_ranking_ms = end
         cutoff = end - self._lookback_ms
+        stale_before = end - self._stale_ms
         min_volume = self._config.min_quote_volume
         sell_threshold = self._sell_threshold
         previous_below = self._below
         below: set[str] = set()
+        stale: list[str] = []
         sells: list[tuple[str, float]] = []
         candidates: list[tuple[float, str]] = []
         if self._ordered is None:
@@ -252,6 +267,11 @@ class SignalEngine:
                     prices.popleft()
                     if volumes:
                         volumes.popleft()
+            if series.last_ts < stale_before:
+                stale.append(symbol)
+                if symbol in previous_below:
+                    below.add(symbol)
+                continue
             if len(times) < 2:
                 continue
             prices = series.prices
@@ -267,6 +287,7 @@ class SignalEngine:
                     continue
             candidates.append((-momentum, symbol))
         self._below = below
+        self._stale = tuple(stale)
         candidates.sort()
         n_candidates = len(candidates)
         buy_threshold = self._buy_threshold

@@ -31,6 +31,10 @@ logger = logging.getLogger("cdb.signal_engine")
 SIGNALS = Counter("cdb_signals_total", "Signals emitted by direction", ["direction"])
 SYMBOLS = Gauge("cdb_signal_symbols_tracked", "Symbols with a momentum window")
 RANKINGS = Counter("cdb_signal_rankings_total", "Rankings made")
+STALE = Gauge(
+    "cdb_signal_symbols_stale",
+    "Symbols the latest ranking left out: no market data for SYMBOL_STALE_TIMEOUT_SEC",
+)
 
 LAZY_ACK_MS = 100
 """Longest wait before rounds that emitted no signal are acked."""
@@ -48,6 +52,7 @@ class SignalService(Service[SignalSettings]):
     async def start(self) -> None:
         """Build the engine and republish what a crash left unpublished."""
         self.engine = SignalEngine(SignalConfig.from_settings(self.settings))
+        self._stale: tuple[str, ...] = ()
         self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot,
                              state_only_rounds=False)
         await self.ledger.load()
@@ -104,6 +109,12 @@ class SignalService(Service[SignalSettings]):
 
     def _record(self, signals: list[Signal]) -> list[Outgoing]:
         SYMBOLS.set(self.engine.symbols_tracked)
+        stale = self.engine.stale_symbols
+        if stale != self._stale:
+            self._stale = stale
+            STALE.set(len(stale))
+            logger.info("symbols left out of the ranking for lack of data",
+                        extra={"stale_symbols": list(stale)})
         if not signals:
             return []
         RANKINGS.inc()

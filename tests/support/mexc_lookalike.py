@@ -99,6 +99,8 @@ class MexcLookalike:
         self.kline_rate_limit: int | None = None
         self.kline_rate_window = 10.0
         self.kline_params: list[dict[str, str]] = []
+        self.kline_patch: dict[str, dict[int, Any]] = {}
+        """Per symbol, kline row position -> value served instead (float NaN: a raw `NaN`)."""
         self.requests: list[tuple[str, str | None, float, int]] = []
         self.connections: list[WsConn] = []
         self.ping_silent = False
@@ -230,6 +232,10 @@ class MexcLookalike:
         self._record("ticker_24hr", None, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
+        return web.Response(body=self.raw_ticker_body(), content_type="application/json")
+
+    def raw_ticker_body(self) -> bytes:
+        """The /ticker/24hr body as served (Python's json: a float NaN is a raw `NaN`)."""
         now = self.clock()
         rows: list[Any] = []
         for mk in self.markets.values():
@@ -244,7 +250,7 @@ class MexcLookalike:
                 "closeTime": now, "count": None,
             })
         rows.extend(self.extra_ticker_rows)
-        return web.json_response(rows)
+        return json.dumps(rows).encode()
 
     async def _klines(self, request: web.Request) -> web.StreamResponse:
         symbol = request.query.get("symbol", "")
@@ -286,7 +292,11 @@ class MexcLookalike:
                     opens.append(t)
                 t -= 60_000
             opens.reverse()
-        return web.json_response([self.bar(symbol, t) for t in opens])
+        rows = [self.bar(symbol, t) for t in opens]
+        for position, value in self.kline_patch.get(symbol, {}).items():
+            for row in rows:
+                row[position] = value
+        return web.json_response(rows)
 
     async def _book_ticker(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()

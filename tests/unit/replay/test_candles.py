@@ -78,20 +78,25 @@ def test_bars_group_symbols_in_symbol_order_over_common_range(tmp_path: Path) ->
     assert candles.first_timestamp == T0 + 3 * M and candles.last_timestamp == T0 + 6 * M
 
 
-def test_missing_minute_is_forward_filled_with_zero_volume(tmp_path: Path) -> None:
+def test_missing_minutes_are_gaps_without_invented_candles(tmp_path: Path) -> None:
     write(tmp_path, "ETH_BTC-1m.json", [row(0, 1.0), row(1, 2.0), row(4, 5.0)])
-    bars = list(load_bars(tmp_path))
-    events = [bar.events[0] for bar in bars]
-    assert [e.timestamp for e in events] == [T0 + m * M for m in range(1, 6)]
-    assert [e.price for e in events] == [1.0, 2.0, 2.0, 2.0, 5.0]
-    assert [e.volume for e in events] == pytest.approx([2.0, 4.0, 0.0, 0.0, 10.0])
+    candles = read_candles(tmp_path)
+    events = [e for bar in candles for e in bar.events]
+    assert [e.timestamp for e in events] == [T0 + m * M for m in (1, 2, 5)]
+    assert [e.price for e in events] == [1.0, 2.0, 5.0]
+    assert all(e.volume > 0 for e in events)
+    assert candles.candles == 3 and len(candles) == 3
+    assert candles.gaps == [("ETHBTC", T0 + 3 * M, 2)]
 
 
-def test_gap_at_start_of_common_range_carries_earlier_close(tmp_path: Path) -> None:
+def test_a_minute_missing_for_one_symbol_leaves_it_out_of_that_bar(tmp_path: Path) -> None:
     write(tmp_path, "AAA_BTC-1m.json", [row(0, 1.0), row(3, 4.0)])
     write(tmp_path, "BBB_BTC-1m.json", [row(2, 7.0), row(3, 8.0)])
-    bars = list(load_bars(tmp_path))
-    assert [(b.events[0].price, b.events[0].volume) for b in bars] == [(1.0, 0.0), (4.0, 8.0)]
+    candles = read_candles(tmp_path)
+    bars = list(candles)
+    assert [[e.symbol for e in b.events] for b in bars] == [["BBBBTC"], ["AAABTC", "BBBBTC"]]
+    assert [e.price for b in bars for e in b.events] == [7.0, 4.0, 8.0]
+    assert candles.gaps == [("AAABTC", T0 + 3 * M, 1)]
 
 
 def test_symbols_and_limit_minutes_select(tmp_path: Path) -> None:
@@ -114,10 +119,26 @@ def test_pct_change_over_fifteen_minutes(tmp_path: Path) -> None:
     assert events[15].pct_change == pytest.approx((115.0 / 100.0 - 1) * 100)
 
 
-def test_ranges_without_overlap_give_no_bars(tmp_path: Path) -> None:
+def test_files_whose_periods_do_not_overlap_are_refused_naming_both_files(
+    tmp_path: Path,
+) -> None:
+    early = write(tmp_path, "AAA_BTC-1m.json", [row(0, 1.0), row(1, 1.0)])
+    late = write(tmp_path, "BBB_BTC-1m.json", [row(5, 1.0), row(6, 1.0)])
+    write(tmp_path, "CCC_BTC-1m.json", [row(m, 1.0) for m in range(8)])
+    with pytest.raises(CandleFileError, match="periods do not overlap") as info:
+        read_candles(tmp_path)
+    assert info.value.path == late and info.value.row == 0
+    assert f"{early} (row 1, 2018-01-20T04:54Z)" in str(info.value)
+    assert "opens at 2018-01-20T04:58Z" in str(info.value)
+    # any two of them that do overlap still replay
+    assert len(read_candles(tmp_path, ["AAABTC", "CCCBTC"])) == 2
+
+
+def test_files_that_share_a_single_minute_give_one_bar(tmp_path: Path) -> None:
     write(tmp_path, "AAA_BTC-1m.json", [row(0, 1.0), row(1, 1.0)])
-    write(tmp_path, "BBB_BTC-1m.json", [row(5, 1.0), row(6, 1.0)])
-    assert list(load_bars(tmp_path)) == []
+    write(tmp_path, "BBB_BTC-1m.json", [row(1, 2.0), row(2, 2.0)])
+    bars = list(load_bars(tmp_path))
+    assert [[e.price for e in b.events] for b in bars] == [[1.0, 2.0]]
 
 
 def test_iteration_is_repeatable(tmp_path: Path) -> None:
@@ -152,6 +173,17 @@ def test_numeric_strings_and_integers_are_accepted(tmp_path: Path) -> None:
         ([T0 + M, 1.0, -1.0, 1.0, 1.0, 1.0], "row 1: high price -1.0 is not positive"),
         ([T0 + M, 1.0, 1.0, 1.0, 1.0, -2.0], "row 1: base_volume -2.0 is negative"),
         ([T0 + M, 1.0, 1.0, 1.0, "nan", 1.0], "row 1: close is not finite"),
+        ([T0 + M, 1.0, 1.0, 1.0, "Infinity", 1.0], "row 1: close is not finite"),
+        ([T0 + M, "-inf", 1.0, 1.0, 1.0, 1.0], "row 1: open is not finite"),
+        ([T0 + M, 1.0, 1.0, 1.0, 1.0, "nan"], "row 1: base_volume is not finite"),
+        ([T0 + M, 1.0, 0.9, 1.1, 1.0, 1.0], r"row 1: high 0.9 is below low 1.1"),
+        ([T0 + M, 1.2, 1.1, 0.9, 1.0, 1.0],
+         r"row 1: open 1.2 is outside \[low, high\] = \[0.9, 1.1\]"),
+        ([T0 + M, 1.0, 1.1, 0.9, 0.8, 1.0],
+         r"row 1: close 0.8 is outside \[low, high\] = \[0.9, 1.1\]"),
+        ([T0 + M, "1.0", "1.1", "0.9", "1.15", "1"], r"row 1: close 1.15 is outside"),
+        ([T0 + M, 1e300, 1e300, 1e300, 1e300, 1e300], r"row 1: quote volume .* overflows"),
+        ([T0 + M, 1e-309, 1e-309, 1e-309, 1e-309, 1.0], r"row 1: closes 1e-309 and 1.0 are"),
         ([T0 + M + 5, 1.0, 1.0, 1.0, 1.0, 1.0], "not on a minute boundary"),
         ([T0, 1.0, 1.0, 1.0, 1.0, 1.0], "not after the previous row"),
         ([T0 + M + 0.5, 1.0, 1.0, 1.0, 1.0, 1.0], "open_time_ms is not an integer"),

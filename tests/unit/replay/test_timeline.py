@@ -24,8 +24,9 @@ def test_backtest_timeline_when_recorded_then_the_report_equals_the_plain_backte
     assert set(timeline.prices) == set(candles.symbols)
     # The sample run ends HALTED: the last period is an open HALT labelled by its check.
     assert plain["trading_state"] == "HALTED"
-    last = timeline.periods[-1]
-    assert last.state == "HALTED" and last.end_ms is None and last.label != "manual"
+    halts = [p for p in timeline.periods if p.state == "HALTED"]
+    assert len(halts) == 1 and halts[0].end_ms is None and halts[0].label != "manual"
+    assert any(p.label == "circuit_breaker" for p in timeline.periods)
     starts = [p.start_ms for p in timeline.periods]
     assert starts == sorted(starts)
     assert all(p.end_ms is None or p.end_ms > p.start_ms for p in timeline.periods)
@@ -33,16 +34,19 @@ def test_backtest_timeline_when_recorded_then_the_report_equals_the_plain_backte
 
 def test_pause_periods_when_breaker_trips_and_clears_then_one_period_per_trip() -> None:
     alerts = [
-        (1_000, "CIRCUIT_BREAKER", "WARNING", "Spread ... paused"),
-        (2_000, "CIRCUIT_BREAKER", "WARNING", "Fill ... paused"),
-        (5_000, "CIRCUIT_BREAKER", "INFO", "Circuit breaker cleared: trading resumed"),
-        (9_000, "DATA_STALE", "WARNING", "No market data"),
-        (10_000, "CIRCUIT_BREAKER", "WARNING", "Spread ... paused"),
-        (20_000, "CIRCUIT_BREAKER", "CRITICAL", "... trading halted"),
+        (1_000, "CIRCUIT_BREAKER", "WARNING", "Spread ... paused", {}),
+        (2_000, "CIRCUIT_BREAKER", "WARNING", "Fill ... paused", {}),
+        (5_000, "CIRCUIT_BREAKER", "INFO", "re-test 1/10 failed", {"retries": 1}),
+        (9_000, "DATA_STALE", "WARNING", "No market data", {"symbols": ["A", "B"]}),
+        (9_500, "DATA_STALE", "WARNING", "No market data for A", {"symbol": "A"}),
+        # A trip stored before the clear of the same minute: the clear is taken first.
+        (10_000, "CIRCUIT_BREAKER", "WARNING", "Fill ... paused", {}),
+        (10_000, "CIRCUIT_BREAKER", "INFO", "Circuit breaker cleared: trading resumed", {}),
+        (20_000, "CIRCUIT_BREAKER", "CRITICAL", "... trading halted", {}),
     ]
-    periods = pause_periods_from_alerts(alerts)
+    periods = pause_periods_from_alerts(alerts, bar_times=[0, 60_000, 120_000])
     assert [(p.start_ms, p.end_ms, p.label) for p in periods] == [
-        (1_000, 5_000, "circuit_breaker"), (9_000, 69_000, "stale_data"),
+        (1_000, 10_000, "circuit_breaker"), (9_000, 60_000, "stale_data"),
         (10_000, 20_000, "circuit_breaker")]
 
 

@@ -41,13 +41,14 @@ def md(
     ts: int = T0,
     bid: float | None = None,
     ask: float | None = None,
+    volume: float = 1_000.0,
 ) -> MarketData:
     return MarketData(
         event_id=derive_id("md", symbol, ts, price, bid, ask),
         timestamp=ts,
         symbol=symbol,
         price=price,
-        volume=1_000.0,
+        volume=volume,
         pct_change=0.0,
         bid=bid,
         ask=ask,
@@ -307,7 +308,8 @@ def test_baseline_reset_at_midnight_utc_does_not_lift_halt() -> None:
     assert engine.baseline_equity == pytest.approx(engine.equity)
     assert engine.drawdown == 0.0
     assert state(engine) is TradingState.HALTED
-    assert out.state_change is None
+    assert out.state_change is None or out.state_change.state is TradingState.HALTED
+    assert "HALT_RELEASED" not in [code for code, _ in codes(out)]
     rejected = engine.on_signal(sig("ETHUSDT", key="after-midnight"), next_day)
     assert rejected is not None
     assert rejected.decisions[0].check == "drawdown"
@@ -385,12 +387,13 @@ def test_breaker_retries_every_60s_and_halts_after_10_failed_retries() -> None:
     halted_at = None
     for second in range(1, 601):
         now = start + second * SEC
-        engine.on_market_data(md("ETHUSDT", 50.0, ts=now), now)  # keeps the data fresh
-        out = engine.on_tick(now)
-        retries += [second for a in out.alerts if a.context.get("retries")]
+        data = engine.on_market_data(md("ETHUSDT", 50.0, ts=now), now)  # keeps data fresh
+        tick = engine.on_tick(now)
+        alerts = [*data.alerts, *tick.alerts]
+        retries += [second for a in alerts if a.context.get("retries")]
         if engine.state is TradingState.HALTED and halted_at is None:
             halted_at = second
-            assert ("CIRCUIT_BREAKER", "CRITICAL") in codes(out)
+            assert ("CIRCUIT_BREAKER", "CRITICAL") in [(a.code, a.level) for a in alerts]
     assert retries == [60 * i for i in range(1, 11)]
     assert halted_at == 600
     assert engine.halt_reason == "circuit_breaker_retries_exhausted"
@@ -405,7 +408,7 @@ def test_fill_when_slippage_above_limit_then_pauses_and_retry_resumes() -> None:
     assert state(engine) is TradingState.PAUSED
     assert codes(out) == [("CIRCUIT_BREAKER", "WARNING")]
     assert out.alerts[0].context["trigger"] == "slippage"
-    engine.on_market_data(md(ts=T0 + 40 * SEC), T0 + 40 * SEC)
+    engine.on_market_data(md(ts=T0 + 40 * SEC, volume=5_000.0), T0 + 40 * SEC)
     resumed = engine.on_tick(T0 + 61 * SEC)
     assert state(engine) is TradingState.ACTIVE
     assert resumed.state_change is not None
@@ -430,6 +433,7 @@ def test_tick_when_no_data_for_timeout_then_pauses_and_alerts_once() -> None:
     out = engine.on_tick(T0 + 30 * SEC)
     assert state(engine) is TradingState.PAUSED
     assert codes(out) == [("DATA_STALE", "WARNING")]
+    assert out.alerts[0].context["symbols"] == ["BTCUSDT"]
     assert engine.on_tick(T0 + 45 * SEC).is_empty
     assert engine.on_tick(T0 + 90 * SEC).is_empty
 
@@ -516,12 +520,13 @@ def test_buy_when_exposure_above_80pct_then_halts_critical() -> None:
         open_position(engine, symbol, 2_500.0)
     open_position(engine, "DDDUSDT", 600.0)
     assert engine.exposure == pytest.approx(0.81)
+    assert state(engine) is TradingState.HALTED  # at the fill that took it above 80 %
     engine.on_market_data(md("EEEUSDT", 10.0), T0)
     out = engine.on_signal(sig("EEEUSDT", size=10.0, key="e"), T0)
     assert out is not None
     assert out.orders == []
-    assert out.decisions[0].check == "exposure"
-    assert ("RISK_LIMIT", "CRITICAL") in codes(out)
+    assert out.decisions[0].check == "drawdown"
+    assert out.decisions[0].values["halt_reason"] == "exposure_above_halt_level"
     assert state(engine) is TradingState.HALTED
     assert engine.halt_reason == "exposure_above_halt_level"
 

@@ -137,6 +137,7 @@ def test_late_event_of_an_earlier_interval_is_applied_but_does_not_count() -> No
             interval_ms=INTERVAL_MS["5m"],
             lookback_minutes=8,
             top_n=2,
+            symbol_stale_timeout_sec=600,  # sparse samples here are not silent symbols
         )
     )
     base = 1_700_000_100_000  # divisible by 300 000
@@ -296,6 +297,76 @@ def test_buys_come_before_sells_in_one_ranking() -> None:
     assert [(s.symbol, s.direction) for s in out] == [("ZZZUSDT", "buy"), ("AAAUSDT", "sell")]
 
 
+# ----------------------------------------------------------------------------- silent symbols
+
+
+def silent_after(paths: Mapping[str, Sequence[float]], silent: str, last_minute: int,
+                 resume_minute: int | None = None) -> list[MarketData]:
+    """Minute bars of `paths` where `silent` reports nothing after `last_minute` (until resume)."""
+    return [
+        e for e in minute_bars(paths)
+        if e.symbol != silent
+        or (e.timestamp - T0) // MIN <= last_minute
+        or (resume_minute is not None and (e.timestamp - T0) // MIN >= resume_minute)
+    ]
+
+
+def test_silent_symbol_when_its_data_stops_then_it_leaves_the_ranking_on_its_frozen_momentum(
+) -> None:
+    # AAA rises 2 %/min, then goes silent at minute 3: its last price stays the best momentum
+    engine = SignalEngine(config(lookback_minutes=10, top_n=1, symbol_stale_timeout_sec=90))
+    paths = {"AAAUSDT": linear(100.0, 2.0, 12), "BBBUSDT": linear(100.0, 0.6, 12)}
+    signals = feed(engine, silent_after(paths, "AAAUSDT", 3)) + engine.flush(T0 + 11 * MIN)
+    buys = [(s.symbol, (s.timestamp - T0) // MIN) for s in signals if s.direction == "buy"]
+    # ranked while fresh and for one late bar (age 60 s < 90 s), out from age 120 s on;
+    # BBB, the best symbol with live data, takes the top set
+    assert buys == [("AAAUSDT", 1), ("BBBUSDT", 5)]
+    assert engine.top_set == ("BBBUSDT",)
+    assert engine.stale_symbols == ("AAAUSDT",)
+
+
+def test_silent_symbol_when_its_data_resumes_then_it_is_ranked_again() -> None:
+    engine = SignalEngine(config(lookback_minutes=10, top_n=1, symbol_stale_timeout_sec=90))
+    paths = {"AAAUSDT": linear(100.0, 2.0, 14), "BBBUSDT": linear(100.0, 0.6, 14)}
+    events = silent_after(paths, "AAAUSDT", 3, resume_minute=9)
+    signals = feed(engine, events) + engine.flush(T0 + 13 * MIN)
+    buys = [(s.symbol, (s.timestamp - T0) // MIN) for s in signals if s.direction == "buy"]
+    assert buys == [("AAAUSDT", 1), ("BBBUSDT", 5), ("AAAUSDT", 9)]
+    assert engine.top_set == ("AAAUSDT",) and engine.stale_symbols == ()
+
+
+def test_silent_symbol_gets_no_sell_on_its_frozen_fall_and_no_second_one_when_it_returns(
+) -> None:
+    engine = SignalEngine(config(lookback_minutes=10, sell_momentum_pct=-1.0,
+                                 symbol_stale_timeout_sec=90))
+    falling = [100.0, 98.0, 97.0, 96.0] + [96.0] * 8
+    paths = {"AAAUSDT": falling, "BBBUSDT": [100.0] * 12}
+    signals = feed(engine, silent_after(paths, "AAAUSDT", 3, resume_minute=9))
+    signals += engine.flush(T0 + 11 * MIN)
+    sells = [(s.symbol, (s.timestamp - T0) // MIN) for s in signals if s.direction == "sell"]
+    assert sells == [("AAAUSDT", 1)]  # one sell on live data; silence and return add none
+
+
+def test_silent_symbol_on_a_quiet_market_timer_ranking_is_left_out() -> None:
+    # no whitelist, live clock: the timer ranks the open interval; AAA stopped long before
+    engine = SignalEngine(config(lookback_minutes=15, top_n=1, symbol_stale_timeout_sec=30))
+    signals = feed(engine, [md("AAAUSDT", T0 + i * MIN, 100.0 * 1.02**i) for i in range(4)])
+    signals += feed(engine, [md("BBBUSDT", T0 + i * MIN, 100.0 + i) for i in range(4, 10)])
+    signals += engine.rank_if_due(T0 + 9 * MIN)
+    assert engine.last_ranking_ms == T0 + 9 * MIN
+    # AAA's frozen +6 % beats BBB's +5 %, but AAA has been silent for six minutes
+    assert engine.top_set == ("BBBUSDT",) and engine.stale_symbols == ("AAAUSDT",)
+    assert [s.symbol for s in signals if s.direction == "buy"] == ["AAAUSDT", "BBBUSDT"]
+
+
+def test_silence_shorter_than_the_timeout_keeps_the_symbol_ranked() -> None:
+    engine = SignalEngine(config(lookback_minutes=10, top_n=1, symbol_stale_timeout_sec=300))
+    paths = {"AAAUSDT": linear(100.0, 2.0, 8), "BBBUSDT": linear(100.0, 0.6, 8)}
+    feed(engine, silent_after(paths, "AAAUSDT", 3))
+    engine.flush(T0 + 7 * MIN)  # AAA's last data is 4 minutes old: within 300 s
+    assert engine.top_set == ("AAAUSDT",) and engine.stale_symbols == ()
+
+
 def test_signal_strength_scales_with_momentum_and_stays_in_unit_interval() -> None:
     engine = SignalEngine(config(min_momentum_pct=0.5, top_n=5))
     paths = {
@@ -378,8 +449,13 @@ def test_emitted_signals_are_valid_events() -> None:
 
 
 def test_non_finite_price_is_ignored() -> None:
+    # the contract refuses it; an event built without validation must not reach a window either
+    broken = MarketData.model_construct(
+        event_id=derive_id("md", "AAAUSDT", T0), timestamp=T0, symbol="AAAUSDT",
+        price=float("inf"), volume=1.0, pct_change=0.0, source="replay",
+    )
     engine = SignalEngine(config())
-    assert engine.on_market_data(md("AAAUSDT", T0, float("inf"))) == []
+    assert engine.on_market_data(broken) == []
     assert engine.symbols_tracked == 0
 
 
@@ -436,8 +512,18 @@ def test_settings_invalid_values_stop_the_service(
     assert name in info.value.message
 
 
+def test_settings_read_the_stale_symbol_timeout(clean_env: pytest.MonkeyPatch) -> None:
+    assert SignalConfig().symbol_stale_timeout_sec == 90
+    clean_env.setenv("SYMBOL_STALE_TIMEOUT_SEC", "45")
+    assert SignalConfig.from_settings(load_settings(SignalSettings)).symbol_stale_timeout_sec == 45
+    clean_env.setenv("SYMBOL_STALE_TIMEOUT_SEC", "5")  # below the range: warns, default
+    assert load_settings(SignalSettings).SYMBOL_STALE_TIMEOUT_SEC == 90
+
+
 def test_config_rejects_values_outside_engine_domain() -> None:
     with pytest.raises(ValueError, match="top_n"):
         SignalConfig(top_n=0)
+    with pytest.raises(ValueError, match="symbol_stale_timeout_sec"):
+        SignalConfig(symbol_stale_timeout_sec=0)
     with pytest.raises(ValueError, match="invalid symbol"):
         parse_whitelist("BTC-USDT")
