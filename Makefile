@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/cdb up --report reports/run.json
+	$(BIN)/cdb up --report reports/run.json --html reports/run.html
 
 backtest: install
 	$(BIN)/cdb backtest services/replay/sample --report reports/backtest.json
@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python -m benchmarks.bus
 	$(BIN)/python -m benchmarks.backtest
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.sweep
 
 # -- containers (docker-compose.yml; see the README's Compose section) ----------------------
 COMPOSE ?= docker compose
