@@ -135,17 +135,28 @@ class RiskManager(RiskProcess):
                                  "reason": reason})
 
     def reset(self) -> None:
-        """Back to ACTIVE with the manual pause off."""
+        """Back to ACTIVE with the manual pause off; fresh market data (of a symbol no test
+        trades) lifts a pause for data gone stale.
+        """
         if self.state()["state"] == "HALTED":
             self.post("/risk/release", {"request_id": f"reset-{time.time_ns()}",
                                         "released_by": "test", "reason": "reset"})
         self.post("/risk/pause", {"paused": False})
+        from services.common.events import MarketData
+
+        self.publish("market_data", MarketData(
+            timestamp=int(time.time() * 1000), symbol="XRPUSDT", price=0.5, volume=1e6,
+            pct_change=0.0, bid=0.4999, ask=0.5001, source="mexc_rest"))
+        deadline = time.monotonic() + 15
+        while (state := self.state())["state"] != "ACTIVE":
+            assert time.monotonic() < deadline, f"not ACTIVE after a reset: {state}"
+            time.sleep(0.05)
 
 
 def running_risk_manager(infra: Infrastructure) -> Iterator[RiskManager]:
     """A risk manager process on a fresh account, stopped afterwards."""
     env = service_env(infra, fresh_database(infra.database_url), f"op{time.time_ns()}:",
-                      RISK_ADMIN_TOKEN=TOKEN)
+                      RISK_ADMIN_TOKEN=TOKEN, DATA_STALE_TIMEOUT_SEC="120")
     process = RiskManager(env, TOKEN)
     process.start()
     yield process
