@@ -38,7 +38,10 @@ ENV PATH=/opt/cdb/bin:$PATH \
 WORKDIR /app
 COPY --from=build /opt/cdb /opt/cdb
 COPY backoffice/logging_config.json ./backoffice/logging_config.json
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cdb
+# /var/lib/cdb/alertmanager: where `cdb alerting render` writes Alertmanager's configuration
+# (a volume initialised from this directory, owned by the cdb user).
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cdb \
+    && install -d -o 10001 -m 0700 /var/lib/cdb/alertmanager
 USER 10001
 EXPOSE 8000 8001 8002 8003 8080
 # No curl in the image: the check is Python's urllib against 127.0.0.1:$HTTP_PORT/health.

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/cdb up --report reports/run.json
+	$(BIN)/cdb up --report reports/run.json --html reports/run.html
 
 backtest: install
 	$(BIN)/cdb backtest services/replay/sample --report reports/backtest.json
@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python -m benchmarks.bus
 	$(BIN)/python -m benchmarks.backtest
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.sweep
 
 # -- containers (docker-compose.yml; see the README's Compose section) ----------------------
 COMPOSE ?= docker compose
@@ -47,10 +48,10 @@ image:
 	docker build -t $(IMAGE) .
 
 compose-up:
-	$(COMPOSE) --profile grafana up -d --build --wait
+	$(COMPOSE) up -d --build --wait
 
 compose-down:
-	$(COMPOSE) --profile grafana --profile replay down
+	$(COMPOSE) --profile replay down
 
 # Builds the image and runs the whole stack on the container sandbox (podman + Compose CLI),
 # with health, metrics, hardening, replay, crash and restart checks; always tears down.

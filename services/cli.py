@@ -30,6 +30,7 @@ from rich.text import Text
 from services.registry import PIPELINE, SERVICES
 
 if TYPE_CHECKING:
+    from services.common.notify import Pager
     from services.replay.candles import CandleSet
 
 app = typer.Typer(
@@ -40,7 +41,10 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database commands.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration commands.", no_args_is_help=True)
 risk_app = typer.Typer(help="Risk manager administration.", no_args_is_help=True)
+alerting_app = typer.Typer(help="Notifications: Alertmanager's configuration.",
+                           no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(alerting_app, name="alerting")
 app.add_typer(config_app, name="config")
 app.add_typer(risk_app, name="risk")
 
@@ -104,6 +108,16 @@ def _write_report(report: dict[str, Any], path: Path | None) -> None:
     console.print(f"report written to {path}")
 
 
+def _write_html(report: dict[str, Any], timeline: Any, path: Path | None) -> None:
+    """Write the HTML run report (one self-contained file) and print its path."""
+    if path is None:
+        return
+    from services.replay.html_report import render_html, write_html
+
+    write_html(path, render_html(report, timeline))
+    console.print(f"HTML report written to {path}", soft_wrap=True)
+
+
 @app.command()
 def backtest(
     data_dir: Annotated[
@@ -112,17 +126,34 @@ def backtest(
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols (default: all)")] = "",
     minutes: Annotated[int, typer.Option(help="Minutes from the start (0: all)")] = 0,
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (charts) here")
+    ] = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=v1,v2: run a grid of risk parameters (repeat per parameter)"),
+    ] = None,
+    csv: Annotated[Path | None, typer.Option(help="Write the sweep table as CSV here")] = None,
+    workers: Annotated[int, typer.Option(help="Sweep processes (0: all cores)")] = 0,
 ) -> None:
-    """Run the engines in-process on candle files, as fast as possible."""
+    """Run the engines in-process on candle files, as fast as possible.
+
+    With --sweep, every point of the grid is a backtest of its own with those variables set,
+    run in parallel processes; the table (and --csv, --html) compares them.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from services.replay.backtest import Pipeline, run_backtest
     from services.replay.report import build_report, render
 
     wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
+    if sweep:
+        _sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers)
+        return
     candles = _candles_or_exit(data_dir, wanted, minutes)
     configs = _engine_configs(list(candles.symbols))
-    pipeline = Pipeline(*configs, keep_trace=False)
+    pipeline = Pipeline(*configs, keep_trace=html is not None)
+    timeline = None
     started = time.perf_counter()
     with Progress(
         TextColumn("backtest"),
@@ -141,7 +172,12 @@ def backtest(
             if done % 20_000 < n:
                 progress.update(task, completed=done)
 
-        record = run_backtest(candles, pipeline, step)
+        if html is None:
+            record = run_backtest(candles, pipeline, step)
+        else:
+            from services.replay.timeline import run_backtest_timeline
+
+            record, timeline = run_backtest_timeline(candles, pipeline, step)
     elapsed = time.perf_counter() - started
     result = build_report(record, "backtest")
     from services.replay.report import render as _render
@@ -152,6 +188,7 @@ def backtest(
         f"({candles.candles / max(elapsed, 1e-9):,.0f} candles/s)"
     )
     _write_report(result, report)
+    _write_html(result, timeline, html)
     del render
 
 
@@ -239,8 +276,9 @@ def _stop_all(procs: list[Proc], timeout: float = 10.0) -> None:
 class Status:
     """Collects what the live status table shows."""
 
-    def __init__(self, redis_url: str, prefix: str, procs: list[Proc]) -> None:
-        """Prepare the collectors."""
+    def __init__(self, redis_url: str, prefix: str, procs: list[Proc],
+                 pager: Pager | None = None) -> None:
+        """Prepare the collectors (`pager`: page CRITICAL alerts to a webhook)."""
         import redis
 
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=1)
@@ -253,6 +291,12 @@ class Status:
         self.risk: dict[str, Any] = {}
         self.alerts: list[str] = []
         self.progress: dict[str, str] = {}
+        self.pager = pager
+        if pager is not None:  # page what happens from now on, not an older run's alerts
+            with contextlib.suppress(Exception):
+                newest: Any = self.redis.xrevrange(prefix + "alerts", count=1)
+                if newest:
+                    pager.last_id = newest[0][0].decode()
 
     def refresh(self) -> None:
         """Poll health, stream lengths, the risk state, recent alerts and replay progress."""
@@ -280,10 +324,18 @@ class Status:
                 self.alerts.append(f"{a['level']:<8} {a['code']:<16} {a['message'][:70]}")
             prog: Any = self.redis.hgetall(self.prefix + "replay:progress")
             self.progress = {k.decode(): v.decode() for k, v in prog.items()}
+        if self.pager is not None:
+            with contextlib.suppress(Exception):
+                fresh: Any = self.redis.xrange(
+                    self.prefix + "alerts", min=f"({self.pager.last_id}", count=500)
+                self.pager.on_alerts(
+                    [(k.decode(), orjson.loads(f[b"data"])) for k, f in fresh or []])
         risk = next((p for p in self.procs if p.name == "risk_manager"), None)
         if risk is not None:
             with contextlib.suppress(Exception):
                 self.risk = self.http.get(f"http://127.0.0.1:{risk.port}/risk/state").json()
+                if self.pager is not None:
+                    self.pager.on_state(str(self.risk.get("state")))
 
     def render(self) -> Group:
         """The status as rich tables."""
@@ -333,7 +385,9 @@ class Status:
         return " ".join(parts)
 
     def close(self) -> None:
-        """Close the clients."""
+        """Close the clients (queued notifications are delivered first)."""
+        if self.pager is not None:
+            self.pager.close()
         self.http.close()
         self.redis.close()
 
@@ -366,6 +420,13 @@ def up(
     speed: Annotated[float, typer.Option(help="Replay speed factor (0: lock-step)")] = 0.0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
     data_dir: Annotated[Path, typer.Option(help="Embedded servers' data")] = Path(".cdb"),
+    notify_webhook: Annotated[str, typer.Option(
+        envvar="ALERT_WEBHOOK_URL", show_default=False,
+        help="POST every CRITICAL alert (and its release) to this webhook (Alertmanager's "
+             "JSON with the notification text)")] = "",
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (charts) here")
+    ] = None,
 ) -> None:
     """Start Redis, PostgreSQL and the services; replay ends with the report."""
     from services.common.infra import free_port, infrastructure
@@ -379,6 +440,9 @@ def up(
     logging.getLogger().setLevel(logging.WARNING)
     if source not in ("replay", "mexc"):
         err.print("--source must be replay or mexc")
+        raise typer.Exit(2)
+    if html is not None and source != "replay":
+        err.print("--html writes the report of a replay; live runs have none")
         raise typer.Exit(2)
     symbols: list[str] = []
     candles = None
@@ -415,7 +479,8 @@ def up(
         try:
             for name in names:
                 procs.append(_spawn(name, env, free_port(), logs))
-            status = Status(infra.redis_url, env.get("STREAM_PREFIX", ""), procs)
+            status = Status(infra.redis_url, env.get("STREAM_PREFIX", ""), procs,
+                            _pager(notify_webhook))
             code = _watch(status, procs, source)
             if source == "replay" and code == 0:
                 assert candles is not None
@@ -425,6 +490,11 @@ def up(
 
                 render(result, console)
                 _write_report(result, report)
+                if html is not None:
+                    from services.replay.timeline import load_timeline
+
+                    timeline = asyncio.run(load_timeline(env["DATABASE_URL"], candles))
+                    _write_html(result, timeline, html)
         except KeyboardInterrupt:
             err.print("stopping")
         finally:
@@ -439,6 +509,9 @@ def report_command(
     data: Annotated[Path | None, typer.Option(help="Candle directory of the replay")] = None,
     minutes: Annotated[int, typer.Option(help="Minutes the replay ran (0: all)")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here")] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (charts) here")
+    ] = None,
 ) -> None:
     """Build the report of a replay from what the services recorded in DATABASE_URL.
 
@@ -459,11 +532,31 @@ def report_command(
                    or "10000")
     try:
         result = asyncio.run(_replay_report(url, candles, equity))
+        timeline = None
+        if html is not None:
+            from services.replay.timeline import load_timeline
+
+            timeline = asyncio.run(load_timeline(url, candles))
     except (OSError, asyncpg.PostgresError) as exc:
         err.print(f"cannot read the run from PostgreSQL: {type(exc).__name__}: {exc}", style="red")
         raise typer.Exit(1) from None
     render(result, console)
     _write_report(result, report)
+    _write_html(result, timeline, html)
+
+
+def _pager(url: str) -> Pager | None:
+    """The direct notification path of `cdb up`, or None without a webhook."""
+    if not url:
+        return None
+    from services.common import notify
+    from services.common.alerting import AlertingSettings
+    from services.common.logs import register_secret
+
+    register_secret(url)
+    stack = AlertingSettings(ALERT_WEBHOOK_URL=None).stack
+    err.print(f"paging CRITICAL alerts of {stack.system} to the configured webhook")
+    return notify.Pager(url, stack)
 
 
 def _admin_token(data_dir: Path) -> str:
@@ -574,8 +667,65 @@ def config_check() -> None:
             shown = ("****" if value else "(unset)") if secret else str(value)
             default = "(required)" if info.is_required() else str(info.default)
             table.add_row(name, var, shown, default)
+    failed = _alerting_rows(table) or failed
     console.print(table)
     raise typer.Exit(1 if failed else 0)
+
+
+def _alerting_rows(table: Table) -> bool:
+    """Add the notification settings to the table (secrets masked); True when invalid."""
+    from pydantic import SecretStr, ValidationError
+
+    from services.common.alerting import AlertingSettings
+
+    try:
+        settings = AlertingSettings()
+    except ValidationError as exc:
+        for e in exc.errors(include_input=False):
+            table.add_row("alerting", ".".join(str(x) for x in e["loc"]),
+                          f"[red]{e['msg']}[/red]", "")
+        return True
+    for var, info in AlertingSettings.model_fields.items():
+        value = getattr(settings, var)
+        if isinstance(value, SecretStr) or "Secret" in str(info.annotation):
+            shown = "****" if value else "(unset)"
+        else:
+            shown = str(value)
+        table.add_row("alerting", var, shown, str(info.default))
+    table.add_row("alerting", "(receivers)", ", ".join(settings.receivers()) or
+                  "none: alerts in Alertmanager's UI only", "")
+    return False
+
+
+@alerting_app.command("render")
+def alerting_render(
+    output: Annotated[Path, typer.Option(help="Directory for alertmanager.yml and cdb.tmpl")],
+    template_dir: Annotated[
+        str, typer.Option(help="Where Alertmanager reads cdb.tmpl (default: --output)")
+    ] = "",
+) -> None:
+    """Write Alertmanager's configuration from the environment (receivers, routing, text).
+
+    alertmanager.yml holds the receivers' credentials: it is written with mode 0600 and
+    never printed.
+    """
+    from pydantic import ValidationError
+
+    from services.common.alerting import AlertingSettings, write_config
+
+    try:
+        settings = AlertingSettings()
+        written = write_config(settings, output, template_dir or None)
+    except (ValidationError, ValueError) as exc:
+        detail = (
+            "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                      for e in exc.errors(include_input=False))
+            if isinstance(exc, ValidationError) else str(exc)
+        )
+        err.print(f"[red]alerting configuration invalid:[/red] {detail}")
+        raise typer.Exit(1) from None
+    receivers = ", ".join(settings.receivers()) or "none (alerts in Alertmanager's UI only)"
+    err.print(f"wrote {', '.join(str(p) for p in written)}; receivers: {receivers}")
 
 
 def _risk_url() -> str:
@@ -649,6 +799,164 @@ def risk_release(
         "/risk/release",
         {"request_id": request_id or str(uuid.uuid4()), "released_by": by, "reason": reason},
     )
+
+
+# -- cdb backtest --sweep --------------------------------------------------------------------
+
+
+def _sweep_command(
+    data_dir: Path | None, symbols: list[str] | None, minutes: int, specs: list[str],
+    csv_path: Path | None, html_path: Path | None, report_path: Path | None, workers: int,
+) -> None:
+    """Run a risk-parameter grid in parallel processes and print one row per point."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from services.replay.config import SAMPLE_DIR
+    from services.replay.sweep import SweepError, grid, parse_sweep, run_sweep, to_csv
+
+    try:
+        axes = parse_sweep(specs)
+    except SweepError as exc:
+        err.print(f"cannot sweep: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    directory = data_dir or SAMPLE_DIR
+    candles = _candles_or_exit(directory, symbols, minutes)
+    names = tuple(n for n, _ in axes)
+    points = grid(axes)
+    cores = workers or os.cpu_count() or 1
+    err.print(f"sweep: {len(points)} points over {candles.candles:,} candles, "
+              f"{min(cores, len(points))} processes")
+    started = time.perf_counter()
+    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True) as progress:
+        task = progress.add_task("sweep", total=len(points))
+        rows = run_sweep(directory, symbols, minutes, points, workers,
+                         lambda _: progress.advance(task))
+    elapsed = time.perf_counter() - started
+    table = Table(title=f"Sweep ({len(rows)} points, {elapsed:.1f}s)")
+    for col in (*names, "return %", "max DD %", "halts", "pauses by check", "trades", "fees"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        pauses = ", ".join(f"{k} {v}" for k, v in r["pauses"].items()) or "0"
+        table.add_row(*(r["params"][n] for n in names), f"{r['return_pct']:.4f}",
+                      f"{r['max_drawdown_pct']:.4f}", str(r["halts"]), pauses,
+                      str(r["trades"]), f"{r['fees']:.6g}")
+    # A sweep table is wide: never squeeze it into 80 columns when the output is a pipe.
+    (console if console.is_terminal else Console(width=200)).print(table)
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_path.write_text(to_csv(rows, names))
+        console.print(f"CSV written to {csv_path}", soft_wrap=True)
+    if report_path is not None:
+        _write_report({"parameters": list(names), "points": rows}, report_path)
+    if html_path is not None:
+        from services.replay.html_report import render_sweep_html, write_html
+
+        subtitle = (f"{', '.join(candles.symbols)}: {candles.candles:,} candles; "
+                    f"{len(rows)} points")
+        write_html(html_path, render_sweep_html(rows, names, subtitle))
+        console.print(f"HTML report written to {html_path}", soft_wrap=True)
+
+
+# -- cdb data --------------------------------------------------------------------------------
+
+data_app = typer.Typer(help="Candle data: download exchange history for backtests.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    symbols: Annotated[
+        str, typer.Option(help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (or BTC_USDT)")
+    ] = "",
+    top: Annotated[int, typer.Option(help="Instead of --symbols: the top N movers")] = 0,
+    quote: Annotated[str, typer.Option(help="Quote asset of the --top movers")] = "USDT",
+    min_quote_volume: Annotated[
+        float, typer.Option(help="24 h quote volume a --top mover needs")
+    ] = 100_000.0,
+    days: Annotated[int, typer.Option(help="The last D days (default 1 without --since)")] = 0,
+    since: Annotated[str, typer.Option(help="Start, ISO date or date-time (UTC)")] = "",
+    until: Annotated[str, typer.Option(help="End (exclusive), ISO (default: now)")] = "",
+    data_dir: Annotated[
+        Path | None, typer.Option("--dir", help="Target folder (default data/mexc)")
+    ] = None,
+    rate_limit: Annotated[int, typer.Option(help="Requests per 10 s (MEXC allows 500)")] = 400,
+    limit: Annotated[int, typer.Option(help="Rows per request (1..1000)")] = 1000,
+    retries: Annotated[int, typer.Option(help="Attempts per page on transient faults")] = 5,
+) -> None:
+    """Download MEXC 1m candles into replay files (resumes where the files end).
+
+    MEXC_REST_URL points it at another server. The folder then works as it is with
+    `cdb backtest DIR` and `cdb up --data DIR`.
+    """
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn
+
+    from services.replay import download as dl
+
+    base_url = os.environ.get("MEXC_REST_URL") or dl.DEFAULT_REST_URL
+    if not base_url.startswith(("http://", "https://")):
+        err.print("MEXC_REST_URL must be an http(s) URL")
+        raise typer.Exit(2)
+    if bool(symbols) == bool(top):
+        err.print("give either --symbols or --top N")
+        raise typer.Exit(2)
+    if days and since:
+        err.print("give either --days or --since/--until")
+        raise typer.Exit(2)
+    try:
+        downloader = dl.Downloader(base_url=base_url, directory=data_dir or dl.DEFAULT_DIR,
+                                   rate_limit=rate_limit, limit=limit, retries=max(1, retries))
+        now = dl.wall_ms()
+        end = dl.parse_time(until) if until else now
+        start = dl.parse_time(since) if since else end - max(days, 1) * 86_400_000
+        if top:
+            names = asyncio.run(downloader.top_symbols(top, quote, min_quote_volume))
+        else:
+            names = [s for s in symbols.replace(" ", "").split(",") if s]
+        pairs = [dl.split_symbol(s, quote) for s in names]
+    except dl.DownloadError as exc:
+        err.print(f"[red]cannot download:[/red] {exc}")
+        raise typer.Exit(1) from None
+    err.print(f"downloading {len(pairs)} symbols, {dl.iso(start)} .. {dl.iso(end)}, "
+              f"into {downloader.directory}")
+    with Progress(
+        TextColumn("{task.description:<12}"), BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} min"), console=err,
+    ) as bars:
+        tasks: dict[str, TaskID] = {p.symbol: bars.add_task(p.symbol, total=1) for p in pairs}
+
+        def progress(symbol: str, done: int, total: int) -> None:
+            bars.update(tasks[symbol], completed=done, total=total)
+
+        try:
+            results = asyncio.run(downloader.download(pairs, start, end, progress))
+        except dl.DownloadError as exc:
+            err.print(f"[red]cannot download:[/red] {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: the files hold every complete page; run the same command "
+                      "again to continue")
+            raise typer.Exit(130) from None
+    table = Table(title=f"Downloaded into {downloader.directory}")
+    for col in ("symbol", "file", "candles", "added", "first", "last", "gaps", "status"):
+        table.add_column(col)
+    failed = 0
+    for r in results:
+        failed += r.error is not None
+        missing = sum(int(g["minutes"]) for g in r.gaps)
+        table.add_row(
+            r.pair.symbol, r.pair.file_name, f"{r.rows:,}", f"{r.added:,}",
+            dl.iso(r.first_ms) if r.first_ms is not None else "-",
+            dl.iso(r.last_ms) if r.last_ms is not None else "-",
+            f"{len(r.gaps)} ({missing} min)", "ok" if r.error is None else "failed",
+        )
+    console.print(table)
+    for r in results:
+        if r.error is not None:
+            err.print(f"[red]{r.pair.symbol} failed:[/red] {r.error}", markup=True)
+    console.print(f"manifest written to {downloader.directory / dl.MANIFEST}")
+    raise typer.Exit(1 if failed else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

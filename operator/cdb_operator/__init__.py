@@ -10,7 +10,7 @@ Modules:
     reconcile: pure functions: spec -> ConfigMaps and hashes, desired vs actual -> actions,
         release decisions, status and conditions.
     config: the operator's own settings (environment, `CDB_OPERATOR_*`).
-    kube: a minimal asynchronous Kubernetes API client.
+    kube: the Kubernetes calls, through the official `kubernetes` client.
     risk: the risk manager's HTTP API client.
     handlers: the kopf handlers (`register()` adds them to a registry).
 

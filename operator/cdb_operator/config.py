@@ -63,6 +63,9 @@ class OperatorConfig(BaseSettings):
     HTTP_TIMEOUT_SEC: float = Field(
         default=5.0, ge=0.1, le=120, description="Timeout of one call to the risk manager"
     )
+    KUBE_TIMEOUT_SEC: float = Field(
+        default=10.0, ge=0.1, le=120, description="Timeout of one call to the Kubernetes API"
+    )
     RETRY_DELAY_SEC: float = Field(
         default=10.0, ge=0.1, le=3600, description="Delay before a failed handler is retried"
     )

@@ -31,9 +31,8 @@ from cdb_operator.config import OperatorConfig
 from cdb_operator.kube import (
     KubeClient,
     KubeError,
-    configmaps_path,
-    deployment_path,
-    secret_path,
+    connection_info,
+    load_configuration,
     secret_value,
 )
 from cdb_operator.model import SERVICES, SpecError, TradingSystemSpec, parse_spec
@@ -62,7 +61,6 @@ from services.common.logs import register_secret
 Clock = Callable[[], datetime]
 """Returns the current time, timezone-aware."""
 
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105
 FINALIZER = f"{GROUP}/operator"
 MANAGED_BY = "cdb-operator"
 
@@ -86,8 +84,6 @@ class Runtime:
     Attributes:
         config: The operator's settings.
         clock: The current time (tests inject their own).
-        connection: The credentials of kopf's last login.
-        token_file: The service account's token file when logged in with it.
         last_observation: When the timer last observed a resource (liveness detail).
         http: The HTTP client of the risk manager calls (created on first use; tests may set
             one with event hooks).
@@ -95,32 +91,35 @@ class Runtime:
 
     config: OperatorConfig
     clock: Clock = utc_now
-    connection: kopf.ConnectionInfo | None = None
-    token_file: str | None = None
     last_observation: datetime | None = None
     http: httpx.AsyncClient | None = None
     _kube: KubeClient | None = None
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
-    def set_connection(self, info: kopf.ConnectionInfo, token_file: str | None) -> None:
-        """Remember new credentials; the Kubernetes client is rebuilt on next use."""
-        self.connection = info
-        self.token_file = token_file
-        old, self._kube = self._kube, None
+    def relogin(self, trust_env: bool = False) -> kopf.ConnectionInfo:
+        """Load the credentials again and rebuild the client from them.
+
+        Returns:
+            The same credentials for kopf.
+
+        Raises:
+            KubeError: There are none (no service account, no kubeconfig).
+        """
+        configuration = load_configuration()
+        old, self._kube = self._kube, KubeClient(configuration,
+                                                 timeout=self.config.KUBE_TIMEOUT_SEC)
         if old is not None:
-            task = asyncio.get_running_loop().create_task(old.aclose())
-            task.add_done_callback(lambda _t: None)
+            old.close()
+        return connection_info(configuration, trust_env=trust_env)
 
     def kube(self) -> KubeClient:
-        """The Kubernetes client (logged in with kopf's credentials).
+        """The Kubernetes client (logged in like kopf).
 
         Raises:
             kopf.TemporaryError: Not logged in yet.
         """
         if self._kube is None:
-            if self.connection is None:
-                raise kopf.TemporaryError("not logged in to Kubernetes yet", delay=1)
-            self._kube = KubeClient.from_connection(self.connection, token_file=self.token_file)
+            raise kopf.TemporaryError("not logged in to Kubernetes yet", delay=1)
         return self._kube
 
     def risk(self) -> RiskClient:
@@ -136,7 +135,7 @@ class Runtime:
     async def close(self) -> None:
         """Close the clients."""
         if self._kube is not None:
-            await self._kube.aclose()
+            self._kube.close()
             self._kube = None
         if self.http is not None:
             await self.http.aclose()
@@ -161,15 +160,9 @@ async def read_cluster(
     deployments: dict[str, Mapping[str, str] | None] = {}
     for service in SERVICES:
         cm_name = rt.config.configmap(name, namespace, service)
-        cm = await kube.get(configmaps_path(namespace, cm_name))
-        configmaps[service.name] = None if cm is None else dict(cm.get("data") or {})
+        configmaps[service.name] = await kube.configmap_data(namespace, cm_name)
         dep_name = rt.config.deployment(name, namespace, service)
-        dep = await kube.get(deployment_path(namespace, dep_name))
-        if dep is None:
-            deployments[service.name] = None
-        else:
-            meta = ((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}
-            deployments[service.name] = dict(meta.get("annotations") or {})
+        deployments[service.name] = await kube.pod_template_annotations(namespace, dep_name)
     return Observed(configmaps=configmaps, deployments=deployments, manual_paused=manual_paused)
 
 
@@ -191,7 +184,7 @@ async def read_token(rt: Runtime, name: str, namespace: str) -> str:
     """
     secret_name = rt.config.admin_secret(name, namespace)
     try:
-        secret = await rt.kube().get(secret_path(namespace, secret_name))
+        secret = await rt.kube().secret(namespace, secret_name)
     except KubeError as exc:
         raise kopf.TemporaryError(f"reading Secret {secret_name}: {exc}",
                                   delay=rt.config.RETRY_DELAY_SEC) from None
@@ -247,13 +240,13 @@ async def apply_configmap(
             "data": dict(action.data),
         }
         try:
-            await kube.create(configmaps_path(namespace), manifest)
+            await kube.create_configmap(namespace, manifest)
             return
         except KubeError as exc:
             if exc.status != 409:
                 raise
     removed: dict[str, str | None] = {k: None for k in (current or {}) if k not in action.data}
-    await kube.patch(configmaps_path(namespace, cm_name), {"data": {**removed, **action.data}})
+    await kube.patch_configmap(namespace, cm_name, {"data": {**removed, **action.data}})
 
 
 async def patch_deployment(
@@ -265,8 +258,8 @@ async def patch_deployment(
         KubeError: The API server failed.
     """
     service = next(s for s in SERVICES if s.name == action.service)
-    await rt.kube().patch(
-        deployment_path(namespace, rt.config.deployment(name, namespace, service)),
+    await rt.kube().patch_deployment(
+        namespace, rt.config.deployment(name, namespace, service),
         {"spec": {"template": {"metadata": {"annotations": dict(action.annotations)}}}},
     )
 
@@ -359,20 +352,17 @@ def register(
         return config.handles(name)
 
     @kopf.on.login(registry=registry)
-    async def login(
-        settings: kopf.OperatorSettings, **kwargs: Any
-    ) -> kopf.ConnectionInfo | None:
-        """Log in with the service account in a pod, else with the kubeconfig.
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        """Log in as the `kubernetes` client does: the pod's service account, else kubeconfig.
 
-        Asynchronous, so that it runs in the event loop (a re-login closes the old client).
+        kopf's watches and patches and the operator's own calls use the same credentials; a
+        re-login (kopf does one after a 401) rebuilds the client. Synchronous: kopf runs it in
+        a worker thread, and loading reads files.
         """
-        info = kopf.login_with_service_account(settings=settings, **kwargs)
-        token_file = SERVICE_ACCOUNT_TOKEN if info is not None else None
-        if info is None:
-            info = kopf.login_with_kubeconfig(settings=settings, **kwargs)
-        if info is not None:
-            rt.set_connection(info, token_file)
-        return info
+        try:
+            return rt.relogin(trust_env=settings.networking.trust_env)
+        except KubeError as exc:
+            raise kopf.LoginError(str(exc)) from None
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -1,23 +1,29 @@
-"""A minimal asynchronous Kubernetes API client: get, create and merge-patch, nothing else.
+"""The operator's Kubernetes calls, through the official `kubernetes` client.
 
-kopf has no public API client, so the operator uses this small one with the credentials of
-kopf's login (`from_connection`). In a pod the service account's token is re-read from its
-file on every request, so a rotated (projected) token is picked up without a restart.
+Credentials come from the client's own configuration loading: the pod's service account
+(`load_incluster_config`, which re-reads a rotated projected token by itself), else the
+kubeconfig (`KUBECONFIG`, `~/.kube/config`). The client is synchronous; every call runs in a
+worker thread (`asyncio.to_thread`), so the event loop kopf runs on never blocks.
+
+Only what the operator does: read ConfigMaps, Deployments and one Secret, create and
+merge-patch ConfigMaps, merge-patch Deployments. Failures become `KubeError`, whose
+`retryable` tells the handlers to raise `kopf.TemporaryError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
+import json
 import os
-import ssl
-import tempfile
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import kopf
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -39,181 +45,188 @@ class KubeError(Exception):
         return self.status in (0, 409, 429) or self.status >= 500
 
 
-def _as_bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
+def load_configuration() -> client.Configuration:
+    """Load the client configuration: in a pod its service account, else the kubeconfig.
+
+    The kubeconfig is the one `KUBECONFIG` names now (the client reads that variable only when
+    it is imported), else `~/.kube/config`.
+
+    Raises:
+        KubeError: Neither is available (status 0).
+    """
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration)
+        return configuration
+    except ConfigException:
+        pass
+    try:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=os.environ.get("KUBECONFIG") or None,
+            client_configuration=configuration,
+        )
+    except (ConfigException, OSError) as exc:
+        raise KubeError(0, f"no Kubernetes credentials (service account or kubeconfig): {exc}"
+                        ) from None
+    return configuration
 
 
-def _pem(data: str | bytes) -> bytes:
-    """Kubeconfig `*-data` fields are base64 of PEM; accept raw PEM too."""
-    raw = _as_bytes(data)
-    if raw.lstrip().startswith(b"-----BEGIN"):
-        return raw
-    return base64.b64decode(raw)
+def connection_info(
+    configuration: client.Configuration, *, trust_env: bool = False
+) -> kopf.ConnectionInfo:
+    """Credentials for kopf from the client's configuration (as `kopf.login_via_client`).
+
+    Args:
+        configuration: A loaded configuration.
+        trust_env: Whether kopf honours proxy variables (its networking setting).
+    """
+    header = (configuration.get_api_key_with_prefix("BearerToken")
+              or configuration.get_api_key_with_prefix("authorization"))
+    parts = header.split(" ", 1) if header else []
+    scheme, token = ((None, None) if not parts else
+                     (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1]))
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        trust_env=trust_env,
+    )
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if not info.server.startswith("https"):
-        return False
-    if info.insecure:
-        return False
-    context = ssl.create_default_context()
-    if info.ca_path:
-        context.load_verify_locations(cafile=os.fsdecode(info.ca_path))
-    elif info.ca_data:
-        context.load_verify_locations(cadata=_pem(info.ca_data).decode())
-    cert = info.certificate_path
-    key = info.private_key_path
-    if info.certificate_data or info.private_key_data:
-        folder = Path(tempfile.mkdtemp(prefix="cdb-operator-"))
-        if info.certificate_data:
-            cert = folder / "client.crt"
-            cert.write_bytes(_pem(info.certificate_data))
-        if info.private_key_data:
-            key = folder / "client.key"
-            key.touch(mode=0o600)
-            key.write_bytes(_pem(info.private_key_data))
-    if cert:
-        context.load_cert_chain(os.fsdecode(cert), os.fsdecode(key) if key else None)
-    return context
+def _message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "")
+    except ValueError:
+        return str(exc.reason or "")
+    return str(body.get("message", "")) if isinstance(body, dict) else str(exc.reason or "")
 
 
 class KubeClient:
-    """Get, create and merge-patch objects by API path."""
+    """The calls of the operator, each off the event loop, each with a timeout."""
 
-    def __init__(
-        self,
-        server: str,
-        *,
-        token: str | None = None,
-        token_file: str | None = None,
-        verify: ssl.SSLContext | bool = True,
-        timeout: float = 10.0,
-        basic_auth: tuple[str, str] | None = None,
-    ) -> None:
+    def __init__(self, configuration: client.Configuration, *, timeout: float = 10.0) -> None:
         """Create a client.
 
         Args:
-            server: API server URL (`https://10.96.0.1:443`).
-            token: Bearer token.
-            token_file: File to read the bearer token from on each request (wins over token).
-            verify: TLS verification (an SSL context, or False for plain HTTP or insecure).
-            timeout: Timeout of one request in seconds.
-            basic_auth: User name and password (old clusters).
-        """
-        self._token = token
-        self._token_file = token_file
-        self._http = httpx.AsyncClient(
-            base_url=server.rstrip("/"),
-            verify=verify,
-            timeout=timeout,
-            auth=httpx.BasicAuth(*basic_auth) if basic_auth else None,
-        )
-
-    @classmethod
-    def from_connection(
-        cls, info: kopf.ConnectionInfo, *, token_file: str | None = None, timeout: float = 10.0
-    ) -> KubeClient:
-        """Build a client from the connection kopf logged in with.
-
-        Args:
-            info: kopf's connection info (service account or kubeconfig).
-            token_file: The service account's token file, re-read on each request.
+            configuration: Where and how to connect (see `load_configuration`).
             timeout: Timeout of one request in seconds.
         """
-        basic = (info.username, info.password) if info.username and info.password else None
-        return cls(
-            info.server,
-            token=info.token,
-            token_file=token_file,
-            verify=_ssl_context(info),
-            timeout=timeout,
-            basic_auth=basic,
-        )
+        self._api = client.ApiClient(configuration)
+        self._core = client.CoreV1Api(self._api)
+        self._apps = client.AppsV1Api(self._api)
+        self._timeout = timeout
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        token = self._token
-        if self._token_file:
-            with contextlib.suppress(OSError):
-                token = Path(self._token_file).read_text().strip() or token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
+    def _raw(self, call: Callable[..., object], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One call, its answer read as plain JSON (in the calling worker thread).
 
-    async def _request(
-        self, method: str, path: str, body: Mapping[str, Any] | None, content_type: str | None
-    ) -> httpx.Response:
+        The client's typed models are skipped on purpose: they validate answers against the
+        client's own API version, and an older server's objects (or a partial one) need not fit.
+        """
+        response: Any = call(*args, _request_timeout=self._timeout, _preload_content=False,
+                             **kwargs)
         try:
-            return await self._http.request(
-                method, path, json=dict(body) if body is not None else None,
-                headers=self._headers(content_type),
-            )
-        except httpx.HTTPError as exc:
-            raise KubeError(0, f"{method} {path}: {type(exc).__name__}") from None
-
-    @staticmethod
-    def _json(response: httpx.Response, method: str, path: str) -> dict[str, Any]:
-        if response.status_code >= 400:
-            try:
-                message = str(response.json().get("message", ""))
-            except ValueError:
-                message = response.text[:200]
-            raise KubeError(response.status_code, f"{method} {path}: {message}")
-        data = response.json()
+            data = json.loads(response.data or b"{}")
+        except json.JSONDecodeError:
+            raise KubeError(int(response.status), "the answer is not JSON") from None
+        finally:
+            response.release_conn()
         if not isinstance(data, dict):
-            raise KubeError(response.status_code, f"{method} {path}: not an object")
+            raise KubeError(int(response.status), "the answer is not an object")
         return data
 
-    async def get(self, path: str) -> dict[str, Any] | None:
-        """Read an object; None when it does not exist (404).
+    async def _call(
+        self, what: str, call: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Run one API call in a worker thread; translate its failures into KubeError."""
+        try:
+            return await asyncio.to_thread(self._raw, call, *args, **kwargs)
+        except ApiException as exc:
+            raise KubeError(int(exc.status or 0), f"{what}: {_message(exc)}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError(0, f"{what}: {type(exc).__name__}") from None
+
+    async def _read(
+        self, what: str, call: Callable[..., object], *args: Any
+    ) -> dict[str, Any] | None:
+        try:
+            return await self._call(what, call, *args)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The data of a ConfigMap; None when it does not exist.
 
         Raises:
             KubeError: Any other failure.
         """
-        response = await self._request("GET", path, None, None)
-        if response.status_code == 404:
+        cm = await self._read(f"GET configmap {name}", self._core.read_namespaced_config_map,
+                              name, namespace)
+        return None if cm is None else dict(cm.get("data") or {})
+
+    async def create_configmap(self, namespace: str, manifest: Mapping[str, Any]) -> None:
+        """Create a ConfigMap.
+
+        Raises:
+            KubeError: It exists (409) or another failure.
+        """
+        name = str((manifest.get("metadata") or {}).get("name", ""))
+        await self._call(f"POST configmap {name}", self._core.create_namespaced_config_map,
+                         namespace, dict(manifest))
+
+    async def patch_configmap(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch (RFC 7386) a ConfigMap (a None value deletes its key).
+
+        Raises:
+            KubeError: It does not exist (404) or another failure.
+        """
+        await self._call(f"PATCH configmap {name}", self._core.patch_namespaced_config_map,
+                         name, namespace, dict(patch), _content_type=MERGE_PATCH)
+
+    async def pod_template_annotations(
+        self, namespace: str, name: str
+    ) -> dict[str, str] | None:
+        """The pod template annotations of a Deployment; None when it does not exist.
+
+        Raises:
+            KubeError: Any other failure.
+        """
+        dep = await self._read(f"GET deployment {name}", self._apps.read_namespaced_deployment,
+                               name, namespace)
+        if dep is None:
             return None
-        return self._json(response, "GET", path)
+        meta = ((dep.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        return dict(meta.get("annotations") or {})
 
-    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Create an object in the collection at `path`.
-
-        Raises:
-            KubeError: The object exists (409) or another failure.
-        """
-        response = await self._request("POST", path, body, "application/json")
-        return self._json(response, "POST", path)
-
-    async def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Merge-patch (RFC 7386) an object.
+    async def patch_deployment(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge-patch a Deployment.
 
         Raises:
-            KubeError: The object does not exist (404) or another failure.
+            KubeError: It does not exist (404) or another failure.
         """
-        response = await self._request("PATCH", path, body, MERGE_PATCH)
-        return self._json(response, "PATCH", path)
+        await self._call(f"PATCH deployment {name}", self._apps.patch_namespaced_deployment,
+                         name, namespace, dict(patch), _content_type=MERGE_PATCH)
 
-    async def aclose(self) -> None:
-        """Close the connections."""
-        await self._http.aclose()
+    async def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as the API server returns it (`data` base64); None when it does not exist.
 
+        Raises:
+            KubeError: Any other failure.
+        """
+        return await self._read(f"GET secret {name}", self._core.read_namespaced_secret,
+                                name, namespace)
 
-def configmaps_path(namespace: str, name: str | None = None) -> str:
-    """API path of the ConfigMaps of a namespace, or of one of them."""
-    base = f"/api/v1/namespaces/{namespace}/configmaps"
-    return f"{base}/{name}" if name else base
-
-
-def deployment_path(namespace: str, name: str) -> str:
-    """API path of one Deployment."""
-    return f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-
-
-def secret_path(namespace: str, name: str) -> str:
-    """API path of one Secret."""
-    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._api.close()  # type: ignore[no-untyped-call]
 
 
 def secret_value(secret: Mapping[str, Any], key: str) -> str | None:

@@ -35,6 +35,7 @@ from services.common.runtime import Service, Task
 from services.risk_manager.config import RiskConfig, RiskSettings
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import PauseReason, RiskOutput, RiskSnapshot, TradingState
+from services.risk_manager.output import HALT_BREAKER, HALT_DRAWDOWN, HALT_EXPOSURE
 
 logger = logging.getLogger("cdb.risk_manager")
 
@@ -50,6 +51,12 @@ EXPOSURE = Gauge("cdb_exposure_ratio", "Open positions' value as a fraction of e
 DRAWDOWN = Gauge("cdb_drawdown_ratio", "Drawdown vs the day's baseline equity")
 PAUSE_REASONS = Gauge(
     "cdb_trading_pause_reason", "1 for each active reason of a pause (manual included)",
+    ["reason"],
+)
+HALT_REASONS = (HALT_DRAWDOWN, HALT_EXPOSURE, HALT_BREAKER, "manual")
+"""Label values of `cdb_trading_halt_reason`: the engine's three halts, else a manual one."""
+HALT_REASON = Gauge(
+    "cdb_trading_halt_reason", "1 for the reason of the current HALT (for the notifications)",
     ["reason"],
 )
 STALE_SYMBOLS = Gauge(
@@ -303,6 +310,10 @@ class RiskService(Service[RiskSettings]):
         for reason in PauseReason:
             PAUSE_REASONS.labels(reason.value).set(1 if reason.value in active else 0)
         PAUSE_REASONS.labels("manual").set(1 if engine.manual_paused else 0)
+        halted = engine.state == TradingState.HALTED
+        cause = engine.halt_reason if engine.halt_reason in HALT_REASONS else "manual"
+        for name in HALT_REASONS:
+            HALT_REASON.labels(name).set(1 if halted and name == cause else 0)
         STALE_SYMBOLS.set(len(engine.stale_symbols))
 
     async def _ticker(self, stop: asyncio.Event) -> None:

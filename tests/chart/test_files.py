@@ -12,6 +12,7 @@ COPIES = [
     ("backoffice/prometheus/rules/cdb.rules.yml", "files/prometheus/cdb.rules.yml"),
     ("backoffice/grafana/dashboards/trading.json", "files/grafana/trading.json"),
     ("backoffice/grafana/dashboards/pipeline.json", "files/grafana/pipeline.json"),
+    ("backoffice/alertmanager/cdb.tmpl", "files/alertmanager/cdb.tmpl"),
 ]
 
 

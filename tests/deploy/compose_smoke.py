@@ -5,8 +5,9 @@ container sandbox (podman behind the real Compose CLI, local stand-in images; se
 `backoffice/compose/README.md`), checks health, metrics, Prometheus, the hardening inside each
 container, lock-step replays through the containers against `cdb backtest` (undisturbed, with
 the risk container killed, with Redis restarted, with PostgreSQL stopped and started while the
-services report not ready) and a forced HALT across a restart, then
-always tears the stack down. Prints a table of what passed and the timings; exit code 0 only
+services report not ready), a forced HALT across a restart and a HALT paging a webhook through
+Prometheus and Alertmanager inside the Compose network, then always tears the stack down.
+Prints a table of what passed and the timings; exit code 0 only
 when every check passed.
 
     python -m tests.deploy.compose_smoke        (make compose-smoke)
@@ -56,7 +57,14 @@ MINUTES = int(os.environ.get("SMOKE_REPLAY_MINUTES") or "600")
 SERVICES = {"cdb_ws": 18000, "cdb_rest": 18080, "cdb_core": 18001, "cdb_risk": 18002,
             "cdb_execution": 18003}
 """The five service containers and their published host ports (backoffice/compose)."""
-CONTAINERS = [*SERVICES, "cdb_redis", "cdb_postgres", "cdb_prometheus"]
+CONTAINERS = [*SERVICES, "cdb_redis", "cdb_postgres", "cdb_prometheus", "cdb_alertmanager"]
+STACK = [*CONTAINERS, "cdb_alertmanager_config"]
+"""What `up` starts: every service but Grafana (the sandbox has no Grafana image)."""
+ALERTMANAGER_IMAGE = "localhost/cdb-smoke/alertmanager:0.25"
+"""The Alertmanager stand-in, built from backoffice/compose/alertmanager/Containerfile."""
+SINK = "cdb_smoke_sink"
+SINK_URL = f"http://{SINK}:9099/hook"
+"""A webhook receiver on the Compose network that prints each notification as a JSON line."""
 PROMETHEUS = "http://127.0.0.1:19090"
 REPLAY_METRICS = "http://127.0.0.1:18090/metrics"
 POSTGRES_PORT = 15432
@@ -145,6 +153,8 @@ class Smoke:
             "CLOCK": "event",
             "SYMBOL_WHITELIST": ",".join(symbols),
             "REPLAY_MINUTES": str(MINUTES),
+            "ALERT_WEBHOOK_URL": SINK_URL,
+            "ALERT_CRITICAL_GROUP_INTERVAL": "5s",
             **BTC_PROFILE,
         }
         self.env = values
@@ -161,7 +171,7 @@ class Smoke:
         """Fresh stack: everything down with its volumes, then up and healthy."""
         self.compose("down", "-v", "--remove-orphans", profile="replay", check=False)
         started = time.monotonic()
-        self.compose("up", "-d", "--wait", "--wait-timeout", "240", timeout=400)
+        self.compose("up", "-d", "--wait", "--wait-timeout", "240", *STACK, timeout=400)
         return f"healthy in {time.monotonic() - started:.1f}s"
 
     def container(self, name: str) -> dict[str, Any]:
@@ -361,6 +371,93 @@ class Smoke:
             slowest = max(slowest, took)
         return f"5 services exit 0 on SIGTERM, slowest {slowest:.1f}s"
 
+    # -- alerts: HALT -> Prometheus -> Alertmanager -> webhook, inside cdb_network -----------
+
+    def build_alertmanager(self) -> str:
+        """The Alertmanager stand-in image from Debian's package (like the other stand-ins)."""
+        context = ROOT / "backoffice" / "compose" / "alertmanager"
+        done = subprocess.run(
+            ["podman", "build", "--format", "docker", "-t", ALERTMANAGER_IMAGE,
+             "--build-arg", "BASE_IMAGE=localhost/cdb-sandbox/debian:bookworm",
+             "-f", str(context / "Containerfile"), str(context)],
+            capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise SmokeError(f"alertmanager image: {_tail(done.stdout + done.stderr)}")
+        return ALERTMANAGER_IMAGE
+
+    def start_sink(self) -> None:
+        """The webhook receiver: the application image running a tiny HTTP server."""
+        server = (
+            "import http.server, json, sys\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_POST(self):\n"
+            "        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))\n"
+            "        for a in body['alerts']:\n"
+            "            sys.stdout.write(json.dumps({'status': a['status'],\n"
+            "                'alertname': a['labels'].get('alertname'),\n"
+            "                'severity': a['labels'].get('severity'),\n"
+            "                'action': a['annotations'].get('action', '')}) + '\\n')\n"
+            "        sys.stdout.flush()\n"
+            "        self.send_response(200); self.end_headers()\n"
+            "http.server.HTTPServer(('0.0.0.0', 9099), H).serve_forever()\n"
+        )
+        image = next(line.split("=", 1)[1] for line in ENV_FILE.read_text().splitlines()
+                     if line.startswith("CDB_IMAGE="))
+        subprocess.run(["podman", "rm", "-f", SINK], capture_output=True, timeout=60,
+                       check=False)
+        subprocess.run(
+            ["podman", "run", "-d", "--name", SINK, "--network", "cdb_network",
+             "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+             "--entrypoint", "python3", image, "-c", server],
+            capture_output=True, text=True, timeout=60, check=True)
+
+    def sink_notifications(self) -> list[dict[str, Any]]:
+        """What the sink received, one entry per alert of each notification."""
+        done = subprocess.run(["podman", "logs", SINK], capture_output=True, text=True,
+                              timeout=30, check=False)
+        return [json.loads(line) for line in done.stdout.splitlines()
+                if line.startswith("{")]
+
+    def halt_pages_the_webhook(self) -> str:
+        """A HALT fires CdbTradingHalted at the webhook; the release resolves it."""
+        self.up()
+        self.start_sink()
+        try:
+            _wait_for(lambda: bool(_alertmanagers()), 90, "Prometheus to find Alertmanager")
+            risk = {"RISK_URL": "http://127.0.0.1:18002",
+                    "RISK_ADMIN_TOKEN": self.env["RISK_ADMIN_TOKEN"]}
+            done = self.cdb("risk", "halt", "--reason", "smoke: page", "--by", "smoke",
+                            extra=risk)
+            if done.returncode != 0:
+                raise SmokeError(f"cdb risk halt: {_tail(done.stdout + done.stderr)}")
+            started = time.monotonic()
+
+            def seen(status: str) -> bool:
+                return any(n["status"] == status and n["alertname"] == "CdbTradingHalted"
+                           for n in self.sink_notifications())
+
+            try:
+                _wait_for(lambda: seen("firing"), 150, "the firing CdbTradingHalted")
+            except SmokeError as exc:
+                logs = self.compose("logs", "--no-color", "--tail", "10", "cdb_alertmanager",
+                                    check=False)
+                raise SmokeError(f"{exc}; Alertmanager: {_tail(logs.stdout, 3)}") from None
+            paged = time.monotonic() - started
+            firing = next(n for n in self.sink_notifications() if n["status"] == "firing")
+            if firing["severity"] != "critical" or "cdb risk release" not in firing["action"]:
+                raise SmokeError(f"the notification lacks severity or action: {firing}")
+            done = self.cdb("risk", "release", "--reason", "smoke: paged", "--by", "smoke",
+                            extra=risk)
+            if done.returncode != 0:
+                raise SmokeError(f"cdb risk release: {_tail(done.stdout + done.stderr)}")
+            released = time.monotonic()
+            _wait_for(lambda: seen("resolved"), 150, "the resolved CdbTradingHalted")
+            return (f"firing CRITICAL at {SINK} {paged:.0f}s after the HALT, resolved "
+                    f"{time.monotonic() - released:.0f}s after the release")
+        finally:
+            subprocess.run(["podman", "rm", "-f", SINK], capture_output=True, timeout=60,
+                           check=False)
+
     # -- run ------------------------------------------------------------------------------
 
     def run(self) -> bool:
@@ -372,15 +469,17 @@ class Smoke:
         with self.sandbox():
             steps: list[tuple[str, Callable[[], str]]] = [
                 ("build image", self.build),
-                ("up --wait (8 containers)", self.up),
+                ("alertmanager stand-in image (Debian)", self.build_alertmanager),
+                ("up --wait (10 containers, no Grafana)", self.up),
                 ("every container healthy", self.all_healthy),
                 ("/health and /metrics (promtool)", self.health_and_metrics),
                 ("prometheus targets and rules", self.prometheus),
                 ("hardening inside each cdb_ container", self.hardening),
             ]
             for name, action in steps:
-                if not self.step(name, action) and name in ("build image",
-                                                             "up --wait (8 containers)"):
+                if not self.step(name, action) and name in (
+                        "build image", "alertmanager stand-in image (Debian)",
+                        "up --wait (10 containers, no Grafana)"):
                     return False
             expected: dict[str, Any] = {}
 
@@ -398,6 +497,8 @@ class Smoke:
                 self.step("restart cdb_postgres mid-replay = backtest",
                           lambda: self.replay(expected, self.restart_postgres, MINUTES // 2))
             self.step("forced HALT survives restart; cdb risk release", self.halt_survives_restart)
+            self.step("HALT pages the webhook via Alertmanager; release resolves",
+                      self.halt_pages_the_webhook)
             self.step("SIGTERM: clean exit within 10 s", self.graceful_stop)
         return all(row.ok for row in self.rows)
 
@@ -430,6 +531,14 @@ class Smoke:
                                text=True, timeout=120, check=False)
             self.rows.append(Row("teardown (down -v)", down.returncode == 0,
                                  time.monotonic() - started, ""))
+
+
+def _alertmanagers() -> list[str]:
+    """The Alertmanager URLs Prometheus sends to (empty until it discovered one)."""
+    with suppress(OSError, ValueError, KeyError):
+        data = json.loads(_get(f"{PROMETHEUS}/api/v1/alertmanagers"))["data"]
+        return [str(a["url"]) for a in data["activeAlertmanagers"]]
+    return []
 
 
 def _podman_running() -> bool:

@@ -33,7 +33,10 @@ SEED_CONTAINERS = {
 SEED_VOLUMES = {
     "redis_data", "postgres_data", "prom_data", "grafana_data", "signal_data", "risk_logs",
 }
-SECRETS = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "RISK_ADMIN_TOKEN", "GRAFANA_PASSWORD")
+ALERTING = {"cdb_alertmanager", "cdb_alertmanager_config"}
+"""Alertmanager and the one-shot container rendering its configuration from .env."""
+SECRETS = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "RISK_ADMIN_TOKEN", "GRAFANA_PASSWORD",
+           "ALERT_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN", "SMTP_PASSWORD")
 REQUIRED = ("REDIS_PASSWORD", "POSTGRES_USER", "POSTGRES_PASSWORD", "RISK_ADMIN_TOKEN",
             "GRAFANA_PASSWORD")
 
@@ -59,11 +62,11 @@ def _env_file(tmp_path: Path, drop: str | None = None) -> Path:
 
 
 def _compose(tmp_path: Path, *args: str, drop: str | None = None,
-             ) -> subprocess.CompletedProcess[str]:
+             profiles: tuple[str, ...] = ("replay",)) -> subprocess.CompletedProcess[str]:
+    chosen = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run(
         [_tool("docker-compose"), "--env-file", str(_env_file(tmp_path, drop)),
-         "--profile", "grafana", "--profile", "replay", "-f", str(ROOT / "docker-compose.yml"),
-         *args],
+         *chosen, "-f", str(ROOT / "docker-compose.yml"), *args],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
     )
 
@@ -86,9 +89,9 @@ def test_the_stack_has_the_seeds_nine_containers_network_and_volumes(
 ) -> None:
     services = config["services"]
     assert {s["container_name"] for s in services.values()} >= SEED_CONTAINERS
-    assert set(services) == SEED_CONTAINERS | {"cdb_replay"}
+    assert set(services) == SEED_CONTAINERS | ALERTING | {"cdb_replay"}
     assert config["networks"]["cdb_network"]["name"] == "cdb_network"
-    assert set(config["volumes"]) == SEED_VOLUMES
+    assert set(config["volumes"]) == SEED_VOLUMES | {"alertmanager_data"}
     for name in SEED_CONTAINERS:
         assert "cdb_network" in services[name]["networks"], name
 
@@ -135,7 +138,60 @@ def test_prometheus_and_grafana_are_published_on_the_seeds_ports(config: dict[st
     mounts = {v["target"]: v for v in services["cdb_prometheus"]["volumes"]}
     assert mounts["/etc/prometheus"]["source"].endswith("backoffice/prometheus")
     assert mounts["/etc/prometheus"]["read_only"] is True
-    assert services["cdb_grafana"]["profiles"] == ["grafana"]
+    assert "profiles" not in services["cdb_grafana"]
+
+
+def test_a_plain_up_starts_the_nine_seed_containers_grafana_included(tmp_path: Path) -> None:
+    done = _compose(tmp_path, "config", "--services", profiles=())
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == SEED_CONTAINERS | ALERTING
+
+
+def test_alertmanager_is_hardened_published_on_9093_and_keeps_its_data_in_a_volume(
+    config: dict[str, Any],
+) -> None:
+    am = config["services"]["cdb_alertmanager"]
+    assert am["container_name"] == "cdb_alertmanager"
+    assert am["image"].startswith("prom/alertmanager:v0.")
+    assert (am["ports"][0]["target"], am["ports"][0]["published"],
+            am["ports"][0]["host_ip"]) == (9093, "9093", "127.0.0.1")
+    assert am["restart"] == "unless-stopped"
+    assert am["user"] != "0" and not am["user"].startswith("0:")
+    assert "cap_add" not in am
+    assert [(v["source"], v["target"]) for v in am["volumes"]] == [
+        ("alertmanager_data", "/alertmanager")]
+    assert "--config.file=/alertmanager/alertmanager.yml" in am["command"]
+    assert "--storage.path=/alertmanager/data" in am["command"]
+    assert am["depends_on"]["cdb_alertmanager_config"]["condition"] == (
+        "service_completed_successfully")
+    assert config["services"]["cdb_prometheus"]["depends_on"]["cdb_alertmanager"][
+        "condition"] == "service_healthy"
+
+
+def test_the_alertmanager_config_is_rendered_by_cdb_from_env_into_the_shared_volume(
+    config: dict[str, Any],
+) -> None:
+    renderer = config["services"]["cdb_alertmanager_config"]
+    assert renderer["image"] == config["services"]["cdb_risk"]["image"]
+    assert renderer["entrypoint"] == ["cdb", "alerting", "render", "--output",
+                                      "/var/lib/cdb/alertmanager"]
+    assert renderer["restart"] == "no"
+    assert [(v["source"], v["target"]) for v in renderer["volumes"]] == [
+        ("alertmanager_data", "/var/lib/cdb/alertmanager")]
+    # No receiver is required: without one the variables are empty and the alerts stay in
+    # Alertmanager's UI.
+    env = renderer["environment"]
+    for name in ("ALERT_WEBHOOK_URL", "SLACK_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN",
+                 "SMTP_PASSWORD"):
+        assert env[name] == "", name
+    assert "REDIS_PASSWORD" not in env and "DATABASE_URL" not in env
+
+
+def test_prometheus_sends_its_alerts_to_the_alertmanager_container() -> None:
+    path = ROOT / "backoffice" / "prometheus" / "prometheus.yml"
+    alerting = yaml.safe_load(path.read_text())["alerting"]["alertmanagers"]
+    assert [t for am in alerting for sc in am["static_configs"] for t in sc["targets"]] == [
+        "cdb_alertmanager:9093"]
 
 
 def test_redis_keeps_an_append_only_file_behind_a_password(config: dict[str, Any]) -> None:

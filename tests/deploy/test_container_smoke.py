@@ -38,6 +38,7 @@ def test_the_image_builds_and_the_whole_stack_trades_and_survives_restarts(
                   "kill -9 cdb_risk mid-replay = backtest",
                   "restart cdb_redis mid-replay = backtest",
                   "forced HALT survives restart; cdb risk release",
+                  "HALT pages the webhook via Alertmanager; release resolves",
                   "SIGTERM: clean exit within 10 s"):
         line = next(row for row in table.splitlines() if row.startswith(check))
         assert " PASS " in line, line

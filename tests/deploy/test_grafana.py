@@ -116,3 +116,14 @@ def test_every_dashboard_query_runs_without_error_on_a_real_prometheus(
         pytest.skip("prometheus is not on PATH: install the Debian package `prometheus`")
     assert set(run.queries) == set(dashboard_expressions())
     assert not {key: error for key, error in run.queries.items() if error}
+
+
+def test_cdb_trading_shows_the_latest_alerts_as_its_status_bar() -> None:
+    board = dashboards()["trading.json"]
+    [table] = [p for p in panels(board) if p["title"] == "Latest alerts"]
+    assert table["type"] == "table"
+    [target] = table["targets"]
+    assert metric_names(target["expr"]) == {"ALERTS"}
+    assert target["instant"] is True
+    assert table["gridPos"]["y"] <= 6, "near the top, under the account's stats"
+    assert {link["url"] for link in board["links"]} >= {"http://127.0.0.1:9093"}

@@ -128,7 +128,8 @@ async def test_a_release_while_halted_calls_the_risk_manager_once_and_records_it
     await eventually(lambda: op.condition("Halted").get("status") == "False")
     calls = op.risk_calls("/risk/release")
     assert calls == [{"request_id": "rel-1", "released_by": "alice", "reason": "loss reviewed"}]
-    events = op.events("Released")
+    # kopf posts Events in the background, after the status patch.
+    events = await eventually(lambda: op.events("Released"), message="the Released Event")
     assert len(events) == 1 and "alice" in events[0]["message"]
     assert events[0]["involvedObject"]["name"] == "cdb"
 
@@ -148,7 +149,7 @@ async def test_a_release_while_not_halted_is_recorded_and_never_lifts_a_later_ha
     await op.edit({"release": {"id": "rel-early", "by": "bob", "reason": "just in case"}})
     await eventually(lambda: op.status().get("lastRelease", {}).get("id") == "rel-early")
     assert op.status()["lastRelease"]["result"] == "nothing to release"
-    assert op.events("NothingToRelease")
+    await eventually(lambda: op.events("NothingToRelease"), message="the NothingToRelease Event")
 
     risk.halt("daily drawdown 7% above 5%")
     await eventually(lambda: op.status().get("tradingState") == "HALTED")
@@ -169,7 +170,7 @@ async def test_paused_switches_the_manual_pause_and_never_lifts_a_halt(
     await op.edit({"paused": True})
     await eventually(lambda: risk.state()["manual_paused"] is True)
     await eventually(lambda: op.status().get("manualPaused") is True)
-    assert op.events("Paused")
+    await eventually(lambda: op.events("Paused"), message="the Paused Event")
     assert {c: op.deployment_patches(c) for c in COMPONENTS} == before
 
     risk.halt("drawdown")
@@ -245,7 +246,7 @@ async def test_a_release_with_a_wrong_token_is_recorded_as_refused_and_not_retri
     await eventually(lambda: op.status().get("lastRelease", {}).get("id") == "rel-bad")
     assert op.status()["lastRelease"]["result"].startswith("refused by the risk manager")
     assert risk.state()["state"] == "HALTED"
-    assert op.events("ReleaseRejected")
+    await eventually(lambda: op.events("ReleaseRejected"), message="the ReleaseRejected Event")
     assert len(op.risk_calls("/risk/release")) == 1
 
 

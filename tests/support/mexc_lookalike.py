@@ -6,7 +6,19 @@ REST (shapes of MEXC spot v3): `GET /api/v3/ticker/24hr`, `/api/v3/klines`,
 
 Faults, queued per endpoint (`inject`) or sticky per symbol (`fail_symbol`): `429` / `418`
 (with an optional Retry-After), `500`, `slow` (sleeps longer than the client's timeout),
-`truncated` (JSON cut in the middle), `malformed` (valid JSON of the wrong shape).
+`truncated` (JSON cut in the middle), `malformed` (valid JSON of the wrong shape), `backwards`
+(a klines page whose rows go back in time). `fail_klines_from(symbol, start_ms, fault)` fails
+every klines request of a symbol whose startTime is at or after `start_ms` (an outage that
+interrupts a download part-way).
+
+Klines follow MEXC spot v3: rows `[openTime, open, high, low, close, volume, closeTime,
+quoteVolume]` (times integers in ms, every number else a string; closeTime = openTime +
+60 000 as MEXC sends it), `limit` default 500 and at most 1000, `startTime` / `endTime`
+inclusive bounds on the open time (only startTime: the first `limit` rows from it; only
+endTime or neither: the last `limit` closed-or-open rows up to it / now). History starts at
+`Market.listed_ms`; minutes in `kline_gaps[symbol]` have no row (no trades). More than
+`kline_rate_limit` requests within `kline_rate_window` seconds (10) answer 429 with
+`Retry-After: 1` (None: no limit).
 
 WebSocket `/ws`: JSON text control frames (SUBSCRIPTION, UNSUBSCRIPTION, PING -> PONG), at most
 30 subscriptions per connection, and protobuf push frames (`PushDataV3ApiWrapper` from the
@@ -57,6 +69,7 @@ class Market:
     price: float
     change: float = 0.01  # fraction, as MEXC's priceChangePercent
     quote_volume: float = 5_000_000.0
+    listed_ms: int = 0  # first kline open time served (0: as far back as asked)
 
 
 @dataclass
@@ -81,6 +94,11 @@ class MexcLookalike:
         self.faults: dict[str, deque[Fault]] = {}
         self.symbol_faults: dict[str, Fault] = {}
         self.extra_ticker_rows: list[Any] = []
+        self.kline_gaps: dict[str, set[int]] = {}
+        self.kline_from_faults: dict[str, tuple[int, Fault]] = {}
+        self.kline_rate_limit: int | None = None
+        self.kline_rate_window = 10.0
+        self.kline_params: list[dict[str, str]] = []
         self.kline_patch: dict[str, dict[int, Any]] = {}
         """Per symbol, kline row position -> value served instead (float NaN: a raw `NaN`)."""
         self.requests: list[tuple[str, str | None, float, int]] = []
@@ -136,6 +154,10 @@ class MexcLookalike:
         """Make every klines request of `symbol` fail with `fault`."""
         self.symbol_faults[symbol] = fault
 
+    def fail_klines_from(self, symbol: str, start_ms: int, fault: Fault) -> None:
+        """Fail every klines request of `symbol` whose startTime is >= `start_ms`."""
+        self.kline_from_faults[symbol] = (start_ms, fault)
+
     def times(self, endpoint: str, symbol: str | None = None) -> list[float]:
         """Monotonic arrival times of the requests to `endpoint` (optionally of one symbol)."""
         return sorted(t for e, s, t, _ in self.requests
@@ -167,13 +189,18 @@ class MexcLookalike:
 
     # -- REST ------------------------------------------------------------------------------------
 
-    async def _fault(self, endpoint: str, symbol: str | None) -> web.StreamResponse | None:
+    async def _fault(self, endpoint: str, symbol: str | None,
+                     start_ms: int | None = None) -> web.StreamResponse | None:
         fault = None
         queue = self.faults.get(endpoint)
         if queue:
             fault = queue.popleft()
         elif symbol is not None and endpoint == "klines":
             fault = self.symbol_faults.get(symbol)
+            from_fault = self.kline_from_faults.get(symbol)
+            if fault is None and from_fault is not None and start_ms is not None \
+                    and start_ms >= from_fault[0]:
+                fault = from_fault[1]
         if fault is None:
             return None
         headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
@@ -190,6 +217,10 @@ class MexcLookalike:
                                 content_type="application/json")
         if fault.kind == "malformed":
             return web.json_response({"unexpected": ["shape"]})
+        if fault.kind == "backwards" and symbol is not None:
+            first = (start_ms or self.clock()) // 60_000 * 60_000
+            return web.json_response([self.bar(symbol, first),
+                                      self.bar(symbol, first - 60_000)])
         raise ValueError(f"unknown fault {fault.kind}")
 
     def _record(self, endpoint: str, symbol: str | None, status: int, arrived: float) -> None:
@@ -224,15 +255,44 @@ class MexcLookalike:
     async def _klines(self, request: web.Request) -> web.StreamResponse:
         symbol = request.query.get("symbol", "")
         arrived = time.monotonic()
-        faulty = await self._fault("klines", symbol)
+        self.kline_params.append(dict(request.query))
+        start_raw = request.query.get("startTime")
+        end_raw = request.query.get("endTime")
+        start = int(start_raw) if start_raw is not None else None
+        end = int(end_raw) if end_raw is not None else None
+        faulty = await self._fault("klines", symbol, start)
+        if faulty is None and self.kline_rate_limit is not None:
+            recent = [t for e, _, t, st in self.requests
+                      if e == "klines" and st == 200 and t > arrived - self.kline_rate_window]
+            if len(recent) >= self.kline_rate_limit:
+                faulty = web.json_response({"code": 429, "msg": "Too many requests"},
+                                           status=429, headers={"Retry-After": "1"})
         if faulty is None and symbol not in self.markets:
             faulty = web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
         self._record("klines", symbol, faulty.status if faulty else 200, arrived)
         if faulty is not None:
             return faulty
-        limit = int(request.query.get("limit", "500"))
+        limit = max(1, min(1000, int(request.query.get("limit", "500"))))
         current = self.clock() // 60_000 * 60_000
-        rows = [self.bar(symbol, current - i * 60_000) for i in range(limit - 1, -1, -1)]
+        listed = self.markets[symbol].listed_ms
+        gaps = self.kline_gaps.get(symbol, set())
+        last = current if end is None else min(current, end // 60_000 * 60_000)
+        first_allowed = max(listed, 0 if start is None else -(-start // 60_000) * 60_000)
+        opens: list[int] = []
+        if start is not None:
+            t = first_allowed
+            while t <= last and len(opens) < limit:
+                if t not in gaps:
+                    opens.append(t)
+                t += 60_000
+        else:
+            t = last
+            while t >= first_allowed and len(opens) < limit:
+                if t not in gaps:
+                    opens.append(t)
+                t -= 60_000
+            opens.reverse()
+        rows = [self.bar(symbol, t) for t in opens]
         for position, value in self.kline_patch.get(symbol, {}).items():
             for row in rows:
                 row[position] = value

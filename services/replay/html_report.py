@@ -1,0 +1,371 @@
+"""The HTML run report: one self-contained file of plotly charts (opens offline).
+
+`write_html` renders a JSON report (`services.replay.report.build_report`) and its `Timeline`
+into one HTML file with plotly.js embedded once (no network, no CDN):
+
+1. the summary figures;
+2. the equity curve and 3. the drawdown from the running peak, both with the HALT and PAUSE
+   periods shaded and labelled by the check behind them;
+4. per symbol, the price with the buys and sells of the run on it;
+5. the risk decisions by outcome and deciding check;
+6. the alerts over time, by code;
+7. for a sweep, the return against the max drawdown of every point (and a heat map of the
+   return when the grid has two parameters).
+
+Long series are thinned to at most `MAX_POINTS` points per line (the drawdown keeps each
+bucket's deepest value), so a month of minutes stays a small, fast page.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.replay.timeline import Period, Timeline
+
+MAX_POINTS = 4000
+"""Most points drawn per line."""
+
+_STATE_COLORS = {"HALTED": "rgba(214, 39, 40, 0.18)", "PAUSED": "rgba(255, 160, 0, 0.18)"}
+_OUTCOME_COLORS = {"approved": "#2ca02c", "trimmed": "#ff7f0e", "rejected": "#d62728"}
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def thin(points: Sequence[tuple[int, float]], limit: int = MAX_POINTS,
+         keep: str = "last") -> list[tuple[int, float]]:
+    """Reduce a series to at most `limit` points.
+
+    Args:
+        points: (time, value) in time order.
+        limit: Most points kept.
+        keep: `last` keeps each bucket's last point, `min` its lowest (for drawdowns).
+
+    Returns:
+        The thinned series (first and last point always kept).
+    """
+    n = len(points)
+    if n <= limit:
+        return list(points)
+    size = -(-n // limit)
+    out: list[tuple[int, float]] = [points[0]]
+    for i in range(0, n, size):
+        bucket = points[i:i + size]
+        out.append(min(bucket, key=lambda p: p[1]) if keep == "min" else bucket[-1])
+    if out[-1] != points[-1]:
+        out.append(points[-1])
+    return out
+
+
+def drawdown_series(equity: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Drawdown from the running peak in percent (0 or negative) at each point."""
+    peak = 0.0
+    out = []
+    for ts, value in equity:
+        peak = max(peak, value)
+        out.append((ts, (value / peak - 1.0) * 100.0 if peak > 0 else 0.0))
+    return out
+
+
+MAX_LABELS = 40
+"""Periods labelled one by one at most; beyond, each check is labelled at its first period."""
+
+
+def _shade(fig: Any, periods: Sequence[Period], end_ms: int | None) -> None:
+    """Shade HALT/PAUSE periods on a figure (vertical bands, labelled by check).
+
+    Shapes and annotations are set in one layout update (adding them one by one is
+    quadratic in plotly).
+    """
+    shapes: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for p in periods:
+        stop = p.end_ms if p.end_ms is not None else end_ms
+        if stop is None or stop <= p.start_ms:
+            stop = p.start_ms + 60_000
+        text = f"{'HALT' if p.state == 'HALTED' else 'PAUSE'}: {p.label}"
+        shapes.append({
+            "type": "rect", "xref": "x", "yref": "paper", "x0": _dt(p.start_ms),
+            "x1": _dt(stop), "y0": 0, "y1": 1, "fillcolor": _STATE_COLORS.get(p.state, "#ccc"),
+            "line": {"width": 0}, "layer": "below",
+        })
+        if len(periods) <= MAX_LABELS or text not in seen:
+            seen.add(text)
+            notes.append({
+                "x": _dt(p.start_ms), "xref": "x", "y": 1, "yref": "paper", "text": text,
+                "showarrow": False, "xanchor": "left", "yanchor": "top", "textangle": -90
+                if len(periods) > 8 else 0, "font": {"size": 10,
+                                                     "color": "#a00" if p.state == "HALTED"
+                                                     else "#a60"},
+            })
+    fig.update_layout(shapes=shapes, annotations=[*fig.layout.annotations, *notes])
+
+
+def _div(fig: Any, div_id: str) -> str:
+    return str(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                           config={"displaylogo": False, "responsive": True}))
+
+
+def equity_figures(report: dict[str, Any], timeline: Timeline) -> list[tuple[str, Any]]:
+    """The equity and drawdown charts (shaded by trading state)."""
+    import plotly.graph_objects as go
+
+    figs: list[tuple[str, Any]] = []
+    end_ms = timeline.equity[-1][0] if timeline.equity else None
+    eq = thin(timeline.equity)
+    fig = go.Figure(go.Scatter(x=[_dt(t) for t, _ in eq], y=[v for _, v in eq],
+                               mode="lines", name="equity", line={"color": "#1f77b4"}))
+    fig.add_hline(y=report["pnl"]["start_equity"], line_dash="dot", line_color="#888",
+                  annotation_text="start equity", annotation_position="bottom right")
+    _shade(fig, timeline.periods, end_ms)
+    fig.update_layout(title="Equity", height=380, margin={"t": 50, "b": 40},
+                      yaxis_title="equity", showlegend=False)
+    figs.append(("equity", fig))
+    dd = thin(drawdown_series(timeline.equity), keep="min")
+    fig = go.Figure(go.Scatter(x=[_dt(t) for t, _ in dd], y=[v for _, v in dd], mode="lines",
+                               fill="tozeroy", name="drawdown", line={"color": "#d62728"}))
+    _shade(fig, timeline.periods, end_ms)
+    fig.update_layout(title=f"Drawdown (max {report['max_drawdown_pct']:.3f} %)", height=320,
+                      margin={"t": 50, "b": 40}, yaxis_title="% below peak", showlegend=False)
+    figs.append(("drawdown", fig))
+    return figs
+
+
+def trade_figure(timeline: Timeline) -> Any:
+    """Price per symbol with the buys and sells on it."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    symbols = sorted(set(timeline.prices) | {f.symbol for f in timeline.fills})
+    rows = max(1, len(symbols))
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.03,
+                        subplot_titles=symbols or ["(no data)"])
+    for i, symbol in enumerate(symbols, start=1):
+        series = thin(timeline.prices.get(symbol, []))
+        fig.add_trace(go.Scatter(x=[_dt(t) for t, _ in series], y=[v for _, v in series],
+                                 mode="lines", name=symbol, line={"color": "#7f7f7f",
+                                                                  "width": 1},
+                                 showlegend=False), row=i, col=1)
+        for side, marker, color in (("buy", "triangle-up", "#2ca02c"),
+                                    ("sell", "triangle-down", "#d62728")):
+            pts = [f for f in timeline.fills if f.symbol == symbol and f.side == side]
+            fig.add_trace(go.Scatter(
+                x=[_dt(f.ts_ms) for f in pts], y=[f.price for f in pts], mode="markers",
+                name=side, legendgroup=side, showlegend=i == 1,
+                marker={"symbol": marker, "size": 9, "color": color},
+                text=[f"{side} {f.qty:.6g} @ {f.price:.6g}" for f in pts],
+                hoverinfo="text+x"), row=i, col=1)
+    fig.update_layout(title="Trades per symbol", height=max(300, 220 * rows),
+                      margin={"t": 60, "b": 40})
+    return fig
+
+
+def decision_figure(timeline: Timeline, report: dict[str, Any]) -> Any:
+    """Risk decisions by outcome and deciding check (grouped bars)."""
+    import plotly.graph_objects as go
+
+    pairs = Counter((o, c) for _, o, c in timeline.decisions)
+    if not pairs:
+        for key, n in report["decisions"]["by_outcome_and_check"].items():
+            outcome, _, check = key.partition(":")
+            pairs[(outcome, check)] = n
+    checks = sorted({c for _, c in pairs})
+    fig = go.Figure()
+    for outcome in ("approved", "trimmed", "rejected"):
+        fig.add_trace(go.Bar(x=checks, y=[pairs.get((outcome, c), 0) for c in checks],
+                             name=outcome, marker_color=_OUTCOME_COLORS[outcome]))
+    fig.update_layout(title=f"Decisions by outcome and check ({report['decisions']['total']})",
+                      barmode="group", height=360, margin={"t": 50, "b": 40},
+                      xaxis_title="deciding check", yaxis_title="decisions")
+    return fig
+
+
+def alert_figure(timeline: Timeline) -> Any:
+    """Alerts over time, stacked by code (hourly buckets)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for code in sorted({c for _, c, _ in timeline.alerts}):
+        times = [_dt(t) for t, c, _ in timeline.alerts if c == code]
+        fig.add_trace(go.Histogram(x=times, name=code, xbins={"size": 3_600_000}))
+    fig.update_layout(title=f"Alerts over time ({len(timeline.alerts)}, per hour)",
+                      barmode="stack", height=340, margin={"t": 50, "b": 40},
+                      yaxis_title="alerts")
+    return fig
+
+
+def sweep_figures(points: Sequence[dict[str, Any]], names: Sequence[str]) -> list[tuple[str, Any]]:
+    """Return vs max drawdown per sweep point, and a heat map for a two-parameter grid."""
+    import plotly.graph_objects as go
+
+    labels = [", ".join(f"{n}={p['params'][n]}" for n in names) for p in points]
+    short = [" / ".join(str(p["params"][n]) for n in names) for p in points]
+    few = len(points) <= 6
+    fig = go.Figure(go.Scatter(
+        x=[p["max_drawdown_pct"] for p in points], y=[p["return_pct"] for p in points],
+        mode="markers+text" if few else "markers", text=short if few else None,
+        textposition="top center",
+        marker={"size": 11, "color": [p["halts"] for p in points], "colorscale": "Reds",
+                "showscale": True, "colorbar": {"title": "halts"}},
+        hovertext=[f"{lab}<br>trades {p['trades']}, fees {p['fees']:.6g}"
+                   for lab, p in zip(labels, points, strict=True)],
+    ))
+    fig.update_layout(title=f"Sweep: return vs max drawdown ({' / '.join(names)})", height=460,
+                      xaxis_title="max drawdown %", yaxis_title="return %",
+                      margin={"t": 50, "b": 40})
+    figs: list[tuple[str, Any]] = [("sweep-scatter", fig)]
+    if len(names) == 2:
+        xs = sorted({p["params"][names[0]] for p in points})
+        ys = sorted({p["params"][names[1]] for p in points})
+        grid = {(p["params"][names[0]], p["params"][names[1]]): p["return_pct"] for p in points}
+        heat = go.Figure(go.Heatmap(
+            x=[str(x) for x in xs], y=[str(y) for y in ys],
+            z=[[grid.get((x, y)) for x in xs] for y in ys], colorscale="RdYlGn",
+            colorbar={"title": "return %"}, texttemplate="%{z:.3f}"))
+        heat.update_layout(title="Sweep: return % by parameter", height=420,
+                           xaxis_title=names[0], yaxis_title=names[1],
+                           margin={"t": 50, "b": 40})
+        figs.append(("sweep-heatmap", heat))
+    return figs
+
+
+def _summary(report: dict[str, Any]) -> str:
+    pnl, trades, period = report["pnl"], report["trades"], report["period"]
+    rows = [
+        ("source", report["source"]),
+        ("symbols", ", ".join(report["symbols"])),
+        ("period", f"{period['first']} .. {period['last']}"),
+        ("candles", f"{report['candles']:,}"),
+        ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
+        ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
+        ("fees", f"{report['fees']:,.6f}"),
+        ("start / final equity", f"{pnl['start_equity']:,.6f} / {pnl['final_equity']:,.6f}"),
+        ("PnL", f"{pnl['total']:,.6f} ({pnl['return_pct']:.3f} %)"),
+        ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
+        ("trading state at the end", report["trading_state"]),
+        ("data gaps", f"{len(report.get('data_gaps', []))} "
+                      f"({sum(g['minutes'] for g in report.get('data_gaps', []))} "
+                      "symbol-minutes)"),
+        ("alerts", ", ".join(f"{k} {v}" for k, v in report["alerts"].items()) or "none"),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in rows)
+    return f'<table class="summary">{body}</table>'
+
+
+def _sweep_table(points: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    head += "<th>return %</th><th>max DD %</th><th>halts</th><th>pauses</th><th>trades</th>"
+    head += "<th>fees</th>"
+    rows = []
+    for p in points:
+        cells = "".join(f"<td>{html.escape(str(p['params'][n]))}</td>" for n in names)
+        pauses = ", ".join(f"{k} {v}" for k, v in p["pauses"].items()) or "0"
+        cells += (f"<td>{p['return_pct']:.4f}</td><td>{p['max_drawdown_pct']:.4f}</td>"
+                  f"<td>{p['halts']}</td><td>{html.escape(pauses)}</td><td>{p['trades']}</td>"
+                  f"<td>{p['fees']:.6g}</td>")
+        rows.append(f"<tr>{cells}</tr>")
+    return f'<table class="sweep"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1200px;
+       color: #222; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
+table.summary th { background: #f4f4f4; font-weight: 600; }
+.legend span { display: inline-block; padding: 0 0.5rem; margin-right: 0.5rem; }
+"""
+
+
+def render_html(
+    report: dict[str, Any],
+    timeline: Timeline | None,
+    sweep: Sequence[dict[str, Any]] | None = None,
+    sweep_names: Sequence[str] = (),
+    title: str = "Claire de Binaire run report",
+) -> str:
+    """Render the report as one self-contained HTML page.
+
+    Args:
+        report: The JSON report.
+        timeline: The run over time (None: summary and decision counts only).
+        sweep: Sweep points (see `services.replay.sweep`), if any.
+        sweep_names: The swept parameter names.
+        title: The page title.
+
+    Returns:
+        The HTML text (plotly.js embedded).
+    """
+    from plotly.offline import get_plotlyjs
+
+    parts = [f"<h1>{html.escape(title)}</h1>", _summary(report)]
+    figs: list[tuple[str, Any]] = []
+    tl = timeline or Timeline()
+    if tl.equity:
+        parts.append('<p class="legend"><span style="background:'
+                     f'{_STATE_COLORS["HALTED"]}">HALT</span><span style="background:'
+                     f'{_STATE_COLORS["PAUSED"]}">PAUSE</span>shaded periods, labelled by '
+                     'the check that caused them</p>')
+        figs.extend(equity_figures(report, tl))
+    if tl.prices or tl.fills:
+        figs.append(("trades", trade_figure(tl)))
+    figs.append(("decisions", decision_figure(tl, report)))
+    if tl.alerts:
+        figs.append(("alerts", alert_figure(tl)))
+    if sweep:
+        figs.extend(sweep_figures(sweep, sweep_names))
+    for div_id, fig in figs:
+        parts.append(_div(fig, div_id))
+    if sweep:
+        parts.append("<h2>Sweep points</h2>" + _sweep_table(sweep, sweep_names))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def write_html(path: Path, page: str) -> None:
+    """Write the page atomically (temporary file, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render_sweep_html(points: Sequence[dict[str, Any]], names: Sequence[str],
+                      subtitle: str = "") -> str:
+    """Render a sweep as one self-contained HTML page (scatter, heat map, table).
+
+    Args:
+        points: The sweep rows (see `services.replay.sweep.summarize`).
+        names: The swept parameter names.
+        subtitle: A line about the data (symbols, period).
+
+    Returns:
+        The HTML text (plotly.js embedded).
+    """
+    from plotly.offline import get_plotlyjs
+
+    title = "Claire de Binaire risk-parameter sweep"
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(subtitle)}</p>"]
+    for div_id, fig in sweep_figures(points, names):
+        parts.append(_div(fig, div_id))
+    parts.append("<h2>Sweep points</h2>" + _sweep_table(points, names))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )

@@ -1,0 +1,87 @@
+"""The HTML run report opens in real headless Chromium, offline, with its charts drawn."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.support.chromium import chromium_binary, open_page
+
+ROOT = Path(__file__).resolve().parents[3]
+
+needs_chromium = pytest.mark.skipif(
+    chromium_binary() is None, reason="chromium is not installed (Debian package chromium)")
+
+DOM_CHECK = """(() => {
+  if (document.readyState !== 'complete') return null;
+  const divs = document.querySelectorAll('.plotly-graph-div');
+  const plots = document.querySelectorAll('.js-plotly-plot');
+  if (plots.length === 0 || plots.length !== divs.length) return null;
+  if (Array.from(plots).some(p => !p.querySelector('svg.main-svg'))) return null;
+  const ids = Array.from(plots).map(p => p.id);
+  const texts = Array.from(document.querySelectorAll('.annotation-text')).map(t => t.textContent);
+  const shapes = document.querySelectorAll('#equity .shapelayer path').length;
+  const markers = document.querySelectorAll('#trades .scatterlayer .point').length;
+  const bars = document.querySelectorAll('#decisions .barlayer .point').length;
+  const heat = document.querySelectorAll('.heatmaplayer image, .heatmaplayer .hm').length;
+  return {ids, texts, shapes, markers, bars, heat,
+          svgs: document.querySelectorAll('svg.main-svg').length};
+})()"""
+
+
+def cdb(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _assert_offline_and_drawn(page_path: Path, result: object) -> None:
+    from tests.support.chromium import PageResult
+
+    assert isinstance(result, PageResult)
+    assert result.errors == []
+    assert all(url.startswith(("file:", "data:", "about:")) for url in result.requests), \
+        result.requests
+    assert result.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(result.screenshot) > 20_000
+    # One inline script carries plotly.js; the page loads nothing else.
+    assert page_path.read_text().count("<script type=\"text/javascript\">") >= 1
+
+
+@needs_chromium
+def test_html_report_of_a_backtest_when_opened_then_every_chart_is_drawn(
+    tmp_path: Path,
+) -> None:
+    page = tmp_path / "run.html"
+    done = cdb("backtest", "--html", str(page), "--report", str(tmp_path / "run.json"))
+    assert done.returncode == 0, done.stderr
+    assert f"HTML report written to {page}" in done.stdout
+    report = orjson.loads((tmp_path / "run.json").read_bytes())
+    result = open_page(page, DOM_CHECK)
+    _assert_offline_and_drawn(page, result)
+    value = result.value
+    assert set(value["ids"]) >= {"equity", "drawdown", "trades", "decisions", "alerts"}
+    assert value["svgs"] >= 5 and value["shapes"] > 0
+    # The sample run pauses on the circuit breaker and ends in a HALT: both are labelled.
+    assert any(t.startswith("PAUSE: circuit_breaker") for t in value["texts"])
+    assert any(t.startswith("HALT: ") for t in value["texts"])
+    assert value["markers"] >= report["trades"]["fills"] > 0
+    assert value["bars"] >= len(report["decisions"]["by_outcome_and_check"])
+
+
+@needs_chromium
+def test_html_report_of_a_sweep_when_opened_then_scatter_and_heat_map_are_drawn(
+    tmp_path: Path,
+) -> None:
+    page = tmp_path / "sweep.html"
+    done = cdb("backtest", "--minutes", "600", "--sweep", "MAX_POSITION_PCT=0.05,0.2",
+               "--sweep", "STOP_LOSS_PCT=0.01,0.05", "--html", str(page), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    result = open_page(page, DOM_CHECK)
+    _assert_offline_and_drawn(page, result)
+    assert set(result.value["ids"]) == {"sweep-scatter", "sweep-heatmap"}
+    assert result.value["heat"] > 0
