@@ -25,7 +25,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import metrics
@@ -287,13 +287,7 @@ class Bus:
         if dead:
             await self._publish_with_dead_letters(items, acks, dead)
         else:
-            keys: list[Any] = [self.key(o.stream) for o in items]
-            args: list[Any] = [self.config.maxlen, len(items)]
-            args += [dump_event(o.event) for o in items]
-            for (stream, group), ids in (acks or {}).items():
-                if ids:
-                    keys.append(self.key(stream))
-                    args += [group, len(ids), *ids]
+            keys, args = self._script_payload(items, acks)
 
             async def run() -> None:
                 await self._publish_script(keys=keys, args=args)
@@ -301,6 +295,54 @@ class Bus:
             await self.retrying("publish", run)
         for o in items:
             self._count_published(o.stream)
+
+    def _script_payload(
+        self, items: Sequence[Outgoing], acks: dict[tuple[str, str], list[bytes]] | None
+    ) -> tuple[list[Any], list[Any]]:
+        keys: list[Any] = [self.key(o.stream) for o in items]
+        args: list[Any] = [self.config.maxlen, len(items)]
+        args += [dump_event(o.event) for o in items]
+        for (stream, group), ids in (acks or {}).items():
+            if ids:
+                keys.append(self.key(stream))
+                args += [group, len(ids), *ids]
+        return keys, args
+
+    async def publish_and_read(
+        self,
+        items: Sequence[Outgoing],
+        acks: dict[tuple[str, str], list[bytes]],
+        group: str,
+        consumer: str,
+        streams: Sequence[str],
+    ) -> list[Any]:
+        """`publish_many` (no dead letters), then a non-blocking XREADGROUP, in one round trip.
+
+        A consumer working through a backlog so reads its next batch in the request that acks
+        the last one. A failed read (a missing group, say) returns nothing: the next ordinary
+        read handles it; the publish is never repeated for it.
+
+        Returns:
+            The XREADGROUP reply (empty when nothing new was there).
+        """
+        keys, args = self._script_payload(items, acks)
+        read: dict[Any, Any] = {self.key(s): ">" for s in streams}
+
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
+                pipe.xreadgroup(group, consumer, read, count=self.config.batch)
+                published, got = await pipe.execute(raise_on_error=False)
+            if isinstance(published, NoScriptError):  # Redis restarted: load it, publish
+                await self._publish_script(keys=keys, args=args)
+            elif isinstance(published, BaseException):
+                raise published
+            return [] if isinstance(got, BaseException) else list(got or [])
+
+        result = await self.retrying("publish", run)
+        for o in items:
+            self._count_published(o.stream)
+        return result
 
     def _count_published(self, stream: str) -> None:
         counter = self._published.get(stream)
@@ -486,6 +528,8 @@ class Consumer:
         self.before_flush = before_flush
         self.lazy_ack_ms = lazy_ack_ms
         self._last_flush = time.monotonic()
+        self._read_ahead = False  # the last read was a full batch: read with the next flush
+        self._prefetched = 0  # entries the last flush read ahead, not yet processed
         self.current: Entry | None = None
         """The entry being handled (its stream entry id orders redeliveries)."""
         self.stats = ConsumerStats()
@@ -545,7 +589,11 @@ class Consumer:
             block = 20
         else:
             block = self.bus.config.block_ms
-        got = await self._read_new(stop, block)
+        if self._prefetched:
+            got, self._prefetched = self._prefetched, 0
+        else:
+            got = await self._read_new(stop, block)
+        self._read_ahead = got >= self.bus.config.batch
         await self._process_backlog(stop)
         if (
             self.lazy_ack_ms
@@ -606,6 +654,9 @@ class Consumer:
 
     async def _read_new(self, stop: asyncio.Event, block: int) -> int:
         result = await self._xreadgroup(stop, {s: ">" for s in self.streams}, block)
+        return self._hold_new(result)
+
+    def _hold_new(self, result: list[Any]) -> int:
         count = 0
         for key, rows in result:
             stream = self._stream_of(key)
@@ -786,7 +837,13 @@ class Consumer:
                     await asyncio.sleep(delay)
         outgoing, acks, dead = self._outgoing, self._acks, self._dead
         self._outgoing, self._acks, self._dead = [], {}, []
-        await self.bus.publish_many(outgoing, acks, dead)
+        if self._read_ahead and not dead and not stop.is_set():
+            self._read_ahead = False
+            result = await self.bus.publish_and_read(outgoing, acks, self.group, self.name,
+                                                     self.streams)
+            self._prefetched = self._hold_new(result)
+        else:
+            await self.bus.publish_many(outgoing, acks, dead)
         if self.on_batch_done is not None:
             await self.on_batch_done()
 

@@ -111,7 +111,7 @@ def test_live_mode_trades_pauses_on_a_dead_feed_and_resumes_when_it_returns(
             for _, f in client.xrevrange(prefix + "market_data", count=200)},
             60, proc, logs)
         wait_for("a risk decision", lambda: query(
-            database_url, "SELECT count(*) FROM risk_decisions"), 100, proc, logs)
+            database_url, "SELECT count(*) FROM risk_decisions"), 180, proc, logs)
 
         exchange.stop()
         killed = time.monotonic()
