@@ -34,6 +34,7 @@ from services.common.infra import Infrastructure, free_port
 from services.registry import SERVICES as REGISTRY
 from tests.conftest import ROOT, service_env
 from tests.support.mexc_lookalike import MexcLookalike
+from tests.support.processes import stop_process
 
 PROMETHEUS_DIR = ROOT / "backoffice" / "prometheus"
 GRAFANA_DIR = ROOT / "backoffice" / "grafana"
@@ -462,11 +463,6 @@ def observe_with_prometheus(procs: list[ServiceProcess], timeout: float = 30) ->
                 queries[key] = "" if answer["status"] == "success" else str(answer.get("error"))
         return PrometheusRun(targets, rules, queries)
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
 

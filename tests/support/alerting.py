@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from services.common.infra import free_port
+from tests.support.processes import stop_process
 
 
 @dataclass
@@ -203,12 +204,7 @@ def serve(cmd: Callable[[int, Path], list[str]], work: Path, ready: str,
             time.sleep(0.2)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @contextlib.contextmanager

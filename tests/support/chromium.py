@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
+from tests.support.processes import stop_process
+
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -136,11 +138,6 @@ def open_page(path: Path, expression: str, timeout: float = 60.0) -> PageResult:
             elif method == "Network.requestWillBeSent":
                 result.requests.append(str(params.get("request", {}).get("url")))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         shutil.rmtree(profile, ignore_errors=True)
     return result
