@@ -29,14 +29,15 @@ class ApiServerUnavailable(RuntimeError):
 
 def find_tool() -> Path:
     """The tool's `setup.sh`: `CDB_REAL_APISERVER` (its folder), else `shared/tools/` in a
-    parent folder of the checkout.
+    parent folder of the checkout, else the workplace's shared one (`/work/shared`, where a
+    clone elsewhere still finds it, as the container smoke finds its sandbox).
 
     Raises:
         ApiServerUnavailable: Not found.
     """
     named = os.environ.get("CDB_REAL_APISERVER")
     candidates = [Path(named)] if named else [
-        parent / "shared" / "tools" / "real-apiserver" for parent in ROOT.parents]
+        parent / "shared" / "tools" / "real-apiserver" for parent in (*ROOT.parents, Path("/work"))]
     for folder in candidates:
         if (folder / "setup.sh").is_file():
             return folder / "setup.sh"
