@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -113,22 +112,6 @@ class Cluster:
         """What `kubectl patch ts NAME --type=merge -p '{"spec": ...}'` sends (through kubectl)."""
         self.kubectl("-n", namespace, "patch", "tradingsystem", name, "--type=merge",
                      "-p", json.dumps({"spec": spec}))
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, message: str = "") -> Any:
-    """Poll `check` until it returns something truthy (an AssertionError counts as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out: {message} (last: {last!r})")
 
 
 def docs(text: str) -> list[dict[str, Any]]:

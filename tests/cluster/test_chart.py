@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import CHART, RELEASE, Cluster, docs, wait_for
+from tests.cluster.conftest import CHART, RELEASE, Cluster, docs
+from tests.support.waiting import wait_for
 
 NS = "chart"
 VALUES = ["--set", f"fullnameOverride={RELEASE}"]

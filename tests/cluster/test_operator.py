@@ -30,8 +30,9 @@ from cdb_operator.reconcile import (
 )
 
 from services.common.infra import Infrastructure, free_port
-from tests.cluster.conftest import CHART, RELEASE, ROOT, Cluster, wait_for
+from tests.cluster.conftest import CHART, RELEASE, ROOT, Cluster
 from tests.operator.conftest import TOKEN, RiskManager, running_risk_manager
+from tests.support.waiting import wait_for
 
 NS = "ops"
 SERVICE_ACCOUNT = f"{RELEASE}-operator"

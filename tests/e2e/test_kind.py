@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.waiting import wait_for as support_wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 NS = "cdb-e2e"
 RELEASE = "cdb"
@@ -45,18 +47,7 @@ def kubectl(*args: str, check: bool = True) -> str:
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 300, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(2)
-    raise AssertionError(f"timed out: {message} (last: {last!r})")
+    return support_wait_for(check, timeout, message, interval=2)
 
 
 def ts() -> dict[str, Any]:
