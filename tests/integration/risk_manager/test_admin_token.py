@@ -8,26 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from services.common.infra import Infrastructure, free_port
 from tests.conftest import ROOT, fresh_database, service_env
+from tests.integration.risk_manager.conftest import TOKEN
 from tests.support.risk_process import RiskProcess
 
-TOKEN = "risk-admin-test-token"
 RELEASE = {"request_id": "r-token", "released_by": "tester", "reason": "token drill"}
-
-
-@pytest.fixture
-def risk(infra: Infrastructure, prefix: str) -> Iterator[RiskProcess]:
-    env = service_env(infra, fresh_database(infra.database_url), prefix, RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskProcess(env, TOKEN)
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.mark.parametrize(

@@ -22,19 +22,7 @@ import redis
 
 from services.common.events import MarketData, OrderResult, dump_event, new_id, parse_event
 from services.common.infra import Infrastructure
-from tests.conftest import fresh_database, service_env
 from tests.support.risk_process import RiskProcess
-
-TOKEN = "risk-admin-test-token"
-
-
-@pytest.fixture
-def risk(infra: Infrastructure, prefix: str) -> Iterator[RiskProcess]:
-    env = service_env(infra, fresh_database(infra.database_url), prefix, RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskProcess(env, TOKEN)
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture
