@@ -41,6 +41,9 @@ from services.common.events import (
 logger = logging.getLogger("cdb.bus")
 
 T = TypeVar("T")
+_YIELDS_TO_SEND: Final = 3
+"""Event loop turns a new redis-py request takes to reach the socket (its write runs in a task
+of its own under a socket timeout)."""
 DATA: Final = b"data"
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -68,28 +71,42 @@ def counted_alert(alert: Alert) -> Outgoing:
 
 PUBLISH_SCRIPT: Final = """
 local maxlen = ARGV[1]
-local n = tonumber(ARGV[2])
-for i = 1, n do
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', maxlen, '*', 'data', ARGV[2 + i])
+local data = ARGV[3]
+local pos = 1
+local n = 0
+for k in string.gmatch(ARGV[2], '%d+') do
+  local stop = string.find(data, '\\n', pos, true)
+  local last = (stop or 0) - 1
+  redis.call('XADD', KEYS[tonumber(k)], 'MAXLEN', '~', maxlen, '*', 'data',
+             string.sub(data, pos, last))
+  n = n + 1
+  if stop then pos = stop + 1 end
 end
-local pos = n + 3
-for j = n + 1, #KEYS do
-  local group = ARGV[pos]
-  local count = tonumber(ARGV[pos + 1])
-  local first = pos + 2
-  local last = pos + 1 + count
-  while first <= last do
-    local upto = math.min(last, first + 499)
-    redis.call('XACK', KEYS[j], group, unpack(ARGV, first, upto))
-    first = upto + 1
+local arg = 4
+while arg < #ARGV do
+  local key = KEYS[tonumber(ARGV[arg])]
+  local group = ARGV[arg + 1]
+  local ids = {}
+  for id in string.gmatch(ARGV[arg + 2], '%S+') do
+    ids[#ids + 1] = id
+    if #ids == 500 then
+      redis.call('XACK', key, group, unpack(ids))
+      ids = {}
+    end
   end
-  pos = last + 1
+  if #ids > 0 then redis.call('XACK', key, group, unpack(ids)) end
+  arg = arg + 3
 end
 return n
 """
-"""Add events (KEYS[1..n], ARGV[3..n+2]) and ack entries (the other KEYS: group, count, ids in
-ARGV) in one command: atomic like MULTI/EXEC, but one request and one reply for the round
-instead of one queued reply per command."""
+"""Add events and ack entries in one command: atomic like MULTI/EXEC, but one request and one
+reply for the round instead of one queued reply per command.
+
+KEYS are the streams the round touches, each once. ARGV: MAXLEN; the KEYS index of each event,
+separated by spaces; the events' JSON joined by newlines (compact JSON has none of its own);
+then per acked stream its KEYS index, the group and the entry ids separated by spaces. A
+round's arguments are a handful of strings however many events it holds, so the client packs
+a few long strings rather than three short ones per event."""
 
 
 LAG_SCRIPT: Final = """
@@ -293,19 +310,28 @@ class Bus:
                 await self._publish_script(keys=keys, args=args)
 
             await self.retrying("publish", run)
-        for o in items:
-            self._count_published(o.stream)
+        self._count_published(items)
 
     def _script_payload(
         self, items: Sequence[Outgoing], acks: dict[tuple[str, str], list[bytes]] | None
     ) -> tuple[list[Any], list[Any]]:
-        keys: list[Any] = [self.key(o.stream) for o in items]
-        args: list[Any] = [self.config.maxlen, len(items)]
-        args += [dump_event(o.event) for o in items]
+        """KEYS and ARGV of `PUBLISH_SCRIPT` for one round."""
+        keys: list[str] = []
+        index: dict[str, str] = {}
+        order: list[str] = []
+        for o in items:
+            at = index.get(o.stream)
+            if at is None:
+                keys.append(self.key(o.stream))
+                at = index[o.stream] = str(len(keys))
+            order.append(at)
+        args: list[Any] = [
+            self.config.maxlen, " ".join(order), b"\n".join([dump_event(o.event) for o in items])
+        ]
         for (stream, group), ids in (acks or {}).items():
             if ids:
                 keys.append(self.key(stream))
-                args += [group, len(ids), *ids]
+                args += [len(keys), group, b" ".join(ids)]
         return keys, args
 
     async def publish_and_read(
@@ -315,12 +341,21 @@ class Bus:
         group: str,
         consumer: str,
         streams: Sequence[str],
+        count: int | None = None,
     ) -> list[Any]:
         """`publish_many` (no dead letters), then a non-blocking XREADGROUP, in one round trip.
 
         A consumer working through a backlog so reads its next batch in the request that acks
         the last one. A failed read (a missing group, say) returns nothing: the next ordinary
         read handles it; the publish is never repeated for it.
+
+        Args:
+            items: Events to add.
+            acks: Entry ids to XACK, keyed by (stream, group).
+            group: The reading consumer group.
+            consumer: The reading consumer's name.
+            streams: The streams to read (new entries only).
+            count: Entries to read per stream (default: the batch).
 
         Returns:
             The XREADGROUP reply (empty when nothing new was there).
@@ -331,7 +366,7 @@ class Bus:
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.evalsha(self._publish_script.sha, len(keys), *keys, *args)
-                pipe.xreadgroup(group, consumer, read, count=self.config.batch)
+                pipe.xreadgroup(group, consumer, read, count=count or self.config.batch)
                 published, got = await pipe.execute(raise_on_error=False)
             if isinstance(published, NoScriptError):  # Redis restarted: load it, publish
                 await self._publish_script(keys=keys, args=args)
@@ -340,15 +375,23 @@ class Bus:
             return [] if isinstance(got, BaseException) else list(got or [])
 
         result = await self.retrying("publish", run)
-        for o in items:
-            self._count_published(o.stream)
+        self._count_published(items)
         return result
 
-    def _count_published(self, stream: str) -> None:
-        counter = self._published.get(stream)
-        if counter is None:
-            counter = self._published[stream] = metrics.EVENTS_PUBLISHED.labels(stream)
-        counter.inc()
+    def _count_published(self, items: Sequence[Outgoing]) -> None:
+        """Count published events per stream (one counter update per stream and round)."""
+        if not items:
+            return
+        streams = {o.stream for o in items}
+        if len(streams) == 1:
+            counts: Mapping[str, int] = {items[0].stream: len(items)}
+        else:
+            counts = collections.Counter(o.stream for o in items)
+        for stream, n in counts.items():
+            counter = self._published.get(stream)
+            if counter is None:
+                counter = self._published[stream] = metrics.EVENTS_PUBLISHED.labels(stream)
+            counter.inc(n)
 
     async def _publish_with_dead_letters(
         self,
@@ -528,8 +571,10 @@ class Consumer:
         self.before_flush = before_flush
         self.lazy_ack_ms = lazy_ack_ms
         self._last_flush = time.monotonic()
-        self._read_ahead = False  # the last read was a full batch: read with the next flush
-        self._prefetched = 0  # entries the last flush read ahead, not yet processed
+        self._read_ahead = False  # the last read was full: read with the next flush
+        self._ahead: collections.deque[Entry] = collections.deque()  # read ahead, not yet taken
+        self._in_flight: asyncio.Task[list[Any]] | None = None  # a round's publish and read
+        self._in_flight_count = 0  # entries per stream that read asks for
         self.current: Entry | None = None
         """The entry being handled (its stream entry id orders redeliveries)."""
         self.stats = ConsumerStats()
@@ -568,6 +613,7 @@ class Consumer:
             await self._read_own_pending(stop)
             while not stop.is_set():
                 await self._round(stop)
+            await self._settle()
             if self._outgoing or self._acks or self._dead:
                 await self._flush(stop)  # acks a lazy round kept back
         except BusUnavailableError:
@@ -576,6 +622,8 @@ class Consumer:
                 raise
         finally:
             self.stats.running = False
+            if self._in_flight is not None and not self._in_flight.done():
+                self._in_flight.cancel()  # cancelled from outside: the entries stay pending
 
     async def _round(self, stop: asyncio.Event) -> None:
         now = time.monotonic()
@@ -589,11 +637,13 @@ class Consumer:
             block = 20
         else:
             block = self.bus.config.block_ms
-        if self._prefetched:
-            got, self._prefetched = self._prefetched, 0
+        if not self._ahead and self._in_flight is not None:
+            await self._settle()  # nothing else in hand: wait for the read that is on its way
+        if self._ahead:
+            got = self._take_ahead()
         else:
             got = await self._read_new(stop, block)
-        self._read_ahead = got >= self.bus.config.batch
+            self._read_ahead = got >= self.bus.config.batch
         await self._process_backlog(stop)
         if (
             self.lazy_ack_ms
@@ -665,6 +715,31 @@ class Consumer:
                 count += 1
         return count
 
+    def _take_ahead(self) -> int:
+        """Move up to a batch of read-ahead entries into the backlog; return how many."""
+        ahead = self._ahead
+        taken = min(len(ahead), self.bus.config.batch)
+        backlog = self.backlog
+        for _ in range(taken):
+            entry = ahead.popleft()
+            backlog[entry.stream].append(entry)
+        return taken
+
+    def _hold_ahead(self, result: list[Any]) -> int:
+        """Keep the rows of a read-ahead for the next rounds (held, so no claim repeats them)."""
+        count = 0
+        held = self._held
+        ahead = self._ahead
+        for key, rows in result:
+            stream = self._stream_of(key)
+            for entry_id, fields in rows:
+                pair = (stream, entry_id)
+                if pair not in held:
+                    held.add(pair)
+                    ahead.append(Entry(stream, entry_id, fields or None, 1))
+                    count += 1
+        return count
+
     def _hold(self, entry: Entry, front: bool = False) -> None:
         key = (entry.stream, entry.entry_id)
         if key in self._held:
@@ -714,8 +789,10 @@ class Consumer:
     # -- processing ----------------------------------------------------------------------------
 
     async def _process_backlog(self, stop: asyncio.Event) -> None:
+        consumed = self.stats.consumed
         for stream in self.streams:
             queue = self.backlog[stream]
+            before = consumed[stream]
             while queue:
                 entry = queue[0]
                 outcome = await self._process(entry, stop)
@@ -724,6 +801,8 @@ class Consumer:
                 queue.popleft()
                 if outcome == "keep":
                     self._held.discard((entry.stream, entry.entry_id))
+            if consumed[stream] != before:
+                self._consumed[stream].inc(consumed[stream] - before)
 
     async def _process(
         self, entry: Entry, stop: asyncio.Event
@@ -747,7 +826,7 @@ class Consumer:
         except EventValidationError as exc:
             self._dead_letter(entry, str(exc), "schema", field=exc.field)
             return "done"
-        backoff = Backoff(base=0.1, cap=5.0)
+        backoff: Backoff | None = None
         while True:
             started = time.perf_counter()
             self.current = entry
@@ -756,6 +835,7 @@ class Consumer:
             except RETRYABLE as exc:
                 if stop.is_set():
                     return "keep"
+                backoff = backoff or Backoff(base=0.1, cap=5.0)
                 delay = backoff.next_delay()
                 logger.warning("handler for %s waits for a dependency (%s); retry in %.2fs",
                                stream, type(exc).__name__, delay)
@@ -777,7 +857,6 @@ class Consumer:
         self._outgoing.extend(result)
         self._ack(entry)
         self.stats.consumed[stream] += 1
-        self._consumed[stream].inc()
         return "done"
 
     def _ack(self, entry: Entry) -> None:
@@ -818,8 +897,23 @@ class Consumer:
             )
         )
 
+    async def _settle(self) -> None:
+        """Wait for the round in flight: its events published, its acks done, its read kept."""
+        task = self._in_flight
+        if task is None:
+            return
+        self._in_flight = None
+        result = await task
+        self._read_ahead = any(len(rows) >= self._in_flight_count for _, rows in result)
+        self._hold_ahead(result)
+        if self.on_batch_done is not None:
+            await self.on_batch_done()
+
     async def _flush(self, stop: asyncio.Event) -> None:
         self._last_flush = time.monotonic()
+        # Rounds are published in order, and a round's commit follows the previous publish
+        # (the ledger's outbox cleanup rides along with it).
+        await self._settle()
         if not (self._outgoing or self._acks or self._dead):
             return
         if self.before_flush is not None:
@@ -838,12 +932,18 @@ class Consumer:
         outgoing, acks, dead = self._outgoing, self._acks, self._dead
         self._outgoing, self._acks, self._dead = [], {}, []
         if self._read_ahead and not dead and not stop.is_set():
+            # Behind: publish this round and read the next batch in one request, and let it
+            # run while the next rounds handle what was read ahead before (two batches in
+            # hand, so Redis and the handlers work at the same time).
             self._read_ahead = False
-            result = await self.bus.publish_and_read(outgoing, acks, self.group, self.name,
-                                                     self.streams)
-            self._prefetched = self._hold_new(result)
-        else:
-            await self.bus.publish_many(outgoing, acks, dead)
+            batch = self.bus.config.batch
+            count = self._in_flight_count = max(batch, 2 * batch - len(self._ahead))
+            self._in_flight = asyncio.create_task(self.bus.publish_and_read(
+                outgoing, acks, self.group, self.name, self.streams, count))
+            for _ in range(_YIELDS_TO_SEND):  # let it write its request before the handlers run
+                await asyncio.sleep(0)
+            return
+        await self.bus.publish_many(outgoing, acks, dead)
         if self.on_batch_done is not None:
             await self.on_batch_done()
 
