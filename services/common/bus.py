@@ -4,7 +4,9 @@ Delivery is at-least-once; consumers are idempotent. A consumer reads its own pe
 (ID ``0``) first, then new ones (``>``). A handler returns the events it derived; they are
 published together with the XACK of their input in one atomic Lua script (one request, one
 reply: `PUBLISH_SCRIPT`), after the handler has committed its effect, so an input is acked
-exactly when its outputs exist. Entries that keep
+exactly when its outputs exist. A consumer behind its stream publishes a round and reads the
+batch after next in one request that runs while it handles the batch read before; rounds are
+still published in order, each after its commit. Entries that keep
 failing are reclaimed by an XAUTOCLAIM sweep (following its cursor) and, after
 ``BUS_MAX_DELIVERIES`` deliveries, moved to ``<stream>.dlq`` with the error and an alert;
 an entry that fails schema validation goes there at once. When Redis goes away every operation

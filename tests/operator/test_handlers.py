@@ -63,8 +63,8 @@ async def test_a_new_tradingsystem_writes_each_services_configmap_and_hash(
         "MAX_SPREAD_MULTIPLIER": "5.0", "STOP_LOSS_PCT": "0.02",
     }
     assert op.configmap("signal-engine") == {
-        "INTERVAL": "1m", "LOOKBACK_MINUTES": "15", "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT",
-        "TOP_N": "5",
+        "INTERVAL": "1m", "LOOKBACK_MINUTES": "15", "SYMBOL_STALE_TIMEOUT_SEC": "90",
+        "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT", "TOP_N": "5",
     }
     assert op.configmap("execution") == {"MAX_SLIPPAGE_PCT": "0.01"}
     assert all(op.annotations(c)["keep"] == "me" for c in COMPONENTS)

@@ -61,8 +61,8 @@ def test_render_gives_each_service_only_the_variables_its_settings_read() -> Non
     rendered = render_config(spec(symbols=["ETHUSDT", "BTCUSDT"], signal={"topN": 8}))
     assert set(rendered) == set(SERVICES)
     assert rendered["signal_engine"] == {
-        "INTERVAL": "1m", "LOOKBACK_MINUTES": "15", "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT",
-        "TOP_N": "8",
+        "INTERVAL": "1m", "LOOKBACK_MINUTES": "15", "SYMBOL_STALE_TIMEOUT_SEC": "90",
+        "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT", "TOP_N": "8",
     }
     assert rendered["ws_screener"] == rendered["rest_screener"] == {
         "LOOKBACK_MINUTES": "15", "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT"}
@@ -92,6 +92,7 @@ def test_plan_when_nothing_differs_is_empty() -> None:
         ({"risk": {"maxSlippagePct": 0.02}}, {"risk_manager", "execution"}),
         ({"signal": {"topN": 9}}, {"signal_engine"}),
         ({"signal": {"interval": "5m"}}, {"signal_engine"}),
+        ({"signal": {"symbolStaleTimeoutSec": 300}}, {"signal_engine"}),
         ({"signal": {"lookbackMinutes": 30}},
          {"signal_engine", "ws_screener", "rest_screener"}),
         ({"symbols": ["SOLUSDT"]}, {"signal_engine", "ws_screener", "rest_screener"}),
