@@ -82,6 +82,10 @@ SPREAD_WARM_SYMBOLS = 200
 RECENT_MD = 20_000
 """Market data event ids remembered to match signals to the data that closed them."""
 RECORDER_GROUP = "alerts_recorder"
+DECIDED_KEPT = 50_000
+"""Signal ids of the latest decisions kept to ignore a signal published twice (a signal
+engine's outbox republished after its crash); older ones cannot come back, and the set must
+not grow with every signal of a long run."""
 
 
 def _ms(ts: int | None) -> Any:
@@ -140,9 +144,12 @@ class RiskService(Service[RiskSettings]):
         # committed is covered by the engine's last_data_ms.
         self.recent_md: collections.OrderedDict[str, int] = collections.OrderedDict()
         rows = await self.store.pool.fetch(
-            "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL"
+            "SELECT signal_id::text AS s FROM risk_decisions WHERE signal_id IS NOT NULL "
+            "ORDER BY seq DESC LIMIT $1", DECIDED_KEPT,
         )
-        self.decided: set[str] = {r["s"] for r in rows}
+        # Oldest first: a bounded set.
+        self.decided: collections.OrderedDict[str, None] = collections.OrderedDict.fromkeys(
+            r["s"] for r in reversed(rows))
         republished = await self.ledger.republish_outbox()
         spread_samples = await self._warm_spreads() if saved is not None else 0
         self.consumer = Consumer(
@@ -220,7 +227,7 @@ class RiskService(Service[RiskSettings]):
                 decided = engine.on_signal(event, self._now(event.timestamp))
                 if decided is None:
                     return DEFER
-                self.decided.add(event.signal_id)
+                self._decided(event.signal_id)
                 self._apply(decided, outputs)
                 tick_ms = self.recent_md.get(event.market_event_id)
                 if decided.orders and tick_ms is not None and not self.event_clock:
@@ -229,6 +236,13 @@ class RiskService(Service[RiskSettings]):
         if outputs:
             self._update_gauges()
         return self.ledger.emit(outputs)
+
+    def _decided(self, signal_id: str) -> None:
+        """Remember a decided signal (the latest DECIDED_KEPT)."""
+        decided = self.decided
+        decided[signal_id] = None
+        if len(decided) > DECIDED_KEPT:
+            decided.popitem(last=False)
 
     def _remember(self, event_id: str, timestamp: int) -> None:
         """Keep the ids and times of the latest market data applied (bounded)."""

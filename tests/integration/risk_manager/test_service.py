@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
+import asyncpg
 import httpx
 import pytest
+import redis
 
-from services.common.events import MarketData
+from services.common.events import MarketData, OrderResult, Signal, new_id, parse_event
 from services.common.infra import Infrastructure
 from tests.conftest import fresh_database, service_env
 from tests.support.risk_process import RiskProcess
@@ -121,3 +124,45 @@ def test_a_restarted_risk_manager_refills_its_spread_windows_and_still_trips(
         assert time.monotonic() < deadline, risk.state()
         time.sleep(0.05)
     assert risk.state()["state"] == "PAUSED"
+
+
+def test_a_signal_published_again_is_decided_once_also_after_a_restart(
+    risk: RiskProcess,
+) -> None:
+    md = quote(0.001)
+    risk.publish("market_data", md)
+    risk.wait_consumed("market_data")
+    signal = Signal(timestamp=md.timestamp, symbol="BTCUSDT", direction="buy", size=500.0,
+                    signal_strength=0.9, signal_id=new_id(), market_event_id=md.event_id,
+                    reason="published twice")
+    risk.publish("signals", signal)
+    client = redis.Redis.from_url(risk.env["REDIS_URL"])
+    try:
+        order = risk._wait_for_order(client, risk.env["STREAM_PREFIX"] + "orders",
+                                     signal.signal_id, parse_event)
+        risk.publish("order_results", OrderResult(
+            timestamp=md.timestamp + 1, order_id=order.order_id, status="filled",
+            fill_price=md.price, fees=0.0, symbol="BTCUSDT", side="buy",
+            filled_qty=order.size / md.price, filled_notional=order.size, slippage_pct=0.0))
+        risk.publish("signals", signal)  # a signal engine republishing its outbox
+        risk.wait_consumed("signals")
+        assert risk.stop() == 0
+        risk.start()
+        risk.publish("signals", signal)
+        risk.wait_consumed("signals")
+        orders = [parse_event("orders", f[b"data"]) for _, f in
+                  client.xrange(risk.env["STREAM_PREFIX"] + "orders")]
+    finally:
+        client.close()
+
+    async def decisions() -> int:
+        conn = await asyncpg.connect(risk.env["DATABASE_URL"])
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM risk_decisions WHERE signal_id = $1::uuid",
+                signal.signal_id))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(decisions()) == 1
+    assert [o.signal_id for o in orders].count(signal.signal_id) == 1
