@@ -29,6 +29,7 @@ sold part's entry fees`, so the realized PnL is net of every fee, and at all tim
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Any
 
@@ -44,6 +45,9 @@ from services.execution.config import MAX_FILL_SLIPPAGE, ExecutionConfig
 from services.execution.models import ExecutionOutput, Fill, PortfolioSnapshot, Position
 
 SOURCE = "execution"
+RESULTS_KEPT = 50_000
+"""Results kept to answer a redelivered order with its first result; a redelivery comes within
+minutes, and the store must not grow with every order of a long run."""
 """The `source` of the alerts this engine raises."""
 
 _MIN_NOTIONAL = 1e-9
@@ -95,7 +99,7 @@ class ExecutionEngine:
         self._config = config
         self._quotes: dict[str, _Quote] = {}
         self._holdings: dict[str, _Holding] = {}
-        self._results: dict[str, OrderResult] = {}
+        self._results: collections.OrderedDict[str, OrderResult] = collections.OrderedDict()
         self._cash = config.start_equity
         self._realized = 0.0
         self._fees = 0.0
@@ -158,6 +162,13 @@ class ExecutionEngine:
         """The last price seen for `symbol`, None if none."""
         quote = self._quotes.get(symbol)
         return None if quote is None else quote[1]
+
+    def _keep_result(self, result: OrderResult) -> None:
+        """Keep a result for redeliveries of its order (the latest RESULTS_KEPT)."""
+        results = self._results
+        results[result.order_id] = result
+        if len(results) > RESULTS_KEPT:
+            results.popitem(last=False)
 
     def result_for(self, order_id: str) -> OrderResult | None:
         """The stored result of `order_id`, None if it was not handled."""
@@ -346,7 +357,7 @@ class ExecutionEngine:
             slippage_pct=slippage,
             reason="; ".join(notes)[:200] if notes else None,
         )
-        self._results[order.order_id] = result
+        self._keep_result(result)
         fill = Fill(
             order_id=order.order_id,
             symbol=order.symbol,
@@ -401,7 +412,7 @@ class ExecutionEngine:
             slippage_pct=0.0,
             reason=reason,
         )
-        self._results[order.order_id] = result
+        self._keep_result(result)
         return ExecutionOutput(result=result, fill=None, alerts=[])
 
     # ------------------------------------------------------------------ persistence
@@ -452,4 +463,6 @@ class ExecutionEngine:
         self._holdings = {
             p.symbol: _Holding(p.qty, p.avg_price, p.entry_fees) for p in snapshot.positions
         }
-        self._results = {r.order_id: r for r in snapshot.results}
+        self._results = collections.OrderedDict()
+        for r in snapshot.results:
+            self._keep_result(r)

@@ -25,7 +25,7 @@ from services.common.events import EventBase, MarketData, Order, OrderResult
 from services.common.ledger import Ledger
 from services.common.runtime import Service
 from services.execution.config import HELD_SYMBOLS_KEY, ExecutionConfig, ExecutionSettings
-from services.execution.engine import ExecutionEngine
+from services.execution.engine import RESULTS_KEPT, ExecutionEngine
 from services.execution.models import PortfolioSnapshot
 
 logger = logging.getLogger("cdb.execution")
@@ -66,7 +66,9 @@ class ExecutionService(Service[ExecutionSettings]):
         self.bar_ts: int | None = None
         self.last_md_ts: int | None = None
         if saved is not None:
-            rows = await self.store.pool.fetch("SELECT payload FROM order_results ORDER BY seq")
+            rows = await self.store.pool.fetch(
+                "SELECT payload FROM (SELECT payload, seq FROM order_results ORDER BY seq DESC "
+                "LIMIT $1) AS latest ORDER BY seq", RESULTS_KEPT)
             data = dict(saved["portfolio"])
             data["results"] = [orjson.loads(r["payload"]) for r in rows]
             self.engine.restore(PortfolioSnapshot.from_dict(data))

@@ -7,6 +7,7 @@ import pytest
 
 from services.common.events import MarketData, Order, OrderResult, derive_id
 from services.common.settings import load_settings
+from services.execution import engine as engine_module
 from services.execution.config import ExecutionConfig, ExecutionSettings
 from services.execution.engine import ExecutionEngine, result_id, slippage_alert_id
 from services.execution.models import PortfolioSnapshot, Position
@@ -238,6 +239,21 @@ def test_duplicate_of_a_rejected_order_stays_rejected() -> None:
     again = engine.on_order(order("a"), NOW)
     assert again.duplicate and again.result.reason == "no price"
     assert engine.positions == {}
+
+
+def test_only_the_latest_results_are_kept_for_redeliveries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "RESULTS_KEPT", 3)
+    engine = engine_with(100.0)
+    for key in "abcd":
+        engine.on_order(order(key, size=10.0), NOW)
+    assert engine.result_for(order("a").order_id) is None, "the oldest result was let go"
+    assert all(engine.result_for(order(k).order_id) is not None for k in "bcd")
+    assert engine.on_order(order("d", size=10.0), NOW).duplicate
+    restored = ExecutionEngine(ExecutionConfig())
+    restored.restore(engine.snapshot())
+    assert len(restored.snapshot().results) == 3
 
 
 def test_result_ids_are_deterministic_and_events_valid() -> None:
