@@ -333,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100, help="read batch (BUS_BATCH)")
     parser.add_argument("--large-batch", type=int, default=1000, help="second batch figure")
     parser.add_argument("--rate", type=float, default=1000.0, help="offered events/s")
-    parser.add_argument("--seconds", type=float, default=10.0, help="latency run length")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="latency run length (the first second warms up)")
     parser.add_argument("--profile", action="store_true", help="cProfile the relay instead")
     args = parser.parse_args(argv)
+    if args.seconds <= 1:
+        parser.error("--seconds must exceed the latency run's one-second warm-up")
 
     with redis_url() as url:
         if args.profile:
