@@ -382,14 +382,7 @@ class Bus:
 
     def _count_published(self, items: Sequence[Outgoing]) -> None:
         """Count published events per stream (one counter update per stream and round)."""
-        if not items:
-            return
-        streams = {o.stream for o in items}
-        if len(streams) == 1:
-            counts: Mapping[str, int] = {items[0].stream: len(items)}
-        else:
-            counts = collections.Counter(o.stream for o in items)
-        for stream, n in counts.items():
+        for stream, n in collections.Counter(o.stream for o in items).items():
             counter = self._published.get(stream)
             if counter is None:
                 counter = self._published[stream] = metrics.EVENTS_PUBLISHED.labels(stream)
@@ -708,12 +701,13 @@ class Consumer:
         result = await self._xreadgroup(stop, {s: ">" for s in self.streams}, block)
         return self._hold_new(result)
 
-    def _hold_new(self, result: list[Any]) -> int:
+    def _hold_new(self, result: list[Any], ahead: bool = False) -> int:
+        """Hold the rows of an XREADGROUP reply: in the backlog, or (`ahead`) for later rounds."""
         count = 0
         for key, rows in result:
             stream = self._stream_of(key)
             for entry_id, fields in rows:
-                self._hold(Entry(stream, entry_id, fields or None, 1))
+                self._hold(Entry(stream, entry_id, fields or None, 1), ahead=ahead)
                 count += 1
         return count
 
@@ -727,27 +721,19 @@ class Consumer:
             backlog[entry.stream].append(entry)
         return taken
 
-    def _hold_ahead(self, result: list[Any]) -> int:
-        """Keep the rows of a read-ahead for the next rounds (held, so no claim repeats them)."""
-        count = 0
-        held = self._held
-        ahead = self._ahead
-        for key, rows in result:
-            stream = self._stream_of(key)
-            for entry_id, fields in rows:
-                pair = (stream, entry_id)
-                if pair not in held:
-                    held.add(pair)
-                    ahead.append(Entry(stream, entry_id, fields or None, 1))
-                    count += 1
-        return count
+    def _hold(self, entry: Entry, front: bool = False, ahead: bool = False) -> None:
+        """Hold an entry once: at the back (or `front`) of its backlog, or read `ahead`.
 
-    def _hold(self, entry: Entry, front: bool = False) -> None:
+        An entry read ahead is held too, so no claim repeats it, but only a later round takes
+        it into the backlog.
+        """
         key = (entry.stream, entry.entry_id)
         if key in self._held:
             return
         self._held.add(key)
-        if front:
+        if ahead:
+            self._ahead.append(entry)
+        elif front:
             self.backlog[entry.stream].appendleft(entry)
         else:
             self.backlog[entry.stream].append(entry)
@@ -907,7 +893,7 @@ class Consumer:
         self._in_flight = None
         result = await task
         self._read_ahead = any(len(rows) >= self._in_flight_count for _, rows in result)
-        self._hold_ahead(result)
+        self._hold_new(result, ahead=True)
         if self.on_batch_done is not None:
             await self.on_batch_done()
 
