@@ -24,7 +24,7 @@ import yaml
 from services.common.alerting import AlertingSettings, write_config
 from services.common.infra import Infrastructure
 from services.common.notify import ACTION
-from tests.conftest import ROOT, fresh_database, service_env
+from tests.conftest import ROOT
 from tests.support.alerting import (
     HttpSink,
     Request,
@@ -33,7 +33,7 @@ from tests.support.alerting import (
     binary,
     prometheus,
 )
-from tests.support.risk_process import RiskProcess
+from tests.support.risk_process import RiskProcess, running_risk_manager
 
 PROMETHEUS_DIR = ROOT / "backoffice" / "prometheus"
 BOT_TOKEN = "123456:test-bot-token-not-real"
@@ -203,13 +203,9 @@ def test_the_halt_rules_action_is_the_formatters_action() -> None:
 
 @pytest.fixture
 def risk(infra: Infrastructure) -> Iterator[RiskProcess]:
-    token = "alerting-test-token"
-    env = service_env(infra, fresh_database(infra.database_url),
-                      f"am{uuid.uuid4().hex[:8]}:", RISK_ADMIN_TOKEN=token)
-    process = RiskProcess(env, token)
-    process.start()
-    yield process
-    process.stop()
+    with running_risk_manager(infra, f"am{uuid.uuid4().hex[:8]}:",
+                              "alerting-test-token") as process:
+        yield process
 
 
 def _prometheus_config(risk: RiskProcess, am_url: str) -> dict[str, Any]:

@@ -14,21 +14,16 @@ import pytest
 from services.cli import Proc, Status
 from services.common.infra import Infrastructure
 from services.common.notify import Pager, Stack
-from tests.conftest import fresh_database, service_env
 from tests.support.alerting import HttpSink, Request
-from tests.support.risk_process import RiskProcess
+from tests.support.risk_process import RiskProcess, running_risk_manager
 
 TOKEN = "pager-test-token"
 
 
 @pytest.fixture
 def risk(infra: Infrastructure) -> Iterator[RiskProcess]:
-    env = service_env(infra, fresh_database(infra.database_url),
-                      f"pg{uuid.uuid4().hex[:8]}:", RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskProcess(env, TOKEN)
-    process.start()
-    yield process
-    process.stop()
+    with running_risk_manager(infra, f"pg{uuid.uuid4().hex[:8]}:", TOKEN) as process:
+        yield process
 
 
 def _refresh_until(status: Status, sink: HttpSink, status_name: str) -> Request:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from services.common.infra import free_port
+from services.common.infra import Infrastructure, free_port
 
 
 class RiskProcess:
@@ -159,3 +161,17 @@ class RiskProcess:
                     return order
             time.sleep(0.1)
         raise AssertionError("the risk manager emitted no order for the drill's signal")
+
+
+@contextlib.contextmanager
+def running_risk_manager(infra: Infrastructure, prefix: str, token: str) -> Iterator[RiskProcess]:
+    """A started risk manager in a database of its own under stream `prefix`; stopped after."""
+    from tests.conftest import fresh_database, service_env
+
+    env = service_env(infra, fresh_database(infra.database_url), prefix, RISK_ADMIN_TOKEN=token)
+    process = RiskProcess(env, token)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -7,29 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import asyncpg
 import httpx
-import pytest
 import redis
 
 from services.common.events import MarketData, OrderResult, Signal, new_id, parse_event
-from services.common.infra import Infrastructure
-from tests.conftest import fresh_database, service_env
+from tests.integration.risk_manager.conftest import TOKEN
 from tests.support.risk_process import RiskProcess
-
-TOKEN = "risk-admin-test-token"
-
-
-@pytest.fixture
-def risk(infra: Infrastructure, prefix: str) -> Iterator[RiskProcess]:
-    env = service_env(infra, fresh_database(infra.database_url), prefix,
-                      RISK_ADMIN_TOKEN=TOKEN)
-    process = RiskProcess(env, TOKEN)
-    process.start()
-    yield process
-    process.stop()
 
 
 def halt(risk: RiskProcess) -> None:
