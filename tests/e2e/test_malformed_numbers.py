@@ -7,7 +7,6 @@ to market_data between valid ones.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,10 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.common.events import MarketData, dump_event
+from services.common.events import MarketData
 from services.common.infra import Infrastructure
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import SERVICES, PipelineProcesses, pipeline_env
+from tests.support.raw_json import with_literals
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +37,7 @@ def pipeline(infra: Infrastructure, prefix: str) -> Iterator[PipelineProcesses]:
 def raw(symbol: str, ts: int, **literals: str) -> bytes:
     event = MarketData(timestamp=ts, symbol=symbol, price=0.05, volume=10.0, pct_change=0.0,
                        source="replay")
-    document = json.loads(dump_event(event))
-    for name in literals:
-        document[name] = f"@@{name}@@"
-    text = json.dumps(document)
-    for name, literal in literals.items():
-        text = text.replace(f'"@@{name}@@"', literal)
-    return text.encode()
+    return with_literals(event, **literals)
 
 
 def test_every_market_data_consumer_dead_letters_non_finite_numbers_and_keeps_running(

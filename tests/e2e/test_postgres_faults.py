@@ -10,7 +10,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +22,7 @@ from services.common.infra import EmbeddedPostgres, Infrastructure
 from services.replay.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import SERVICES, PipelineProcesses, backtest, pipeline_env, recorded
+from tests.support.waiting import wait_for as support_wait_for
 
 pytestmark = pytest.mark.slow
 MINUTES = 120
@@ -50,12 +51,8 @@ def ready(procs: PipelineProcesses, name: str) -> tuple[int, dict[str, bool]] | 
     return reply.status_code, reply.json().get("checks", {})
 
 
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    support_wait_for(condition, timeout, what, interval=0.1)
 
 
 def bars_done(client: redis.Redis, prefix: str) -> int:

@@ -20,9 +20,11 @@ import pydantic
 import pytest
 import redis
 
-from services.common.events import MarketData, OrderResult, dump_event, new_id, parse_event
+from services.common.events import MarketData, OrderResult, new_id, parse_event
 from services.common.infra import Infrastructure
+from tests.support.raw_json import with_literals
 from tests.support.risk_process import RiskProcess
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -36,30 +38,14 @@ def market_json(**raw_numbers: str) -> bytes:
     """A market_data document whose named fields carry the given raw JSON number text."""
     event = MarketData(timestamp=int(time.time() * 1000), symbol="BTCUSDT", price=100.0,
                        volume=1_000.0, pct_change=0.5, bid=99.9, ask=100.1, source="mexc_rest")
-    document = json.loads(dump_event(event))
-    for name in raw_numbers:
-        document[name] = f"@@{name}@@"
-    text = json.dumps(document)
-    for name, literal in raw_numbers.items():
-        text = text.replace(f'"@@{name}@@"', literal)
-    return text.encode()
+    return with_literals(event, **raw_numbers)
 
 
 def fill_json(fill_price: str) -> bytes:
     result = OrderResult(timestamp=int(time.time() * 1000), order_id=new_id(), status="filled",
                          fill_price=100.0, fees=0.1, symbol="BTCUSDT", side="buy",
                          filled_qty=1.0, filled_notional=100.0, slippage_pct=0.0)
-    document = json.loads(dump_event(result))
-    document["fill_price"] = "@@fill@@"
-    return json.dumps(document).replace('"@@fill@@"', fill_price).encode()
-
-
-def wait_for(condition: Any, what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
+    return with_literals(result, fill_price=fill_price)
 
 
 def test_parsers_turn_the_raw_literals_into_non_finite_floats() -> None:
@@ -97,7 +83,7 @@ def test_non_finite_and_negative_numbers_on_the_bus_are_dead_lettered_with_an_al
     risk.wait_consumed("order_results")
 
     wait_for(lambda: len(client.xrange(prefix + "market_data.dlq")) >= len(bad_market),
-             "every bad market entry in the dlq")
+             15, "every bad market entry in the dlq", interval=0.05)
     dead = client.xrange(prefix + "market_data.dlq")
     by_entry = {fields[b"entry_id"]: fields for _, fields in dead}
     assert len(by_entry) == len(bad_market), "each bad entry is dead-lettered exactly once"
@@ -118,7 +104,7 @@ def test_non_finite_and_negative_numbers_on_the_bus_are_dead_lettered_with_an_al
         return [a for a in alerts if a.code == "DEAD_LETTER"]
 
     alerts = wait_for(lambda: len(dead_letter_alerts()) >= len(bad_market) + 1 and
-                      dead_letter_alerts(), "the DEAD_LETTER alerts")
+                      dead_letter_alerts(), 15, "the DEAD_LETTER alerts", interval=0.05)
     alerted = {a.context["entry_id"] for a in alerts}
     assert {i.decode() for i in [*ids.values(), fill_id]} <= alerted
     assert all(a.level == "WARNING" for a in alerts)
