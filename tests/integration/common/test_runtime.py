@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.bus import Bus, BusConfig
 from services.common.events import MarketData
 from services.common.infra import EmbeddedRedis, Infrastructure, free_port
-from tests.conftest import ROOT, service_env
+from tests.conftest import service_env
+from tests.support.service_process import ServiceProcess, start_service
 
 GROUP = "counter"
 START_TIMEOUT_S = 60.0
@@ -33,55 +32,6 @@ START_TIMEOUT_S = 60.0
 def md(i: int) -> MarketData:
     return MarketData(symbol="BTCUSDT", price=100.0 + i, volume=1.0, pct_change=0.0,
                       source="replay", timestamp=1_700_000_000_000 + i)
-
-
-@dataclass
-class ServiceProcess:
-    """A counting service process whose stdout and stderr go to files."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    out: Path
-    err: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        """Everything the process wrote so far (stdout and stderr)."""
-        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """Kill the process if it still runs and reap it."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
-def start_service(env: dict[str, str], logs: Path, name: str = "svc") -> ServiceProcess:
-    """Start the counting service with `env` on a free port, logging into `logs`."""
-    port = free_port()
-    logs.mkdir(parents=True, exist_ok=True)
-    out, err = logs / f"{name}.stdout", logs / f"{name}.stderr"
-    with out.open("wb") as out_fh, err.open("wb") as err_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.counting_service"],
-            cwd=ROOT, env={**env, "HTTP_PORT": str(port)}, stdout=out_fh, stderr=err_fh,
-        )
-    return ServiceProcess(proc, port, out, err)
-
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[ServiceProcess]]:
-    """Processes started by a test; every one is killed when the test ends."""
-    started: list[ServiceProcess] = []
-    try:
-        yield started
-    finally:
-        for service in started:
-            service.kill()
 
 
 async def eventually(

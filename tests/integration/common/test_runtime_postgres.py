@@ -6,35 +6,15 @@ import asyncio
 import json
 import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from services.common.bus import Bus, BusConfig
 from services.common.infra import EmbeddedPostgres, Infrastructure, free_port
 from tests.conftest import service_env
-from tests.integration.common.test_runtime import (
-    ServiceProcess,
-    counted,
-    eventually,
-    md,
-    start_service,
-    wait_status,
-)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    """Processes started by a test; every one is killed when the test ends."""
-    started: list[ServiceProcess] = []
-    try:
-        yield started
-    finally:
-        for service in started:
-            service.kill()
-
+from tests.integration.common.test_runtime import counted, eventually, md, wait_status
+from tests.support.service_process import ServiceProcess, start_service
 
 DELAY = re.compile(r"postgres unavailable \((\w+)\); retrying in ([\d.]+)s")
 
