@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from services.common.infra import Infrastructure, free_port
-from services.replay.backtest import Pipeline, Trace, run_backtest
+from services.replay.backtest import Trace, run_backtest
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
 from services.replay.report import RunRecord
 from tests.conftest import service_env
+from tests.support.btc_pipeline import btc_pipeline
 
 PROFILE = {"PAPER_START_EQUITY": "1.0", "SIGNAL_NOTIONAL": "0.02", "MIN_ORDER_NOTIONAL": "0.0001"}
 SERVICES = ("signal_engine", "risk_manager", "execution")
@@ -93,16 +94,8 @@ def pipeline_env(
 
 def backtest(minutes: int) -> tuple[RunRecord, Trace]:
     """The in-process reference run over the same minutes and settings."""
-    from services.execution.config import ExecutionConfig
-    from services.risk_manager.config import RiskConfig
-    from services.signal_engine.config import SignalConfig
-
     candles = read_candles(SAMPLE_DIR, None, minutes)
-    pipeline = Pipeline(
-        SignalConfig(whitelist=candles.symbols, signal_notional=0.02),
-        RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001),
-        ExecutionConfig(start_equity=1.0),
-    )
+    pipeline = btc_pipeline(candles.symbols)
     record = run_backtest(candles, pipeline)
     record.candles = candles.candles
     assert pipeline.trace is not None

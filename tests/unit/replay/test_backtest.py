@@ -5,22 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.execution.config import ExecutionConfig
 from services.replay.backtest import Pipeline, run_backtest
 from services.replay.candles import read_candles
 from services.replay.report import build_report
-from services.risk_manager.config import RiskConfig
-from services.signal_engine.config import SignalConfig
+from tests.support.btc_pipeline import btc_pipeline
 from tests.unit.replay.test_candles import T0, M, row, write
 
 
 def _run(tmp_path: Path) -> tuple[Pipeline, dict[str, object]]:
     candles = read_candles(tmp_path)
-    pipeline = Pipeline(
-        SignalConfig(whitelist=candles.symbols, signal_notional=0.02),
-        RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001),
-        ExecutionConfig(start_equity=1.0),
-    )
+    pipeline = btc_pipeline(candles.symbols)
     record = run_backtest(candles, pipeline)
     record.candles = candles.candles
     return pipeline, build_report(record, "backtest")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from services.execution.config import ExecutionConfig
-from services.replay.backtest import Pipeline, run_backtest
+from services.replay.backtest import run_backtest
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
 from services.replay.report import RunRecord, build_report, comparable, max_drawdown
-from services.risk_manager.config import RiskConfig
-from services.signal_engine.config import SignalConfig
+from tests.support.btc_pipeline import btc_pipeline
 
 
 def test_max_drawdown_is_the_largest_fall_from_a_running_peak() -> None:
@@ -37,9 +35,7 @@ def test_the_report_counts_decisions_fills_and_alerts() -> None:
 def test_two_backtests_of_the_same_data_give_the_same_report() -> None:
     def run() -> dict[str, object]:
         candles = read_candles(SAMPLE_DIR, None, 180)
-        pipeline = Pipeline(SignalConfig(whitelist=candles.symbols, signal_notional=0.02),
-                            RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001),
-                            ExecutionConfig(start_equity=1.0))
+        pipeline = btc_pipeline(candles.symbols)
         record = run_backtest(candles, pipeline)
         record.candles = candles.candles
         assert pipeline.trace is not None and len(pipeline.trace.orders) == record.orders
