@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.replay.report import activity_rows
 from services.replay.timeline import Period, Timeline
 
 MAX_POINTS = 4000
@@ -238,15 +239,10 @@ def sweep_figures(points: Sequence[dict[str, Any]], names: Sequence[str]) -> lis
 
 
 def _summary(report: dict[str, Any]) -> str:
-    pnl, trades, period = report["pnl"], report["trades"], report["period"]
+    pnl = report["pnl"]
     rows = [
         ("source", report["source"]),
-        ("symbols", ", ".join(report["symbols"])),
-        ("period", f"{period['first']} .. {period['last']}"),
-        ("candles", f"{report['candles']:,}"),
-        ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
-        ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
-        ("fees", f"{report['fees']:,.6f}"),
+        *activity_rows(report),
         ("start / final equity", f"{pnl['start_equity']:,.6f} / {pnl['final_equity']:,.6f}"),
         ("PnL", f"{pnl['total']:,.6f} ({pnl['return_pct']:.3f} %)"),
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),

@@ -180,6 +180,26 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "source"}
 
 
+def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary rows of what a run covered and did (the terminal and the HTML report).
+
+    Args:
+        report: A report from `build_report`.
+
+    Returns:
+        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees.
+    """
+    period, trades = report["period"], report["trades"]
+    return [
+        ("symbols", ", ".join(report["symbols"])),
+        ("period", f"{period['first']} .. {period['last']}"),
+        ("candles", f"{report['candles']:,}"),
+        ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
+        ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
+        ("fees", f"{report['fees']:,.6f}"),
+    ]
+
+
 def render(report: dict[str, Any], console: Console) -> None:
     """Print the report as tables.
 
@@ -188,18 +208,11 @@ def render(report: dict[str, Any], console: Console) -> None:
         console: Where to print.
     """
     pnl = report["pnl"]
-    trades = report["trades"]
     summary = Table(title=f"Run report ({report['source']})", show_header=False)
     summary.add_column("figure")
     summary.add_column("value", justify="right")
-    period = report["period"]
     rows = [
-        ("symbols", ", ".join(report["symbols"])),
-        ("period", f"{period['first']} .. {period['last']}"),
-        ("candles", f"{report['candles']:,}"),
-        ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
-        ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
-        ("fees", f"{report['fees']:,.6f}"),
+        *activity_rows(report),
         ("start equity", f"{pnl['start_equity']:,.6f}"),
         ("final equity", f"{pnl['final_equity']:,.6f}"),
         ("PnL (total)", f"{pnl['total']:,.6f} ({pnl['return_pct']:.3f} %)"),
