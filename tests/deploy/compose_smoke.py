@@ -57,6 +57,7 @@ MINUTES = int(os.environ.get("SMOKE_REPLAY_MINUTES") or "600")
 SERVICES = {"cdb_ws": 18000, "cdb_rest": 18080, "cdb_core": 18001, "cdb_risk": 18002,
             "cdb_execution": 18003}
 """The five service containers and their published host ports (backoffice/compose)."""
+RISK_URL = f"http://127.0.0.1:{SERVICES['cdb_risk']}"
 CONTAINERS = [*SERVICES, "cdb_redis", "cdb_postgres", "cdb_prometheus", "cdb_alertmanager"]
 STACK = [*CONTAINERS, "cdb_alertmanager_config"]
 """What `up` starts: every service but Grafana (the sandbox has no Grafana image)."""
@@ -121,6 +122,13 @@ class Smoke:
         return subprocess.run([str(Path(sys.executable).parent / "cdb"), *args],
                               capture_output=True, text=True, timeout=300, env=env,
                               check=False)
+
+    def cdb_risk(self, action: str, reason: str) -> None:
+        """`cdb risk halt|release` against the stack's risk manager, by "smoke"."""
+        extra = {"RISK_URL": RISK_URL, "RISK_ADMIN_TOKEN": self.env["RISK_ADMIN_TOKEN"]}
+        done = self.cdb("risk", action, "--reason", reason, "--by", "smoke", extra=extra)
+        if done.returncode != 0:
+            raise SmokeError(f"cdb risk {action}: {_tail(done.stdout + done.stderr)}")
 
     def step(self, name: str, action: Callable[[], str]) -> bool:
         """Run one check, record its row, and say whether it passed."""
@@ -337,22 +345,14 @@ class Smoke:
 
     def halt_survives_restart(self) -> str:
         self.up()
-        risk = {"RISK_URL": "http://127.0.0.1:18002",
-                "RISK_ADMIN_TOKEN": self.env["RISK_ADMIN_TOKEN"]}
-        done = self.cdb("risk", "halt", "--reason", "smoke: forced halt", "--by", "smoke",
-                        extra=risk)
-        if done.returncode != 0:
-            raise SmokeError(f"cdb risk halt: {_tail(done.stdout + done.stderr)}")
+        self.cdb_risk("halt", "smoke: forced halt")
         self.compose("restart", "cdb_risk", timeout=120)
-        _wait_for(lambda: _ok("http://127.0.0.1:18002/ready"), 120, "cdb_risk ready")
-        state = json.loads(_get("http://127.0.0.1:18002/risk/state"))
+        _wait_for(lambda: _ok(f"{RISK_URL}/ready"), 120, "cdb_risk ready")
+        state = json.loads(_get(f"{RISK_URL}/risk/state"))
         if state["state"] != "HALTED":
             raise SmokeError(f"after restart the state is {state['state']}, not HALTED")
-        done = self.cdb("risk", "release", "--reason", "smoke: checked", "--by", "smoke",
-                        extra=risk)
-        if done.returncode != 0:
-            raise SmokeError(f"cdb risk release: {_tail(done.stdout + done.stderr)}")
-        after = json.loads(_get("http://127.0.0.1:18002/risk/state"))["state"]
+        self.cdb_risk("release", "smoke: checked")
+        after = json.loads(_get(f"{RISK_URL}/risk/state"))["state"]
         if after != "ACTIVE":
             raise SmokeError(f"after release the state is {after}")
         return "HALTED across restart cdb_risk; cdb risk release -> ACTIVE"
@@ -424,12 +424,7 @@ class Smoke:
         self.start_sink()
         try:
             _wait_for(lambda: bool(_alertmanagers()), 90, "Prometheus to find Alertmanager")
-            risk = {"RISK_URL": "http://127.0.0.1:18002",
-                    "RISK_ADMIN_TOKEN": self.env["RISK_ADMIN_TOKEN"]}
-            done = self.cdb("risk", "halt", "--reason", "smoke: page", "--by", "smoke",
-                            extra=risk)
-            if done.returncode != 0:
-                raise SmokeError(f"cdb risk halt: {_tail(done.stdout + done.stderr)}")
+            self.cdb_risk("halt", "smoke: page")
             started = time.monotonic()
 
             def seen(status: str) -> bool:
@@ -446,10 +441,7 @@ class Smoke:
             firing = next(n for n in self.sink_notifications() if n["status"] == "firing")
             if firing["severity"] != "critical" or "cdb risk release" not in firing["action"]:
                 raise SmokeError(f"the notification lacks severity or action: {firing}")
-            done = self.cdb("risk", "release", "--reason", "smoke: paged", "--by", "smoke",
-                            extra=risk)
-            if done.returncode != 0:
-                raise SmokeError(f"cdb risk release: {_tail(done.stdout + done.stderr)}")
+            self.cdb_risk("release", "smoke: paged")
             released = time.monotonic()
             _wait_for(lambda: seen("resolved"), 150, "the resolved CdbTradingHalted")
             return (f"firing CRITICAL at {SINK} {paged:.0f}s after the HALT, resolved "
