@@ -150,11 +150,18 @@ class RiskEngine(RiskView):
         sym = md.symbol
         price = md.price
         book = self._book
+        stamps = book.stamps
+        newest = stamps.get(sym)
+        if newest is not None and md.timestamp < newest:
+            # Late: the screeners share one stream, so an older print can follow a newer one.
+            self.late_market_data += 1
+            return EMPTY_OUTPUT if out is None else out.result()
         holding = book.holdings.get(sym)
         if not 0.0 < price < _INF or (holding is not None and not book.mark(sym, price)):
             out = out or Out(now_ms)
             self._refuse(out, f"market data of {sym} with price {price!r}", md.event_id)
             return out.result()
+        stamps[sym] = md.timestamp
         if holding is None:
             book.prices[sym] = price
         stale = self._stale
@@ -178,7 +185,7 @@ class RiskEngine(RiskView):
         if bid is not None and ask is not None and 0.0 < bid <= ask < _INF:
             spread, limit = cb.sample(sym, bid, ask)
             anomalous = limit > 0 and spread > limit
-            if anomalous and sym not in cb.symbols:
+            if anomalous and sym not in cb.symbols and not self._halted:
                 out = out or Out(now_ms)
                 if cb.trip_spread(out, sym, spread, limit, md.event_id):
                     self._changed(out, f"circuit breaker: spread anomaly on {sym}")
@@ -190,7 +197,10 @@ class RiskEngine(RiskView):
             if not self._halted:
                 out = self._check_account(out, now_ms, md.event_id)
             exits = self._exits
-            if exits.triggered(price, holding.avg):
+            if exits.dust(holding.qty, price):
+                if exits.episodes and sym in exits.episodes:
+                    exits.end(sym)
+            elif exits.triggered(price, holding.avg):
                 if exits.may_exit(sym, now_ms):
                     out = out or Out(now_ms)
                     self._stop_loss(out, md, holding)
@@ -278,6 +288,12 @@ class RiskEngine(RiskView):
         size = qty * price
         if not size > 0:
             self._reject(out, sig, Check.NO_POSITION, {"held_qty": qty, "price": price})
+            return
+        if self._exits.dust(qty, price):
+            self._reject(out, sig, Check.MIN_NOTIONAL, {
+                "held_qty": qty, "price": price, "value": size,
+                "min_notional": self._cfg.min_order_notional,
+            })
             return
         order_id = derive_id("order", sig.signal_id)
         self._emit_order(out, sym, "sell", size, qty, order_id, sig.signal_id, (), "signal")
@@ -371,8 +387,9 @@ class RiskEngine(RiskView):
                 self._refuse(out, f"fill of {sym} ({qty!r} at {res.fill_price!r}, fees "
                                   f"{res.fees!r})", res.order_id)
         if rec.side == "sell":
-            self._exits.on_result(sym, rec.order_id, applied, sym not in book.holdings, now_ms)
-        if applied and self._cb.on_fill(out, sym, res.slippage_pct, res.order_id):
+            self._exits.on_result(sym, rec.order_id, applied, self._closed(sym), now_ms)
+        if applied and not self._halted and self._cb.on_fill(out, sym, res.slippage_pct,
+                                                             res.order_id):
             self._changed(out, f"circuit breaker: slippage on {sym}")
             self._schedule(self._cb.next_ms)
         if not self._halted:
@@ -489,6 +506,13 @@ class RiskEngine(RiskView):
         return eng
 
     # ------------------------------------------------------------------ helpers
+
+    def _closed(self, sym: str) -> bool:
+        """True when `sym` is no longer held, or only as dust (nothing left to exit)."""
+        holding = self._book.holdings.get(sym)
+        if holding is None:
+            return True
+        return self._exits.dust(holding.qty, self._book.prices.get(sym, holding.avg))
 
     def _drawdown_halt(self, out: Out, trigger: str) -> None:
         self._halt(out, HALT_DRAWDOWN)

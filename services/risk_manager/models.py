@@ -222,6 +222,7 @@ class RiskSnapshot:
         exit_retry_ms: Symbol -> earliest next attempt of an exit that filled nothing.
         exit_attempts: Symbol -> consecutive exits that filled nothing.
         exit_episodes: Symbols in a stop-loss episode (already alerted).
+        price_ms: Timestamp of the market data each last price came from.
     """
 
     state: TradingState
@@ -248,6 +249,7 @@ class RiskSnapshot:
     exit_retry_ms: dict[str, int] = field(default_factory=dict)
     exit_attempts: dict[str, int] = field(default_factory=dict)
     exit_episodes: tuple[str, ...] = ()
+    price_ms: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the snapshot as JSON-compatible values."""
@@ -289,6 +291,7 @@ class RiskSnapshot:
             "exit_retry_ms": dict(self.exit_retry_ms),
             "exit_attempts": dict(self.exit_attempts),
             "exit_episodes": list(self.exit_episodes),
+            "price_ms": dict(self.price_ms),
         }
 
     @classmethod
@@ -356,4 +359,5 @@ class RiskSnapshot:
             exit_retry_ms={s: int(t) for s, t in data.get("exit_retry_ms", {}).items()},
             exit_attempts={s: int(n) for s, n in data.get("exit_attempts", {}).items()},
             exit_episodes=tuple(data.get("exit_episodes", ())),
+            price_ms={s: int(t) for s, t in data.get("price_ms", {}).items()},
         )

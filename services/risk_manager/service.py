@@ -31,6 +31,7 @@ from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing, counte
 from services.common.events import Alert, EventBase, MarketData, OrderResult, Signal
 from services.common.history import acked_history
 from services.common.ledger import Ledger
+from services.common.metrics import count_late_market_data
 from services.common.runtime import Service, Task
 from services.risk_manager.config import RiskConfig, RiskSettings
 from services.risk_manager.engine import RiskEngine
@@ -140,6 +141,7 @@ class RiskService(Service[RiskSettings]):
         else:
             self.engine = RiskEngine.restore(self.config, RiskSnapshot.from_dict(saved["engine"]))
         self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
+        count_late_market_data(self.name, lambda: self.engine.late_market_data)
         # Not persisted: market data not committed before a crash is redelivered, and what was
         # committed is covered by the engine's last_data_ms.
         self.recent_md: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -362,6 +364,10 @@ class RiskService(Service[RiskSettings]):
             "baseline_equity": e.baseline_equity,
             "positions": {
                 s: {"qty": p.qty, "avg_price": p.avg_price} for s, p in e.positions.items()
+            },
+            "dust": {
+                s: {"qty": p.qty, "value": p.qty * e.prices.get(s, p.avg_price)}
+                for s, p in e.dust.items()
             },
             "outstanding_orders": len(e.outstanding),
             "last_data_ms": e.last_data_ms,
