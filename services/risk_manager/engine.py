@@ -48,6 +48,7 @@ from services.risk_manager.output import (
     CODE_HALT_RELEASED,
     CODE_INVALID_INPUT,
     CODE_MANUAL_HALT,
+    CODE_ORDER_TIMEOUT,
     HALT_BREAKER,
     HALT_DRAWDOWN,
     HALT_EXPOSURE,
@@ -59,6 +60,8 @@ from services.risk_manager.view import RiskView
 
 __all__ = ["SOURCE", "RiskEngine"]
 
+LOST_KEPT = 1_000
+"""Lost orders remembered so that their late results still apply (the oldest go first)."""
 _NEVER = 1 << 62
 _INF = float("inf")
 _CB = PauseReason.CIRCUIT_BREAKER.value
@@ -371,10 +374,17 @@ class RiskEngine(RiskView):
         """
         rec = self._outstanding.pop(res.order_id, None)
         if rec is None:
-            return EMPTY_OUTPUT
+            rec = self._lost.pop(res.order_id, None)  # the late result of a lost order
+            if rec is None:
+                return EMPTY_OUTPUT
         out = Out(now_ms)
         if now_ms >= self._due:
             self._advance(out, now_ms)
+        self._settle(out, rec, res, now_ms)
+        return out.result()
+
+    def _settle(self, out: Out, rec: OutstandingOrder, res: OrderResult, now_ms: int) -> None:
+        """Apply the result `res` of the order `rec` (no longer outstanding)."""
         sym = rec.symbol
         book = self._book
         applied = 0.0
@@ -394,7 +404,87 @@ class RiskEngine(RiskView):
             self._schedule(self._cb.next_ms)
         if not self._halted:
             self._check_account(out, now_ms, res.order_id)
+
+    # ------------------------------------------------------------------ lost results
+
+    def order_timed_out(
+        self, order_id: str, now_ms: int, recorded: OrderResult | None
+    ) -> RiskOutput:
+        """Settle an order whose result did not come within the timeout.
+
+        The service looks up what the execution recorded for the order and passes it here.
+        With a record, the order is settled by it as if its result had come. Without one the
+        execution never took the order: its symbol is freed (signals are decided again) and
+        an exit is re-issued at once for the position still held (one working exit). Either
+        way an ORDER_TIMEOUT WARNING says what happened. A result that still comes later is
+        applied (the order is remembered as lost), so no fill is ever missed.
+
+        Args:
+            order_id: The outstanding order.
+            now_ms: Current time, Unix epoch milliseconds UTC.
+            recorded: The execution's result for the order, None when it has none.
+
+        Returns:
+            The output: the alert, and a re-issued exit with its decision.
+        """
+        rec = self._outstanding.pop(order_id, None)
+        if rec is None:
+            return EMPTY_OUTPUT
+        out = Out(now_ms)
+        if now_ms >= self._due:
+            self._advance(out, now_ms)
+        sym = rec.symbol
+        what = f"{rec.side} {sym} ({rec.reason}, order {order_id})"
+        context: dict[str, object] = {
+            "order_id": order_id, "symbol": sym, "side": rec.side, "reason": rec.reason,
+            "size": rec.size, "waited_sec": max(0, now_ms - rec.ts_ms) / 1000.0,
+        }
+        if recorded is not None and recorded.order_id == order_id:
+            out.alert(
+                CODE_ORDER_TIMEOUT, "WARNING",
+                f"No result came for {what}: settled by the execution's record "
+                f"({recorded.status}, {recorded.filled_qty:g} filled)",
+                {**context, "recorded_status": recorded.status,
+                 "filled_qty": recorded.filled_qty},
+                "recorded", order_id,
+            )
+            self._settle(out, rec, recorded, now_ms)
+            return out.result()
+        lost = self._lost
+        lost[order_id] = rec
+        while len(lost) > LOST_KEPT:
+            del lost[next(iter(lost))]
+        reissued = None
+        if rec.side == "sell":
+            self._exits.forget(sym, order_id)
+            reissued = self._reissue(out, rec)
+        out.alert(
+            CODE_ORDER_TIMEOUT, "WARNING",
+            f"No result came for {what} and the execution has no record of it: {sym} is free "
+            + (f"and its exit is re-issued ({reissued})" if reissued else "again"),
+            {**context, "reissued_order_id": reissued},
+            "lost", order_id,
+        )
         return out.result()
+
+    def _reissue(self, out: Out, lost: OutstandingOrder) -> str | None:
+        """Send the exit of a lost sell again for what is held now; its order id or None."""
+        sym = lost.symbol
+        holding = self._book.holdings.get(sym)
+        if holding is None:
+            return None
+        price = self._book.prices.get(sym, holding.avg)
+        qty = holding.qty
+        size = qty * price
+        if not size > 0 or self._exits.dust(qty, price):
+            return None
+        order_id = derive_id("reissue", lost.order_id)
+        stop = lost.reason == "stop_loss"
+        self._emit_order(out, sym, "sell", size, qty, order_id, None, (), lost.reason)
+        out.decide(order_id, None, order_id, sym, "sell", "approved",
+                   (Check.STOP_LOSS if stop else Check.EXIT).value, size, size,
+                   {"quantity": qty, "price": price, "reissue_of": lost.order_id})
+        return order_id
 
     # ------------------------------------------------------------------ breaker re-tests
 
@@ -502,6 +592,7 @@ class RiskEngine(RiskView):
         eng._dd.load(snapshot)
         eng._book.load(snapshot)
         eng._outstanding = dict(snapshot.outstanding)
+        eng._lost = dict(snapshot.lost_orders)
         eng._exits.load(snapshot)
         return eng
 

@@ -113,6 +113,14 @@ class Exits:
                 order_id,
             )
 
+    def forget(self, symbol: str, order_id: str) -> None:
+        """Stop waiting for the exit `order_id` of `symbol` (its result was lost).
+
+        No retry wait follows: the exit never reached the market, so it is sent again at once.
+        """
+        if self.working.get(symbol) == order_id:
+            del self.working[symbol]
+
     def on_result(self, symbol: str, order_id: str, filled_qty: float, closed: bool,
                   now: int) -> None:
         """Take the result of an exit of `symbol`.

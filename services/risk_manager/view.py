@@ -45,6 +45,9 @@ class RiskView:
         self._stale = StaleData(config.data_stale_timeout_sec, config.data_interval_sec)
         self._exits = Exits(config)
         self._outstanding: dict[str, OutstandingOrder] = {}
+        self._lost: dict[str, OutstandingOrder] = {}
+        """Orders given up after the result timeout with no record at the execution, oldest
+        first: a result that still comes is applied."""
         self._due = -1
         """Lower bound of the next timer's due time (checked by every call)."""
         self.late_market_data = 0
@@ -155,6 +158,7 @@ class RiskView:
             manual_paused=self._manual_paused,
             pause_reasons=self.pause_reasons,
             outstanding=dict(self._outstanding),
+            lost_orders=dict(self._lost),
             **self._cb.dump(),
             **self._dd.dump(),
             **self._book.dump(),

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.common.events import Alert
 from services.risk_manager.config import RiskConfig
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import RiskOutput, RiskSnapshot, TradingState
@@ -223,3 +224,94 @@ def test_a_sell_signal_of_a_position_above_the_minimum_is_approved() -> None:
     open_position(engine, "BTCUSDT", 500.0, price=100.0)
     order = approve(engine, sig("BTCUSDT", "sell", key="exit", ts=T0 + SEC), T0 + SEC)
     assert order.quantity == pytest.approx(5.0)
+
+
+# ---------------------------------------------------------------------- lost order results
+
+
+def timeouts(out: RiskOutput) -> list[Alert]:
+    return [a for a in out.alerts if a.code == "ORDER_TIMEOUT"]
+
+
+def test_when_a_buys_result_is_lost_then_the_executions_record_settles_it() -> None:
+    engine = RiskEngine(RiskConfig())
+    engine.on_market_data(md(price=100.0), T0)
+    order = approve(engine, sig(size=500.0, key="lost-buy"), T0)
+    later = sig("ETHUSDT", key="waiting", ts=T0 + SEC)
+    assert engine.on_signal(later, T0 + SEC) is None  # deferred while the buy is out
+    recorded = fill(order, 100.0, ts=T0)
+    out = engine.order_timed_out(order.order_id, T0 + 2 * MIN, recorded)
+    (alert,) = timeouts(out)
+    assert (alert.code, alert.level) == ("ORDER_TIMEOUT", "WARNING")
+    assert "execution's record" in alert.message and alert.context["order_id"] == order.order_id
+    assert engine.positions["BTCUSDT"].qty == pytest.approx(5.0)
+    assert engine.outstanding == {}
+    assert engine.on_signal(later, T0 + 2 * MIN) is not None  # decided again
+    # The result that finally comes changes nothing: it was settled once.
+    assert engine.on_order_result(recorded, T0 + 3 * MIN).is_empty
+    assert engine.positions["BTCUSDT"].qty == pytest.approx(5.0)
+    # And the position it revealed is protected: its stop-loss fires.
+    stop = engine.on_market_data(md(price=97.0, ts=T0 + 4 * MIN), T0 + 4 * MIN)
+    assert [o.reason for o in stop.orders] == ["stop_loss"]
+
+
+def test_when_a_buy_is_lost_without_a_record_then_its_symbol_is_freed_and_a_late_fill_applies(
+) -> None:
+    engine = RiskEngine(RiskConfig())
+    engine.on_market_data(md(price=100.0), T0)
+    order = approve(engine, sig(size=500.0, key="vanished"), T0)
+    out = engine.order_timed_out(order.order_id, T0 + 2 * MIN, None)
+    (alert,) = timeouts(out)
+    assert alert.level == "WARNING" and "no record" in alert.message and out.orders == []
+    assert engine.outstanding == {} and engine.positions == {}
+    sell = engine.on_signal(sig("BTCUSDT", "sell", key="sell-now", ts=T0 + 2 * MIN),
+                            T0 + 2 * MIN)
+    assert sell is not None and sell.decisions[0].check == "no_position"
+    engine.on_order_result(fill(order, 100.0, ts=T0 + 3 * MIN), T0 + 3 * MIN)  # it came after all
+    assert engine.positions["BTCUSDT"].qty == pytest.approx(5.0)
+    engine.on_order_result(fill(order, 100.0, ts=T0 + 3 * MIN), T0 + 3 * MIN)  # and again
+    assert engine.positions["BTCUSDT"].qty == pytest.approx(5.0)
+
+
+def test_when_a_stop_loss_exit_is_lost_then_it_is_reissued_at_once_and_never_blocks_the_next(
+) -> None:
+    engine = RiskEngine(RiskConfig())
+    open_position(engine, "BTCUSDT", 1_000.0, price=100.0)
+    first = engine.on_market_data(md(price=97.0, ts=T0 + MIN), T0 + MIN)
+    (lost,) = first.orders
+    for i in range(2, 5):  # while it is out, no second exit works
+        assert engine.on_market_data(md(price=96.0, ts=T0 + i * MIN), T0 + i * MIN).orders == []
+    out = engine.order_timed_out(lost.order_id, T0 + 5 * MIN, None)
+    (again,) = out.orders
+    assert again.reason == "stop_loss" and again.side == "sell"
+    assert again.quantity == pytest.approx(10.0) and again.order_id != lost.order_id
+    assert out.decisions[0].values["reissue_of"] == lost.order_id
+    assert timeouts(out)[0].context["reissued_order_id"] == again.order_id
+    # The re-issued one is lost too: it is re-issued again, never left hanging.
+    twice = engine.order_timed_out(again.order_id, T0 + 8 * MIN, None)
+    (third,) = twice.orders
+    engine.on_order_result(fill(third, 96.0, ts=T0 + 9 * MIN), T0 + 9 * MIN)
+    assert engine.positions == {} and engine.outstanding == {}
+    # A late result of a lost exit after the position closed changes nothing.
+    engine.on_order_result(fill(lost, 96.0, qty=0.0, status="rejected", ts=T0 + 10 * MIN),
+                           T0 + 10 * MIN)
+    assert engine.positions == {} and engine.cash > 9_000.0
+
+
+def test_a_restored_engine_still_applies_the_late_result_of_a_lost_order() -> None:
+    engine = RiskEngine(RiskConfig())
+    engine.on_market_data(md(price=100.0), T0)
+    order = approve(engine, sig(size=500.0, key="lost-then-restart"), T0)
+    engine.order_timed_out(order.order_id, T0 + 2 * MIN, None)
+    snap = RiskSnapshot.from_dict(engine.snapshot().to_dict())
+    assert set(snap.lost_orders) == {order.order_id}
+    again = RiskEngine.restore(RiskConfig(), snap)
+    again.on_order_result(fill(order, 100.0, ts=T0 + 3 * MIN), T0 + 3 * MIN)
+    assert again.positions["BTCUSDT"].qty == pytest.approx(5.0)
+
+
+def test_a_timeout_of_an_order_already_settled_changes_nothing() -> None:
+    engine = RiskEngine(RiskConfig())
+    order = open_position(engine, "BTCUSDT", 500.0, price=100.0)
+    assert engine.order_timed_out(order.order_id, T0 + 2 * MIN, None).is_empty
+    assert engine.positions["BTCUSDT"].qty == pytest.approx(5.0)

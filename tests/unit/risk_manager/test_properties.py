@@ -52,6 +52,7 @@ fill_op = st.tuples(
     st.sampled_from([1.0, 1.0, 1.0, 0.5, 0.0]),
 )
 tick_op = st.tuples(st.just("tick"))
+lost_op = st.tuples(st.just("lost"), st.booleans(), st.sampled_from([1.0, 0.5, 0.0]))
 late_op = st.tuples(
     st.just("late"),
     st.integers(0, len(SYMBOLS) - 1),
@@ -67,10 +68,11 @@ OP_STRATEGIES = {
     "tick": tick_op,
     "control": control_op,
     "late": late_op,
+    "lost": lost_op,
 }
 # Weighted choice of the operation kind (one_of would weigh every branch alike).
 op_kinds = st.sampled_from(
-    ["md"] * 4 + ["buy"] * 3 + ["sell"] * 2 + ["fill"] * 3 + ["tick", "control", "late"]
+    ["md"] * 4 + ["buy"] * 3 + ["sell"] * 2 + ["fill"] * 3 + ["tick", "control", "late", "lost"]
 )
 ops_strategy = st.lists(
     st.tuples(
@@ -122,6 +124,8 @@ class Driver:
             out = self._market_data(SYMBOLS[op[1]], op[2], op[3])
         elif kind == "late":
             out = self._late(SYMBOLS[op[1]], op[2], op[3])
+        elif kind == "lost":
+            out = self._lost(op[1], op[2])
         elif kind == "buy":
             out = self._signal(SYMBOLS[op[1]], "buy", op[2])
         elif kind == "sell":
@@ -184,10 +188,21 @@ class Driver:
         )
         return self.engine.on_signal(signal, self.now)
 
-    def _fill(self, slippage: float, fraction: float) -> RiskOutput | None:
+    def _lost(self, recorded: bool, fraction: float) -> RiskOutput:
+        """The oldest pending order's result never comes; the execution has it or not."""
         if not self.pending:
             return self.engine.on_tick(self.now)
         order = self.pending.pop(0)
+        result = self._result(order, 0.0, fraction) if recorded else None
+        return self.engine.order_timed_out(order.order_id, self.now, result)
+
+    def _fill(self, slippage: float, fraction: float) -> RiskOutput | None:
+        if not self.pending:
+            return self.engine.on_tick(self.now)
+        return self.engine.on_order_result(
+            self._result(self.pending.pop(0), slippage, fraction), self.now)
+
+    def _result(self, order: Order, slippage: float, fraction: float) -> OrderResult:
         last = self.prices[order.symbol]
         price = last * (1 + slippage) if order.side == "buy" else last * (1 - slippage)
         if order.quantity is not None:
@@ -195,7 +210,7 @@ class Driver:
         else:
             qty = order.size / price * fraction
         status = "filled" if fraction == 1.0 else "partially_filled" if fraction else "rejected"
-        result = OrderResult(
+        return OrderResult(
             event_id=derive_id("result", order.order_id),
             timestamp=self.now,
             order_id=order.order_id,
@@ -208,7 +223,6 @@ class Driver:
             filled_notional=qty * price,
             slippage_pct=slippage,
         )
-        return self.engine.on_order_result(result, self.now)
 
 
 def positions_value(engine: RiskEngine) -> float:
@@ -253,6 +267,9 @@ def test_risk_invariants_hold_for_any_event_sequence(
 
         if op[0] in ("buy", "sell") and was_outstanding:
             assert out is None  # deferred while an order awaits its result
+        if op[0] == "lost" and out is not None and out.orders:
+            # a lost exit is re-issued at once, for what is held
+            assert all(o.side == "sell" for o in out.orders)
         if out is None:
             continue
         # (b) every order has its decision
@@ -330,6 +347,7 @@ def test_restore_from_snapshot_continues_like_the_original(
         prices=dict(original.prices),
         pending=list(original.pending),
         seq=original.seq,
+        newest=dict(original.newest),
     )
     assert restored.engine.state is original.engine.state
     for op, dt in ops[split:]:
