@@ -596,6 +596,24 @@ class RiskEngine(RiskView):
         eng._exits.load(snapshot)
         return eng
 
+    def rolled_back(self, snapshot: RiskSnapshot) -> RiskEngine:
+        """This engine as it was at `snapshot` (a command whose commit failed is undone).
+
+        Everything the snapshot holds comes from it; what it leaves out (the spread windows
+        and the latest volumes, the late-data count) is kept from this engine.
+
+        Args:
+            snapshot: `snapshot()` taken before the command.
+
+        Returns:
+            The engine to use from now on.
+        """
+        eng = RiskEngine.restore(self._cfg, snapshot)
+        eng._cb.windows = self._cb.windows
+        eng._cb.volumes = self._cb.volumes
+        eng.late_market_data = self.late_market_data
+        return eng
+
     # ------------------------------------------------------------------ helpers
 
     def _closed(self, sym: str) -> bool:
