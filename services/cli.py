@@ -613,11 +613,13 @@ async def _replay_report(database_url: str, candles: Any, equity: float) -> dict
     """Build the run report from what the services recorded in PostgreSQL."""
     from services.replay.report import build_report, load_record
 
-    record = await load_record(database_url, list(candles.symbols), equity)
+    min_notional = _engine_configs(list(candles.symbols))[1].min_order_notional
+    record = await load_record(database_url, list(candles.symbols), equity, min_notional)
     record.candles = candles.candles
     record.first_ms = candles.first_timestamp
     record.last_ms = candles.last_timestamp
     record.gaps = candles.gaps
+    record.ended = candles.ended
     return build_report(record, "replay")
 
 

@@ -45,6 +45,10 @@ class RunRecord:
         fill_keys: (order id, quantity, price) of every fill.
         held: Base quantity still held at the end, by symbol (positions that did not close).
         gaps: Data gaps of the run: (symbol, close time of the first missing minute, minutes).
+        dust: The held quantities worth less than the minimum order notional at the end (no
+            exit orders are sent for them), by symbol.
+        ended: Symbols whose data ended before the run did: (symbol, close time of the last
+            candle); each was stale from then on.
     """
 
     start_equity: float
@@ -66,6 +70,21 @@ class RunRecord:
     fill_keys: list[tuple[str, float, float]] = field(default_factory=list)
     held: dict[str, float] = field(default_factory=dict)
     gaps: list[tuple[str, int, int]] = field(default_factory=list)
+    dust: dict[str, float] = field(default_factory=dict)
+    ended: list[tuple[str, int]] = field(default_factory=list)
+
+
+def dust_of(held: dict[str, tuple[float, float]], min_notional: float) -> dict[str, float]:
+    """The held quantities worth less than `min_notional`.
+
+    Args:
+        held: Symbol -> (quantity, last price).
+        min_notional: The minimum order notional (MIN_ORDER_NOTIONAL).
+
+    Returns:
+        Symbol -> quantity of each dust remainder.
+    """
+    return {s: qty for s, (qty, price) in held.items() if qty * price < min_notional}
 
 
 def _round(value: float, digits: int) -> float:
@@ -148,6 +167,8 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         "alerts_by_level": dict(sorted(Counter(level for _, level in record.alerts).items())),
         "trading_state": record.trading_state,
         "held": {s: float(f"{q:.10g}") for s, q in sorted(record.held.items())},
+        "dust": {s: float(f"{q:.10g}") for s, q in sorted(record.dust.items())},
+        "ended_symbols": [{"symbol": s, "last": _iso(last)} for s, last in record.ended],
         "data_gaps": [
             {"symbol": s, "from": _iso(first), "minutes": n} for s, first, n in record.gaps
         ],
@@ -220,6 +241,9 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state", report["trading_state"]),
         ("still held", ", ".join(f"{s} {q:g}" for s, q in report["held"].items()) or "nothing"),
+        ("of which dust", ", ".join(f"{s} {q:g}" for s, q in report["dust"].items()) or "none"),
+        ("data ended early", ", ".join(f"{e['symbol']} at {e['last']}"
+                                       for e in report["ended_symbols"]) or "none"),
         ("data gaps", f"{len(report['data_gaps'])} "
                       f"({sum(g['minutes'] for g in report['data_gaps'])} symbol-minutes)"),
     ]
@@ -241,7 +265,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(alerts)
 
 
-async def load_record(database_url: str, symbols: list[str], start_equity: float) -> RunRecord:
+async def load_record(database_url: str, symbols: list[str], start_equity: float,
+                      min_notional: float = 1.0) -> RunRecord:
     """Read what the services recorded in PostgreSQL into a run record.
 
     The final account is rebuilt from the execution service's committed snapshot with the
@@ -251,6 +276,7 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         database_url: The run's database.
         symbols: The run's symbols.
         start_equity: The paper account's start equity (PAPER_START_EQUITY).
+        min_notional: The run's MIN_ORDER_NOTIONAL (what is held below it is dust).
 
     Returns:
         The record (candles and period are the caller's to fill).
@@ -299,4 +325,6 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.realized_pnl = engine.realized_pnl
     record.total_fees = engine.total_fees
     record.held = {s: p.qty for s, p in engine.positions.items()}
+    record.dust = dust_of({s: (p.qty, engine.last_price(s) or p.avg_price)
+                           for s, p in engine.positions.items()}, min_notional)
     return record
