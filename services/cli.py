@@ -788,13 +788,23 @@ def risk_halt(
     _post("/risk/halt", {"request_id": str(uuid.uuid4()), "halted_by": by, "reason": reason})
 
 
-@risk_app.command("release")
+RELEASE_HELP = (
+    "Release a HALT (idempotent per request id).\n\n"
+    "A release lifts the HALT and resets the day's drawdown baseline to the equity at the "
+    "release, so trading resumes instead of re-halting on the loss it was halted for; the "
+    "next halt comes after another MAX_DAILY_DRAWDOWN_PCT of loss from there (or from the "
+    "next 00:00 UTC baseline). The same --request-id again gets the first answer; with "
+    "another reason or author it is refused (409)."
+)
+
+
+@risk_app.command("release", help=RELEASE_HELP)
 def risk_release(
     reason: Annotated[str, typer.Option(help="Why")],
     by: Annotated[str, typer.Option(help="Who")] = os.environ.get("USER", "operator"),
     request_id: Annotated[str, typer.Option(help="Idempotency key (default: new)")] = "",
 ) -> None:
-    """Release a HALT (idempotent per request id)."""
+    """Release a HALT (idempotent per request id); see RELEASE_HELP."""
     import uuid
 
     _post(
