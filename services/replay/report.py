@@ -17,6 +17,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from services.research.statistics import FillRecord
+
 ROUND = 8
 """Decimals kept for money figures in the report."""
 
@@ -45,6 +47,10 @@ class RunRecord:
         fill_keys: (order id, quantity, price) of every fill.
         held: Base quantity still held at the end, by symbol (positions that did not close).
         gaps: Data gaps of the run: (symbol, close time of the first missing minute, minutes).
+        equity_times: Time (Unix epoch ms) of each of `equity_points`.
+        fill_records: Every fill as the statistics read it (`services.research.statistics`).
+        first_prices: First price of each symbol in the run.
+        last_prices: Last price of each symbol in the run.
     """
 
     start_equity: float
@@ -66,6 +72,10 @@ class RunRecord:
     fill_keys: list[tuple[str, float, float]] = field(default_factory=list)
     held: dict[str, float] = field(default_factory=dict)
     gaps: list[tuple[str, int, int]] = field(default_factory=list)
+    equity_times: list[int] = field(default_factory=list)
+    fill_records: list[FillRecord] = field(default_factory=list)
+    first_prices: dict[str, float] = field(default_factory=dict)
+    last_prices: dict[str, float] = field(default_factory=dict)
 
 
 def _round(value: float, digits: int) -> float:
