@@ -618,6 +618,9 @@ async def _replay_report(database_url: str, candles: Any, equity: float) -> dict
     record.first_ms = candles.first_timestamp
     record.last_ms = candles.last_timestamp
     record.gaps = candles.gaps
+    closes = candles.first_and_last_closes()
+    record.first_prices = {s: first for s, (first, _) in closes.items()}
+    record.last_prices = {s: last for s, (_, last) in closes.items()}
     return build_report(record, "replay")
 
 

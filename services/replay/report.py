@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from services.research.statistics import FillRecord
+from services.research.statistics import FillRecord, slippage_cost, statistics_of
 
 ROUND = 8
 """Decimals kept for money figures in the report."""
@@ -83,25 +82,6 @@ def _round(value: float, digits: int) -> float:
     return round(value, digits) + 0.0
 
 
-def max_drawdown(points: Iterable[float]) -> float:
-    """Return the largest fall from a running peak, as a fraction of that peak.
-
-    Args:
-        points: Equity values in time order.
-
-    Returns:
-        The maximum drawdown in [0, 1]; 0.0 for fewer than two points.
-    """
-    peak = 0.0
-    worst = 0.0
-    for value in points:
-        if value > peak:
-            peak = value
-        elif peak > 0:
-            worst = max(worst, (peak - value) / peak)
-    return worst
-
-
 def _iso(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
@@ -125,7 +105,7 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         fees += fee
         realized_from_fills += pnl
     equity = record.final_equity
-    curve = [*record.equity_points, equity]
+    stats = statistics_of(record)
     return {
         "source": source,
         "symbols": sorted(record.symbols),
@@ -147,7 +127,8 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
             "unrealized": _round(equity - record.final_cash - _held_cost(record), ROUND),
             "cash": _round(record.final_cash, ROUND),
         },
-        "max_drawdown_pct": _round(max_drawdown(curve) * 100, 6),
+        "max_drawdown_pct": _round(stats.max_drawdown * 100, 6),
+        "statistics": stats.as_dict(),
         "decisions": {
             "total": len(record.decisions),
             "by_outcome": dict(sorted(by_outcome.items())),
@@ -178,6 +159,18 @@ def digest(record: RunRecord) -> dict[str, str]:
         "orders": hashlib.sha256(orders.encode()).hexdigest()[:16],
         "fills": hashlib.sha256(fills.encode()).hexdigest()[:16],
     }
+
+
+def _ms(value: datetime) -> int:
+    """A stored timestamptz as Unix epoch ms (exact for millisecond times)."""
+    return round(value.timestamp() * 1000)
+
+
+def fill_record(row: Any) -> FillRecord:
+    """A stored fill (a `fills` row with ts, symbol, side, qty, price, fee, slippage_pct)."""
+    qty, price = float(row["qty"]), float(row["price"])
+    return FillRecord(_ms(row["ts"]), row["symbol"], row["side"], qty, price, float(row["fee"]),
+                      slippage_cost(row["side"], qty, price, float(row["slippage_pct"])))
 
 
 def _held_cost(record: RunRecord) -> float:
@@ -263,7 +256,7 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         start_equity: The paper account's start equity (PAPER_START_EQUITY).
 
     Returns:
-        The record (candles and period are the caller's to fill).
+        The record (candles, period and first and last prices are the caller's to fill).
     """
     import asyncpg
     import orjson
@@ -282,10 +275,11 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         )
         decisions = await conn.fetch("SELECT outcome, check_name FROM risk_decisions ORDER BY seq")
         fills = await conn.fetch(
-            "SELECT side, fee, realized_pnl, order_id::text, qty, price FROM fills ORDER BY seq"
+            "SELECT side, fee, realized_pnl, order_id::text, qty, price, symbol, slippage_pct, "
+            "ts FROM fills ORDER BY seq"
         )
         alerts = await conn.fetch("SELECT code, level FROM alerts ORDER BY ts, event_id")
-        points = await conn.fetch("SELECT equity FROM equity_curve ORDER BY ts")
+        points = await conn.fetch("SELECT ts, equity FROM equity_curve ORDER BY ts")
         order_ids = await conn.fetch("SELECT order_id::text FROM orders ORDER BY seq")
     finally:
         await conn.close()
@@ -300,6 +294,8 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.fills = [(r["side"], float(r["fee"]), float(r["realized_pnl"])) for r in fills]
     record.alerts = [(r["code"], r["level"]) for r in alerts]
     record.equity_points = [float(r["equity"]) for r in points]
+    record.equity_times = [_ms(r["ts"]) for r in points]
+    record.fill_records = [fill_record(r) for r in fills]
     record.orders = len(order_ids)
     record.order_ids = [r[0] for r in order_ids]
     record.fill_keys = [(r[3], float(r[4]), float(r[5])) for r in fills]
