@@ -223,7 +223,8 @@ def sweep_figures(points: Sequence[dict[str, Any]], names: Sequence[str]) -> lis
         textposition="top center",
         marker={"size": 11, "color": [p["halts"] for p in points], "colorscale": "Reds",
                 "showscale": True, "colorbar": {"title": "halts"}},
-        hovertext=[f"{lab}<br>trades {p['trades']}, fees {p['fees']:.6g}"
+        hovertext=[f"{lab}<br>Sharpe {_ratio(p.get('sharpe'))}, trades {p['trades']}, "
+                   f"fees {p['fees']:.6g}, slippage {p.get('slippage_cost') or 0:.6g}"
                    for lab, p in zip(labels, points, strict=True)],
     ))
     fig.update_layout(title=f"Sweep: return vs max drawdown ({' / '.join(names)})", height=460,
@@ -290,10 +291,15 @@ def statistics_section(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _sweep_table(points: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     head += "<th>return %</th><th>max DD %</th><th>halts</th><th>pauses</th><th>trades</th>"
     head += "<th>fees</th>"
+    head += _sweep_statistics_head(points)
     rows = []
     for p in points:
         cells = "".join(f"<td>{html.escape(str(p['params'][n]))}</td>" for n in names)
@@ -301,8 +307,29 @@ def _sweep_table(points: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
         cells += (f"<td>{p['return_pct']:.4f}</td><td>{p['max_drawdown_pct']:.4f}</td>"
                   f"<td>{p['halts']}</td><td>{html.escape(pauses)}</td><td>{p['trades']}</td>"
                   f"<td>{p['fees']:.6g}</td>")
+        cells += _sweep_statistics_cells(p)
         rows.append(f"<tr>{cells}</tr>")
     return f'<table class="sweep"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _sweep_statistics_head(points: Sequence[dict[str, Any]]) -> str:
+    """Headers of a sweep table's statistics columns (money in the points' quote currency)."""
+    quote = html.escape(str(points[0].get("quote") or "quote") if points else "quote")
+    return (f"<th>slippage ({quote})</th><th>Sharpe</th><th>Sortino</th><th>Calmar</th>"
+            "<th>profit factor</th><th>win rate</th><th>exposure</th><th>buy &amp; hold</th>")
+
+
+def _sweep_statistics_cells(p: dict[str, Any]) -> str:
+    """A sweep point's statistics cells (`n/a` where undefined)."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value * 100:.2f} %"
+
+    slippage = p.get("slippage_cost")
+    values = ["n/a" if slippage is None else f"{slippage:.6g}", _ratio(p.get("sharpe")),
+              _ratio(p.get("sortino")), _ratio(p.get("calmar")), _ratio(p.get("profit_factor")),
+              pct(p.get("win_rate")), pct(p.get("exposure_time")),
+              pct(p.get("buy_and_hold_return"))]
+    return "".join(f"<td>{html.escape(v)}</td>" for v in values)
 
 
 _CSS = """
