@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+from services.common.values import quote_asset
+
 if TYPE_CHECKING:
     from services.replay.report import RunRecord
 
@@ -530,19 +532,12 @@ def compute_statistics(
 def quote_of(symbols: Iterable[str]) -> str:
     """The quote currency the symbols share (`ETHBTC`, `LTCBTC` -> `BTC`), `""` if none.
 
-    The quote assets recognised are the downloader's (`KNOWN_QUOTES`, longest first).
+    The quote assets recognised are `services.common.values.KNOWN_QUOTES`, longest first.
     """
-    from services.replay.download import KNOWN_QUOTES
-
-    candidates = sorted(KNOWN_QUOTES, key=len, reverse=True)
-    found: set[str] = set()
-    for symbol in symbols:
-        upper = symbol.upper()
-        quote = next((q for q in candidates if upper.endswith(q) and len(upper) > len(q)), "")
-        if not quote:
-            return ""
-        found.add(quote)
-    return found.pop() if len(found) == 1 else ""
+    found = {quote_asset(symbol) for symbol in symbols}
+    if len(found) != 1 or None in found:
+        return ""
+    return str(found.pop())
 
 
 def statistics_of(record: RunRecord) -> Statistics:
