@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.registry import PIPELINE, SERVICES
+from services.research.engines import engine_configs, profile_for
 
 if TYPE_CHECKING:
     from services.common.notify import Pager
@@ -53,21 +54,6 @@ app.add_typer(risk_app, name="risk")
 # swallow. Colour comes from `style=` and `Text` instead.
 console = Console(markup=False)
 err = Console(stderr=True, soft_wrap=True, markup=False)
-
-BTC_PROFILE = {
-    "PAPER_START_EQUITY": "1.0",
-    "SIGNAL_NOTIONAL": "0.02",
-    "MIN_ORDER_NOTIONAL": "0.0001",
-}
-"""Defaults for BTC-quoted candle data (the bundled sample): an account of 1 BTC."""
-
-
-def _profile_for(symbols: list[str]) -> dict[str, str]:
-    """Account defaults that fit the data's quote currency (env values take precedence)."""
-    if symbols and all(s.endswith("BTC") for s in symbols):
-        return {k: v for k, v in BTC_PROFILE.items() if k not in os.environ}
-    return {}
-
 
 # -- cdb run ---------------------------------------------------------------------------------
 
@@ -112,7 +98,7 @@ def _write_html(report: dict[str, Any], timeline: Any, path: Path | None) -> Non
     """Write the HTML run report (one self-contained file) and print its path."""
     if path is None:
         return
-    from services.replay.html_report import render_html, write_html
+    from services.research.html_report import render_html, write_html
 
     write_html(path, render_html(report, timeline))
     console.print(f"HTML report written to {path}", soft_wrap=True)
@@ -143,15 +129,15 @@ def backtest(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from services.replay.backtest import Pipeline, run_backtest
-    from services.replay.report import build_report, render
+    from services.research.backtest import Pipeline, run_backtest
+    from services.research.report import build_report, render
 
     wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
     if sweep:
         _sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers)
         return
     candles = _candles_or_exit(data_dir, wanted, minutes)
-    configs = _engine_configs(list(candles.symbols))
+    configs = engine_configs(list(candles.symbols))
     pipeline = Pipeline(*configs, keep_trace=html is not None)
     timeline = None
     started = time.perf_counter()
@@ -175,12 +161,12 @@ def backtest(
         if html is None:
             record = run_backtest(candles, pipeline, step)
         else:
-            from services.replay.timeline import run_backtest_timeline
+            from services.research.timeline import run_backtest_timeline
 
             record, timeline = run_backtest_timeline(candles, pipeline, step)
     elapsed = time.perf_counter() - started
     result = build_report(record, "backtest")
-    from services.replay.report import render as _render
+    from services.research.report import render as _render
 
     _render(result, console)
     console.print(
@@ -190,42 +176,6 @@ def backtest(
     _write_report(result, report)
     _write_html(result, timeline, html)
     del render
-
-
-def _engine_configs(symbols: list[str]) -> tuple[Any, Any, Any]:
-    """Engine configurations from the environment (plus the data's profile)."""
-    from services.common.settings import load_settings
-    from services.execution.config import ExecutionConfig, ExecutionSettings
-    from services.risk_manager.config import RiskConfig, RiskSettings
-    from services.signal_engine.config import SignalConfig, SignalSettings
-
-    overrides: dict[str, Any] = {
-        "REDIS_URL": "redis://unused",
-        "DATABASE_URL": "postgresql://unused",
-    }
-    env = {
-        **_profile_for(symbols),
-        "SYMBOL_WHITELIST": os.environ.get("SYMBOL_WHITELIST") or ",".join(symbols),
-    }
-    with _patched_env(env):
-        sig = SignalConfig.from_settings(load_settings(SignalSettings, **overrides))
-        risk = RiskConfig.from_settings(load_settings(RiskSettings, **overrides))
-        ex = ExecutionConfig.from_settings(load_settings(ExecutionSettings, **overrides))
-    return sig, risk, ex
-
-
-@contextlib.contextmanager
-def _patched_env(values: dict[str, str]) -> Any:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # -- cdb up ----------------------------------------------------------------------------------
@@ -468,7 +418,7 @@ def up(
             env["REPLAY_DIR"] = str((data or SAMPLE_DIR).resolve())
             env["REPLAY_MINUTES"] = str(minutes)
             env["REPLAY_SPEED"] = str(speed)
-            env.update(_profile_for(symbols))
+            env.update(profile_for(symbols))
             names = [*PIPELINE, "replay"]
         else:
             names = ["ws_screener", "rest_screener", *PIPELINE]
@@ -486,12 +436,12 @@ def up(
                 assert candles is not None
                 equity = float(env.get("PAPER_START_EQUITY", "10000"))
                 result = asyncio.run(_replay_report(env["DATABASE_URL"], candles, equity))
-                from services.replay.report import render
+                from services.research.report import render
 
                 render(result, console)
                 _write_report(result, report)
                 if html is not None:
-                    from services.replay.timeline import load_timeline
+                    from services.research.timeline import load_timeline
 
                     timeline = asyncio.run(load_timeline(env["DATABASE_URL"], candles))
                     _write_html(result, timeline, html)
@@ -520,21 +470,21 @@ def report_command(
     """
     import asyncpg
 
-    from services.replay.report import render
+    from services.research.report import render
 
     url = os.environ.get("DATABASE_URL")
     if not url:
         err.print("DATABASE_URL is not set")
         raise typer.Exit(1)
     candles = _candles_or_exit(data, None, minutes)
-    profile = _profile_for(list(candles.symbols))
+    profile = profile_for(list(candles.symbols))
     equity = float(os.environ.get("PAPER_START_EQUITY") or profile.get("PAPER_START_EQUITY")
                    or "10000")
     try:
         result = asyncio.run(_replay_report(url, candles, equity))
         timeline = None
         if html is not None:
-            from services.replay.timeline import load_timeline
+            from services.research.timeline import load_timeline
 
             timeline = asyncio.run(load_timeline(url, candles))
     except (OSError, asyncpg.PostgresError) as exc:
@@ -611,7 +561,7 @@ def _watch(status: Status, procs: list[Proc], source: str) -> int:
 
 async def _replay_report(database_url: str, candles: Any, equity: float) -> dict[str, Any]:
     """Build the run report from what the services recorded in PostgreSQL."""
-    from services.replay.report import build_report, load_record
+    from services.research.report import build_report, load_record
 
     record = await load_record(database_url, list(candles.symbols), equity)
     record.candles = candles.candles
@@ -812,7 +762,7 @@ def _sweep_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from services.replay.config import SAMPLE_DIR
-    from services.replay.sweep import SweepError, grid, parse_sweep, run_sweep, to_csv
+    from services.research.sweep import SweepError, grid, parse_sweep, run_sweep, to_csv
 
     try:
         axes = parse_sweep(specs)
@@ -850,7 +800,7 @@ def _sweep_command(
     if report_path is not None:
         _write_report({"parameters": list(names), "points": rows}, report_path)
     if html_path is not None:
-        from services.replay.html_report import render_sweep_html, write_html
+        from services.research.html_report import render_sweep_html, write_html
 
         subtitle = (f"{', '.join(candles.symbols)}: {candles.candles:,} candles; "
                     f"{len(rows)} points")
