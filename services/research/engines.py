@@ -41,6 +41,20 @@ def profile_for(symbols: list[str]) -> dict[str, str]:
     return {}
 
 
+def start_equity(symbols: list[str]) -> float:
+    """The paper account's start equity for a run over these symbols.
+
+    Args:
+        symbols: The data's symbols.
+
+    Returns:
+        PAPER_START_EQUITY from the environment, else the data's profile default, else 10000.
+    """
+    profile = profile_for(symbols)
+    return float(os.environ.get("PAPER_START_EQUITY") or profile.get("PAPER_START_EQUITY")
+                 or "10000")
+
+
 def engine_configs(symbols: list[str]) -> tuple[SignalConfig, RiskConfig, ExecutionConfig]:
     """Engine configurations from the environment (plus the data's profile).
 
