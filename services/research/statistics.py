@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 from services.common.values import quote_asset
 
 if TYPE_CHECKING:
-    from services.replay.report import RunRecord
+    from services.research.report import RunRecord
 
 MINUTE_MS = 60_000
 """One minute in milliseconds."""

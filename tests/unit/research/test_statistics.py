@@ -8,7 +8,7 @@ import pytest
 
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.report import RunRecord, build_report
+from services.research.report import RunRecord, build_report
 from services.research.statistics import (
     MINUTES_PER_YEAR,
     OBJECTIVES,
