@@ -224,6 +224,18 @@ class Alert(EventBase):
         description="Values behind the alert; numbers in it are finite, texts hold no NUL",
     )
 
+    @field_validator("message", "source", mode="before")
+    @classmethod
+    def _storable_when_built(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse unstorable text from JSON; replace it by U+FFFD in an alert built here.
+
+        A service that reports text it received (an exchange's error message, say) keeps its
+        alert: the NUL or lone surrogate becomes U+FFFD instead of failing the alert.
+        """
+        if info.mode == "python" and isinstance(value, str):
+            return scrub(value)
+        return value
+
     @field_validator("context")
     @classmethod
     def _finite_context(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:

@@ -331,3 +331,10 @@ def test_alert_built_in_process_with_a_nul_in_its_context_keeps_the_alert_scrubb
                   timestamp=1, context={"reason": "a\u0000b", "n": [NAN, "\u0000"]})
     assert alert.context == {"reason": "a\ufffdb", "n": [None, "\ufffd"]}
     assert parse_event("alerts", dump_event(alert)) == alert
+
+
+def test_alert_built_in_process_with_unstorable_text_keeps_the_alert_scrubbed() -> None:
+    alert = Alert(code="FEED_DEGRADED", level="WARNING", message="exchange said a\u0000b\ud800",
+                  source="rest\u0000screener", timestamp=1)
+    assert alert.message == "exchange said a\ufffdb\ufffd" and alert.source == "rest\ufffdscreener"
+    assert parse_event("alerts", dump_event(alert)) == alert
