@@ -13,6 +13,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.integration.risk_manager.conftest import TOKEN
 from tests.support.risk_process import RiskProcess
@@ -239,3 +241,59 @@ def test_a_command_whose_write_fails_is_rolled_back_and_the_next_one_works(
     state = risk.state()
     assert state["state"] == "HALTED" and state["manual_paused"] is True
     assert len(fetch(risk, "SELECT * FROM halts")) == 1
+
+
+# ---------------------------------------------------------------------- fuzzed bodies
+
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
+"""Any code point, NUL and lone surrogates included (hypothesis leaves those out by default)."""
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = ("request_id", "halted_by", "released_by", "reason", "paused")
+BODIES = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=5),
+    st.fixed_dictionaries({"request_id": ANY_TEXT, "halted_by": ANY_TEXT, "reason": ANY_TEXT,
+                           "released_by": ANY_TEXT}),
+    JSON_VALUES,
+)
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(path=st.sampled_from(["/risk/halt", "/risk/release", "/risk/pause"]), body=BODIES,
+       raw=st.one_of(st.none(), st.binary(max_size=64)))
+def test_no_body_whatever_it_holds_gets_a_500_or_an_unsafe_answer(
+    risk: RiskProcess, path: str, body: Any, raw: bytes | None,
+) -> None:
+    content = raw if raw is not None else json.dumps(body).encode()  # escapes surrogates
+    r = post_raw(risk, path, content)
+    assert r.status_code in (200, 409, 413, 422), (r.status_code, r.text)
+    r.content.decode("utf-8")
+    assert b"\x00" not in r.content and b"\\u0000" not in r.content
+    assert "\\ud8" not in r.text.lower() and "\\udc" not in r.text.lower()
+    r.json()
+    if r.status_code == 200 and path != "/risk/pause":
+        assert r.json()["result"] in ("halted", "already halted", "released",
+                                      "nothing to release")
+
+
+def test_after_refused_and_accepted_commands_the_state_survives_a_restart_as_it_was(
+    risk: RiskProcess,
+) -> None:
+    for i in range(30):
+        reason = ["drill", "a\u0000b", "\ud800"][i % 3]
+        answer = post_raw(risk, "/risk/halt", json.dumps(
+            {"request_id": f"f{i}", "halted_by": "x", "reason": reason}).encode())
+        assert answer.status_code == (200 if i % 3 == 0 else 422)
+    before = risk.state()
+    assert risk.stop() == 0
+    risk.start()
+    after = risk.state()
+    assert {k: after[k] for k in ("state", "halt_reason", "manual_paused")} == {
+        k: before[k] for k in ("state", "halt_reason", "manual_paused")}
+    assert after["state"] == "HALTED" and after["halt_reason"] == "drill"
+    assert fetch(risk, "SELECT count(*) AS n FROM halts")[0]["n"] == 1
+    assert fetch(risk, "SELECT count(*) AS n FROM admin_requests")[0]["n"] == 10
