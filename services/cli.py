@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import orjson
 import typer
+from rich import box
+from rich.columns import Columns
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -30,6 +34,7 @@ from rich.text import Text
 from services.registry import PIPELINE, SERVICES
 
 if TYPE_CHECKING:
+    from services.common.infra import Infrastructure
     from services.common.notify import Pager
     from services.replay.candles import CandleSet
 
@@ -90,14 +95,18 @@ def run(service: Annotated[str, typer.Argument(help="Service name, e.g. risk_man
 
 def _candles_or_exit(data: Path | None, symbols: list[str] | None, minutes: int) -> CandleSet:
     """Read the candle files (the bundled sample by default), or exit 1 naming the problem."""
-    from services.replay.candles import CandleFileError, read_candles
+    from services.replay.candles import CandleFileError, misnamed_candle_files, read_candles
     from services.replay.config import SAMPLE_DIR
 
     try:
-        return read_candles(data or SAMPLE_DIR, symbols, minutes or None)
+        candles = read_candles(data or SAMPLE_DIR, symbols, minutes or None)
     except (CandleFileError, ValueError) as exc:
         err.print(f"cannot read candles: {exc}", style="red")
         raise typer.Exit(1) from None
+    for path in misnamed_candle_files(data or SAMPLE_DIR):
+        err.print(f"warning: {path} is not read: a candle file is named <BASE>_<QUOTE>-1m.json "
+                  "or .json.gz (e.g. ETH_BTC-1m.json)", style="yellow")
+    return candles
 
 
 def _write_report(report: dict[str, Any], path: Path | None) -> None:
@@ -151,7 +160,12 @@ def backtest(
         _sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers)
         return
     candles = _candles_or_exit(data_dir, wanted, minutes)
-    configs = _engine_configs(list(candles.symbols))
+    from services.common.settings import collect_fallbacks
+
+    with collect_fallbacks(quiet=True) as fallbacks:
+        configs = _engine_configs(list(candles.symbols))
+    for fb in {fb.variable: fb for fb in fallbacks}.values():
+        err.print(f"warning: {fb.message()}", style="yellow")
     pipeline = Pipeline(*configs, keep_trace=html is not None)
     timeline = None
     started = time.perf_counter()
@@ -242,19 +256,29 @@ class Proc:
     health: str = "starting"
     metrics: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def url(self) -> str:
+        """The service's base URL."""
+        return f"http://127.0.0.1:{self.port}"
 
-def _spawn(name: str, env: dict[str, str], port: int, logs: Path) -> Proc:
+
+def _spawn(name: str, env: dict[str, str], port: int, logs: Path,
+           infra: Infrastructure | None = None) -> Proc:
+    """Start one service; recorded at once, so a stop at any moment finds it."""
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}.log"
-    handle = log.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", f"services.{name}"],
-        env={**env, "HTTP_PORT": str(port)},
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    handle.close()
+    with _signals_deferred():
+        handle = log.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env={**env, "HTTP_PORT": str(port)},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        if infra is not None:
+            infra.register(name, process.pid)
     return Proc(name, port, process, log)
 
 
@@ -273,15 +297,91 @@ def _stop_all(procs: list[Proc], timeout: float = 10.0) -> None:
             p.process.wait(5)
 
 
+# -- stopping on signals ---------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop `cdb up` cleanly: Ctrl-C, `kill`/`timeout`, a closed terminal."""
+
+
+class Stopped(KeyboardInterrupt):
+    """`cdb up` was told to stop by a signal (raised once; later signals are ignored)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+    """Turn the first of SIGINT, SIGTERM and SIGHUP into `Stopped`; ignore the later ones.
+
+    The stop then runs the same path as Ctrl-C (every `finally` stops what was started), and
+    a second signal cannot cut that cleanup short. Yields the signals received.
+    """
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        del frame
+        received.append(signum)
+        if len(received) == 1:
+            raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold the stop signals back (delivered at the end) while a step must not be cut."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _say(target: Console, message: str, style: str | None = None) -> None:
+    """Print, unless the terminal is gone (a closed terminal must not stop the cleanup)."""
+    with contextlib.suppress(OSError, ValueError):
+        target.print(message, style=style)
+
+
+# -- the live status -------------------------------------------------------------------------
+
+
+def _when(ms: Any, clock: str) -> str:
+    """A time of the risk manager as a person reads it, naming the clock it is on."""
+    if not isinstance(ms, int | float) or isinstance(ms, bool):
+        return "-"
+    at = datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if clock == "event":
+        return f"{at} (replay time)"
+    ago = max(0, int(time.time() - ms / 1000))
+    span = f"{ago} s" if ago < 120 else f"{ago // 60} min" if ago < 7200 else f"{ago // 3600} h"
+    return f"{at} (wall clock, {span} ago)"
+
+
+def _halt_text(state: dict[str, Any]) -> str:
+    """The halt reason with what it means."""
+    from services.replay.report import explain_halt
+
+    return explain_halt(str(state.get("halt_reason") or ""))
+
+
 class Status:
     """Collects what the live status table shows."""
 
     def __init__(self, redis_url: str, prefix: str, procs: list[Proc],
                  pager: Pager | None = None) -> None:
         """Prepare the collectors (`pager`: page CRITICAL alerts to a webhook)."""
-        import redis
+        from services.common.redis_client import sync_client
 
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=1)
+        # A short wait for a loading Redis: the table refreshes twice a second.
+        self.redis = sync_client(redis_url, socket_timeout=1, loading_wait_s=1)
         self.prefix = prefix
         self.procs = procs
         self.http = httpx.Client(timeout=0.5)
@@ -289,7 +389,7 @@ class Status:
         self.rates: dict[str, float] = {}
         self.last = time.monotonic()
         self.risk: dict[str, Any] = {}
-        self.alerts: list[str] = []
+        self.alerts: list[tuple[str, str, str]] = []
         self.progress: dict[str, str] = {}
         self.pager = pager
         if pager is not None:  # page what happens from now on, not an older run's alerts
@@ -321,7 +421,7 @@ class Status:
             self.alerts = []
             for _, fields in raw or []:
                 a = orjson.loads(fields[b"data"])
-                self.alerts.append(f"{a['level']:<8} {a['code']:<16} {a['message'][:70]}")
+                self.alerts.append((str(a["level"]), str(a["code"]), str(a["message"])))
             prog: Any = self.redis.hgetall(self.prefix + "replay:progress")
             self.progress = {k.decode(): v.decode() for k, v in prog.items()}
         if self.pager is not None:
@@ -338,28 +438,37 @@ class Status:
                     self.pager.on_state(str(self.risk.get("state")))
 
     def render(self) -> Group:
-        """The status as rich tables."""
-        procs = Table(title="Claire de Binaire", expand=False)
-        for col in ("service", "pid", "port", "status"):
-            procs.add_column(col)
-        for p in self.procs:
-            procs.add_row(p.name, str(p.process.pid), str(p.port), Text(p.health))
-        streams = Table(title="Streams")
-        for col in ("stream", "entries", "events/s"):
-            streams.add_column(col, justify="right" if col != "stream" else "left")
-        for s, n in self.lengths.items():
-            streams.add_row(s, f"{n:,}", f"{self.rates.get(s, 0.0):,.0f}")
-        account = Table(title="Account", show_header=False)
+        """The status as rich tables, the trading state first.
+
+        Everything fits 80 columns, and the account comes first, so a small terminal (rich
+        crops what does not fit its height at the bottom) still shows the trading state and
+        the halt reason; the alerts' messages are cut to one line each.
+        """
         r = self.risk
+        account = Table(title="Claire de Binaire", show_header=False, box=box.SIMPLE,
+                        pad_edge=False)
+        account.add_column("what", no_wrap=True, style="bold")
+        account.add_column("value", overflow="fold")
         if r:
+            state = str(r.get("state"))
+            colour = {"HALTED": "bold red", "PAUSED": "yellow", "ACTIVE": "green"}.get(state)
+            account.add_row("trading state", Text(state, style=colour or ""))
+            clock = str(r.get("clock", "wall"))
+            if r.get("halt_reason"):
+                account.add_row("halt reason", Text(_halt_text(r)))
+                account.add_row("halted since", Text(_when(r.get("halted_since_ms"), clock)))
+            pauses = [str(x) for x in r.get("pause_reasons") or []]
+            if r.get("manual_paused"):
+                pauses.append("manual")
+            if pauses:
+                account.add_row("paused by", Text(", ".join(pauses)))
             equity = float(r.get("equity", 0.0))
             exposure = float(r.get("exposure", 0.0))
-            account.add_row("trading state", Text(str(r.get("state"))))
             account.add_row("equity", f"{equity:,.6f}")
-            account.add_row("exposure", f"{exposure / equity * 100 if equity else 0:.2f} %")
-            account.add_row("drawdown", f"{float(r.get('drawdown', 0.0)) * 100:.2f} %")
-            if r.get("halt_reason"):
-                account.add_row("halt reason", Text(str(r["halt_reason"])))
+            account.add_row("exposure / drawdown",
+                            f"{exposure * 100:.2f} % / {float(r.get('drawdown', 0.0)) * 100:.2f} %")
+        else:
+            account.add_row("trading state", Text("(waiting for the risk manager)"))
         if self.progress:
             account.add_row(
                 "replay",
@@ -369,10 +478,25 @@ class Status:
                     f"({self.progress.get('state', '')})"
                 ),
             )
-        alerts = Table(title="Latest alerts", show_header=False)
-        for line in self.alerts or ["(none)"]:
-            alerts.add_row(Text(line))  # alert messages are untrusted text
-        return Group(procs, streams, account, alerts)
+        procs = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("service", "pid", "port", "status"):
+            procs.add_column(col, no_wrap=True)
+        for p in self.procs:
+            procs.add_row(p.name, str(p.process.pid), str(p.port), Text(p.health))
+        streams = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("stream", "entries", "ev/s"):
+            streams.add_column(col, justify="right" if col != "stream" else "left",
+                               no_wrap=True)
+        for s, n in self.lengths.items():
+            streams.add_row(s, f"{n:,}", f"{self.rates.get(s, 0.0):,.0f}")
+        alerts = Table(title="Latest alerts", show_header=False, box=box.SIMPLE,
+                       pad_edge=False, expand=True)
+        alerts.add_column("level", no_wrap=True, width=8)
+        alerts.add_column("code", no_wrap=True)
+        alerts.add_column("message", no_wrap=True, overflow="ellipsis", ratio=1)
+        for level, code, message in self.alerts or [("", "(none)", "")]:
+            alerts.add_row(level, code, Text(message))  # alert messages are untrusted text
+        return Group(account, Columns([procs, streams], padding=(0, 2)), alerts)
 
     def line(self) -> str:
         """A one-line status for non-terminal output."""
@@ -382,6 +506,8 @@ class Status:
             parts.append(f"replay {self.progress.get('done', 0)}/{self.progress.get('total')}")
         if r:
             parts.append(f"state={r.get('state')} equity={float(r.get('equity', 0)):.6f}")
+            if r.get("halt_reason"):
+                parts.append(f"halt={r.get('halt_reason')}")
         return " ".join(parts)
 
     def close(self) -> None:
@@ -392,22 +518,45 @@ class Status:
         self.redis.close()
 
 
-async def _prepare_database(base_url: str, name: str) -> str:
-    """Create a fresh database for a replay run (dropping older replay runs)."""
-    from urllib.parse import urlsplit, urlunsplit
+def _unreachable_feeds(env: dict[str, str], timeout: float = 3.0) -> list[str]:
+    """One line per MEXC endpoint this machine cannot reach (live data), naming its variable."""
+    from urllib.parse import urlsplit
 
-    import asyncpg
+    from services.rest_screener.config import RestScreenerSettings
+    from services.ws_screener.config import WsScreenerSettings
 
-    conn = await asyncpg.connect(base_url)
-    try:
-        old = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'cdb_replay_%'")
-        for row in old:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urlsplit(base_url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    lines = []
+    for variable, default in (
+        ("MEXC_REST_URL", RestScreenerSettings.model_fields["MEXC_REST_URL"].default),
+        ("MEXC_WS_URL", WsScreenerSettings.model_fields["MEXC_WS_URL"].default),
+    ):
+        url = env.get(variable) or str(default)
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+        except ValueError:
+            continue  # the service refuses a malformed URL itself, naming the variable
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            lines.append(f"warning: cannot reach {host}:{port} ({type(exc).__name__}: {exc}); "
+                         f"the screeners keep retrying until it answers; {variable} points "
+                         "them at another server")
+    return lines
+
+
+def _fallback_warnings(names: list[str], env: dict[str, str]) -> list[str]:
+    """One line per out-of-range variable the services about to start would replace."""
+    from services.common.settings import settings_fallbacks
+
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for name in names:
+        _, settings_cls = SERVICES[name].load()
+        for fb in settings_fallbacks(settings_cls, env, REDIS_URL="redis://unused",
+                                     DATABASE_URL="postgresql://unused"):
+            seen.setdefault(fb.variable, (fb.message(), []))[1].append(name)
+    return [f"warning: {message} ({', '.join(users)})" for message, users in seen.values()]
 
 
 @app.command()
@@ -428,10 +577,13 @@ def up(
         Path | None, typer.Option(help="Write the HTML report (charts) here")
     ] = None,
 ) -> None:
-    """Start Redis, PostgreSQL and the services; replay ends with the report."""
-    from services.common.infra import free_port, infrastructure
+    """Start Redis, PostgreSQL and the services; replay ends with the report.
+
+    Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop everything it started. The services'
+    URLs are in DATA_DIR/run.json while it runs (`cdb risk` finds the risk manager there).
+    """
+    from services.common.infra import InfraError
     from services.common.logs import configure_logging
-    from services.replay.config import SAMPLE_DIR
 
     configure_logging(service="cdb")
     import logging
@@ -444,41 +596,84 @@ def up(
     if html is not None and source != "replay":
         err.print("--html writes the report of a replay; live runs have none")
         raise typer.Exit(2)
-    symbols: list[str] = []
-    candles = None
-    if source == "replay":
-        candles = _candles_or_exit(data, None, minutes)
-        symbols = list(candles.symbols)
+    candles = _candles_or_exit(data, None, minutes) if source == "replay" else None
+    received: list[int] = []
+    try:
+        with _stop_on_signals() as received:
+            code = _up(source, data, minutes, speed, report, data_dir, notify_webhook, html,
+                       candles)
+    except InfraError as exc:
+        _say(err, f"cannot start: {exc}", style="red")
+        raise typer.Exit(1) from None
+    except (Stopped, OSError):
+        # A closed terminal turns the stop's last screen update into an OSError.
+        if not received:
+            raise
+        # Everything is stopped by now: the stop ran every cleanup on its way out.
+        name = signal.Signals(received[0]).name
+        _say(err, f"stopped by {name}; everything this cdb up started is stopped")
+        code = 0 if source == "mexc" else 128 + received[0]
+    raise typer.Exit(code)
+
+
+def _up(source: str, data: Path | None, minutes: int, speed: float, report: Path | None,
+        data_dir: Path, notify_webhook: str, html: Path | None,
+        candles: CandleSet | None) -> int:
+    """The body of `cdb up` (signals arrive as `Stopped`; every step cleans up after itself)."""
+    from services.common import local_run
+    from services.common.infra import free_port, infrastructure
+    from services.replay.config import SAMPLE_DIR
+
+    symbols = list(candles.symbols) if candles is not None else []
     stamp = datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S")
+    db_name, prefix = local_run.replay_names(stamp)
+    env = {k: v for k, v in os.environ.items()}
+    if source == "replay":
+        env["STREAM_PREFIX"] = prefix
+        env["CLOCK"] = "event"
+        env.setdefault("SYMBOL_WHITELIST", ",".join(symbols))
+        env["REPLAY_DIR"] = str((data or SAMPLE_DIR).resolve())
+        env["REPLAY_MINUTES"] = str(minutes)
+        env["REPLAY_SPEED"] = str(speed)
+        env.update(_profile_for(symbols))
+        names = [*PIPELINE, "replay"]
+    else:
+        names = ["ws_screener", "rest_screener", *PIPELINE]
+    for line in _fallback_warnings(names, env):
+        _say(err, line, style="yellow")
+    if source == "mexc":
+        for line in _unreachable_feeds(env):
+            _say(err, line, style="yellow")
     where = "external" if os.environ.get("REDIS_URL") else f"embedded under {data_dir}"
-    err.print(f"starting Redis and PostgreSQL ({where})")
+    _say(err, f"starting Redis and PostgreSQL ({where})")
     with infrastructure(
         data_dir, os.environ.get("REDIS_URL") or None, os.environ.get("DATABASE_URL") or None
     ) as infra:
-        env = {k: v for k, v in os.environ.items()}
+        if infra.took_over:
+            _say(err, "stopped what an earlier cdb up of this directory left running: "
+                      + ", ".join(infra.took_over))
         env.update(infra.env())
         env.setdefault("RISK_ADMIN_TOKEN", _admin_token(data_dir))
         if source == "replay":
-            env["DATABASE_URL"] = asyncio.run(
-                _prepare_database(infra.database_url, f"cdb_replay_{stamp}")
-            )
-            env["STREAM_PREFIX"] = f"replay{stamp}:"
-            env["CLOCK"] = "event"
-            env.setdefault("SYMBOL_WHITELIST", ",".join(symbols))
-            env["REPLAY_DIR"] = str((data or SAMPLE_DIR).resolve())
-            env["REPLAY_MINUTES"] = str(minutes)
-            env["REPLAY_SPEED"] = str(speed)
-            env.update(_profile_for(symbols))
-            names = [*PIPELINE, "replay"]
-        else:
-            names = ["ws_screener", "rest_screener", *PIPELINE]
+            env["DATABASE_URL"], _ = asyncio.run(
+                local_run.prepare_replay_database(infra.database_url, db_name))
+            dropped = local_run.drop_replay_streams(infra.redis_url, keep_prefix=prefix)
+            if dropped and infra.redis is not None:
+                infra.redis.compact()  # the deleted entries leave the append-only file
+        run = local_run.new_run(source, env.get("CLOCK", "wall"),
+                                env.get("STREAM_PREFIX", ""),
+                                db_name if source == "replay" else "")
         logs = data_dir / "logs"
         procs: list[Proc] = []
         status: Status | None = None
         code = 0
         try:
             for name in names:
-                procs.append(_spawn(name, env, free_port(), logs))
+                proc = _spawn(name, env, free_port(), logs, infra)
+                procs.append(proc)
+                run.services[name] = {"pid": proc.process.pid, "port": proc.port,
+                                      "url": proc.url}
+            local_run.write_run(data_dir, run)
             status = Status(infra.redis_url, env.get("STREAM_PREFIX", ""), procs,
                             _pager(notify_webhook))
             code = _watch(status, procs, source)
@@ -495,13 +690,14 @@ def up(
 
                     timeline = asyncio.run(load_timeline(env["DATABASE_URL"], candles))
                     _write_html(result, timeline, html)
-        except KeyboardInterrupt:
-            err.print("stopping")
         finally:
-            if status is not None:
-                status.close()
-            _stop_all(procs)
-        raise typer.Exit(code)
+            with _signals_deferred():
+                if status is not None:
+                    with contextlib.suppress(Exception):
+                        status.close()
+                _stop_all(procs)
+                local_run.remove_run(data_dir)
+    return code
 
 
 @app.command("report")
@@ -627,25 +823,67 @@ async def _replay_report(database_url: str, candles: Any, equity: float) -> dict
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the schema migrations to DATABASE_URL (idempotent)."""
+    import asyncpg
+
     from services.common.store import run_migrations
 
     url = os.environ.get("DATABASE_URL")
     if not url:
         err.print("DATABASE_URL is not set")
         raise typer.Exit(1)
-    applied = asyncio.run(run_migrations(url))
+    from services.common.logs import register_secret
+
+    register_secret(url)
+    try:
+        applied = asyncio.run(run_migrations(url))
+    except (OSError, TimeoutError, asyncpg.PostgresError,
+            asyncpg.InterfaceError) as exc:
+        err.print(f"cannot migrate the database at {_where(url)} (DATABASE_URL): "
+                  f"{_reason(exc)}", style="red")
+        raise typer.Exit(1) from None
     console.print(f"applied migrations: {applied or 'none (up to date)'}")
+
+
+def _where(url: str) -> str:
+    """host:port/database of a URL (never its user or password)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(an unreadable URL)"
+    return f"{parts.hostname or '?'}:{port or 5432}{parts.path or ''}"
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line without secrets."""
+    from services.common.logs import redact
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text:
+        text = "connection refused (is PostgreSQL running there?)"
+    elif isinstance(exc, socket.gaierror):
+        text = f"the host name cannot be resolved ({text})"
+    return redact(f"{type(exc).__name__}: {text}")
 
 
 @config_app.command("check")
 def config_check() -> None:
-    """Validate every service's environment; print the values (never a secret)."""
+    """Validate every service's environment; print the values (never a secret).
+
+    Exits 1 when a variable is missing or invalid, and when an out-of-range value was
+    replaced by its default (the row says so and names the range).
+    """
     from pydantic import SecretStr, ValidationError
+
+    from services.common.settings import collect_fallbacks
 
     table = Table(title="Configuration")
     for col in ("service", "variable", "value", "default"):
         table.add_column(col)
     failed = False
+    fell_back: list[str] = []
     for name, spec in SERVICES.items():
         try:
             _, settings_cls = spec.load()
@@ -653,7 +891,8 @@ def config_check() -> None:
             table.add_row(name, "-", Text(f"not available: {exc}", style="red"), "")
             continue
         try:
-            settings = settings_cls()
+            with collect_fallbacks(quiet=True) as fallbacks:
+                settings = settings_cls()
         except ValidationError as exc:
             failed = True
             for e in exc.errors():
@@ -661,15 +900,23 @@ def config_check() -> None:
                     name, ".".join(str(x) for x in e["loc"]), Text(e["msg"], style="red"), ""
                 )
             continue
+        replaced = {fb.variable: fb for fb in fallbacks}
         for var, info in settings_cls.model_fields.items():
             value = getattr(settings, var)
             secret = isinstance(value, SecretStr) or "Secret" in str(info.annotation)
-            shown = ("****" if value else "(unset)") if secret else str(value)
+            shown: str | Text = ("****" if value else "(unset)") if secret else str(value)
             default = "(required)" if info.is_required() else str(info.default)
+            fb = replaced.get(var)
+            if fb is not None:
+                shown = Text(f"{value} (FELL BACK: {fb.value} is outside {fb.allowed})",
+                             style="bold yellow")
+                fell_back.append(f"{name}: {fb.message()}")
             table.add_row(name, var, shown, default)
     failed = _alerting_rows(table) or failed
     console.print(table)
-    raise typer.Exit(1 if failed else 0)
+    for line in fell_back:
+        err.print(f"out of range: {line}", style="yellow")
+    raise typer.Exit(1 if failed or fell_back else 0)
 
 
 def _alerting_rows(table: Table) -> bool:
@@ -683,7 +930,7 @@ def _alerting_rows(table: Table) -> bool:
     except ValidationError as exc:
         for e in exc.errors(include_input=False):
             table.add_row("alerting", ".".join(str(x) for x in e["loc"]),
-                          f"[red]{e['msg']}[/red]", "")
+                          Text(e["msg"], style="red"), "")
         return True
     for var, info in AlertingSettings.model_fields.items():
         value = getattr(settings, var)
@@ -722,23 +969,48 @@ def alerting_render(
                       for e in exc.errors(include_input=False))
             if isinstance(exc, ValidationError) else str(exc)
         )
-        err.print(f"[red]alerting configuration invalid:[/red] {detail}")
+        err.print(f"alerting configuration invalid: {detail}", style="red")
         raise typer.Exit(1) from None
     receivers = ", ".join(settings.receivers()) or "none (alerts in Alertmanager's UI only)"
     err.print(f"wrote {', '.join(str(p) for p in written)}; receivers: {receivers}")
 
 
-def _risk_url() -> str:
-    return os.environ.get("RISK_URL", "http://127.0.0.1:8002").rstrip("/")
+DEFAULT_RISK_URL = "http://127.0.0.1:8002"
+DataDirOption = Annotated[
+    Path, typer.Option(help="The data directory of the `cdb up` to find (its run.json)")]
 
 
-def _token() -> str:
+def _risk_target(data_dir: Path) -> tuple[str, str]:
+    """The risk manager's URL and where it came from.
+
+    RISK_URL when set; else the risk manager of the `cdb up` running with `data_dir` (its
+    `run.json`); else the default port.
+    """
+    from services.common.local_run import RUN_FILE, read_run
+
+    given = os.environ.get("RISK_URL")
+    if given:
+        return given.rstrip("/"), "RISK_URL"
+    run = read_run(data_dir)
+    if run is not None:
+        url = run.url("risk_manager")
+        if run.alive() and url:
+            return url, f"the cdb up running since {run.started} (pid {run.pid}, " \
+                        f"{data_dir / RUN_FILE})"
+        _say(err, f"{data_dir / RUN_FILE} names a cdb up (pid {run.pid}) that no longer runs; "
+                  f"trying the default {DEFAULT_RISK_URL}")
+    return DEFAULT_RISK_URL, (f"the default: no cdb up runs with {data_dir}; start one, "
+                              "pass its --data-dir, or set RISK_URL")
+
+
+def _token(data_dir: Path) -> str:
     token = os.environ.get("RISK_ADMIN_TOKEN", "")
     if not token:
-        path = Path(".cdb/risk_admin_token")
+        path = data_dir / "risk_admin_token"
         token = path.read_text().strip() if path.exists() else ""
     if not token:
-        err.print("RISK_ADMIN_TOKEN is not set")
+        err.print(f"RISK_ADMIN_TOKEN is not set (and there is no {data_dir / 'risk_admin_token'}"
+                  " of a local cdb up)")
         raise typer.Exit(1)
     if not all(" " <= c <= "~" for c in token):  # never print the token itself
         err.print("RISK_ADMIN_TOKEN holds characters an HTTP header cannot carry; "
@@ -747,43 +1019,94 @@ def _token() -> str:
     return token
 
 
+def _unreachable(url: str, origin: str, exc: Exception) -> typer.Exit:
+    err.print(f"risk manager unreachable at {url} ({origin}): {type(exc).__name__}",
+              style="red")
+    return typer.Exit(1)
+
+
 @risk_app.command("status")
-def risk_status() -> None:
-    """Show the trading state (RISK_URL, default http://127.0.0.1:8002)."""
+def risk_status(
+    data_dir: DataDirOption = Path(".cdb"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON state")] = False,
+) -> None:
+    """Show the trading state: RISK_URL, else the running `cdb up`'s, else :8002."""
+    url, origin = _risk_target(data_dir)
     try:
-        state = httpx.get(f"{_risk_url()}/risk/state", timeout=5).json()
-    except httpx.HTTPError as exc:
-        err.print(f"risk manager unreachable at {_risk_url()}: {type(exc).__name__}")
-        raise typer.Exit(1) from None
-    console.print_json(data=state)
+        state = httpx.get(f"{url}/risk/state", timeout=5).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise _unreachable(url, origin, exc) from None
+    if as_json:
+        console.print_json(data=state)
+        return
+    console.print(_state_table(state, f"{url} ({origin})"))
 
 
-def _post(path: str, body: dict[str, Any]) -> None:
+def _state_table(state: dict[str, Any], where: str) -> Table:
+    """The trading state as a person reads it; every time names its clock."""
+    clock = str(state.get("clock", "wall"))
+    table = Table(title="Trading state", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("trading state", Text(str(state.get("state"))))
+    if state.get("halt_reason"):
+        table.add_row("halt reason", Text(_halt_text(state)))
+        table.add_row("halted since", _when(state.get("halted_since_ms"), clock))
+    table.add_row("manual pause", "on" if state.get("manual_paused") else "off")
+    table.add_row("pause reasons", Text(", ".join(state.get("pause_reasons") or []) or "-"))
+    table.add_row("stale symbols", Text(", ".join(state.get("stale_symbols") or []) or "-"))
+    equity = float(state.get("equity") or 0.0)
+    table.add_row("equity / cash", f"{equity:,.6f} / {float(state.get('cash') or 0.0):,.6f}")
+    table.add_row("exposure", f"{float(state.get('exposure') or 0.0) * 100:.2f} % of equity")
+    table.add_row("drawdown", f"{float(state.get('drawdown') or 0.0) * 100:.2f} % (baseline "
+                              f"{float(state.get('baseline_equity') or 0.0):,.6f})")
+    positions = state.get("positions") or {}
+    table.add_row("positions", Text(", ".join(
+        f"{s} {p.get('qty', 0):g} @ {p.get('avg_price', 0):g}" for s, p in positions.items())
+        or "none"))
+    table.add_row("orders awaiting a fill", str(state.get("outstanding_orders", 0)))
+    table.add_row("last market data", _when(state.get("last_data_ms"), clock))
+    table.add_row("clock", "replay time (CLOCK=event): the data's own time" if clock == "event"
+                  else "wall clock (CLOCK=wall)")
+    table.add_row("risk manager", Text(where))
+    return table
+
+
+def _post(path: str, body: dict[str, Any], data_dir: Path) -> None:
+    url, origin = _risk_target(data_dir)
     try:
         r = httpx.post(
-            f"{_risk_url()}{path}",
+            f"{url}{path}",
             json=body,
             timeout=10,
-            headers={"Authorization": f"Bearer {_token()}"},
+            headers={"Authorization": f"Bearer {_token(data_dir)}"},
         )
     except httpx.HTTPError as exc:
-        err.print(f"risk manager unreachable at {_risk_url()}: {type(exc).__name__}")
-        raise typer.Exit(1) from None
+        raise _unreachable(url, origin, exc) from None
     if r.status_code != 200:
         err.print(f"refused ({r.status_code}): {r.text}", style="red")
         raise typer.Exit(1)
-    console.print_json(data=r.json())
+    answer = r.json()
+    state = answer.get("state") if isinstance(answer, dict) else None
+    if isinstance(state, dict):
+        console.print(f"{path.rsplit('/', 1)[-1]}: {answer.get('result', 'done')}"
+                      f"{' (a repeated request)' if answer.get('duplicate') else ''}")
+        console.print(_state_table(state, f"{url} ({origin})"))
+    else:
+        console.print_json(data=answer)
 
 
 @risk_app.command("halt")
 def risk_halt(
     reason: Annotated[str, typer.Option(help="Why")],
     by: Annotated[str, typer.Option(help="Who")] = os.environ.get("USER", "operator"),
+    data_dir: DataDirOption = Path(".cdb"),
 ) -> None:
-    """Halt trading by hand (exits still pass)."""
+    """Halt trading by hand (exits still pass); in a replay at the replay's time."""
     import uuid
 
-    _post("/risk/halt", {"request_id": str(uuid.uuid4()), "halted_by": by, "reason": reason})
+    _post("/risk/halt", {"request_id": str(uuid.uuid4()), "halted_by": by, "reason": reason},
+          data_dir)
 
 
 @risk_app.command("release")
@@ -791,14 +1114,25 @@ def risk_release(
     reason: Annotated[str, typer.Option(help="Why")],
     by: Annotated[str, typer.Option(help="Who")] = os.environ.get("USER", "operator"),
     request_id: Annotated[str, typer.Option(help="Idempotency key (default: new)")] = "",
+    data_dir: DataDirOption = Path(".cdb"),
 ) -> None:
-    """Release a HALT (idempotent per request id)."""
+    """Release a HALT (idempotent per request id); in a replay at the replay's time."""
     import uuid
 
     _post(
         "/risk/release",
         {"request_id": request_id or str(uuid.uuid4()), "released_by": by, "reason": reason},
+        data_dir,
     )
+
+
+@risk_app.command("pause")
+def risk_pause(
+    off: Annotated[bool, typer.Option("--off", help="Lift the manual pause")] = False,
+    data_dir: DataDirOption = Path(".cdb"),
+) -> None:
+    """Set the manual pause switch (new buys refused; never lifts a HALT)."""
+    _post("/risk/pause", {"paused": not off}, data_dir)
 
 
 # -- cdb backtest --sweep --------------------------------------------------------------------
@@ -916,7 +1250,7 @@ def data_download(
             names = [s for s in symbols.replace(" ", "").split(",") if s]
         pairs = [dl.split_symbol(s, quote) for s in names]
     except dl.DownloadError as exc:
-        err.print(f"[red]cannot download:[/red] {exc}")
+        err.print(f"cannot download: {exc}", style="red")
         raise typer.Exit(1) from None
     err.print(f"downloading {len(pairs)} symbols, {dl.iso(start)} .. {dl.iso(end)}, "
               f"into {downloader.directory}")
@@ -932,7 +1266,7 @@ def data_download(
         try:
             results = asyncio.run(downloader.download(pairs, start, end, progress))
         except dl.DownloadError as exc:
-            err.print(f"[red]cannot download:[/red] {exc}")
+            err.print(f"cannot download: {exc}", style="red")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: the files hold every complete page; run the same command "
@@ -954,8 +1288,12 @@ def data_download(
     console.print(table)
     for r in results:
         if r.error is not None:
-            err.print(f"[red]{r.pair.symbol} failed:[/red] {r.error}", markup=True)
-    console.print(f"manifest written to {downloader.directory / dl.MANIFEST}")
+            err.print(f"{r.pair.symbol} failed: {r.error}", style="red")
+    if downloader.manifest_written:
+        console.print(f"manifest written to {downloader.directory / dl.MANIFEST}")
+    else:
+        err.print(f"nothing was downloaded: no file and no manifest written in "
+                  f"{downloader.directory}", style="red")
     raise typer.Exit(1 if failed else 0)
 
 

@@ -53,6 +53,7 @@ class InfraError(RuntimeError):
 
 LOCK_FILE = "lock"
 PROCESSES_FILE = "processes.json"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE_S = 15.0
 """How long a leftover process gets to stop after SIGTERM (SIGINT for PostgreSQL)."""
 
@@ -184,16 +185,6 @@ class ProcessRegistry:
             return
         self.entries[name] = {"pid": pid, "created": created, "kind": kind}
         self._write()
-
-    def remove(self, name: str) -> None:
-        """Forget a process that was stopped."""
-        if self.entries.pop(name, None) is not None:
-            self._write()
-
-    def clear(self) -> None:
-        """Forget everything (after a clean stop)."""
-        self.entries.clear()
-        self.path.unlink(missing_ok=True)
 
     def _write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -693,8 +684,11 @@ def infrastructure(
         register_secret(infra.database_url)
         yield infra
     finally:
+        # A signal now must not cut the stop short (and leave a server running).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             infra.stop()
-            registry.clear()
+            registry.stop_leftovers()  # anything recorded that is still running
         finally:
             lock.release()
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -199,6 +199,24 @@ class RiskService(Service[RiskSettings]):
     def _now(self, event_ts: int) -> int:
         return event_ts if self.event_clock else int(time.time() * 1000)
 
+    def _admin_now(self) -> int:
+        """The time of a halt, release or pause asked for over HTTP.
+
+        The wall clock live; with CLOCK=event the replay's time (the newest market data
+        applied), so the engine's timers stay in the replay's time: the wall clock would fire
+        years of them at once (every symbol stale, the day's baseline rolled).
+
+        Raises:
+            HTTPException: 409 when a replay has not sent market data yet (no time to act at).
+        """
+        if not self.event_clock:
+            return int(time.time() * 1000)
+        last = self.engine.last_data_ms
+        if last is None:
+            raise HTTPException(409, "the replay has sent no market data yet: there is no "
+                                     "replay time to act at; retry once it runs")
+        return max(last, self.last_tick)
+
     async def handle(self, stream: str, event: EventBase) -> HandlerResult:
         """Apply one event to the engine and queue its records."""
         entry = self.consumer.current
@@ -365,6 +383,7 @@ class RiskService(Service[RiskSettings]):
             },
             "outstanding_orders": len(e.outstanding),
             "last_data_ms": e.last_data_ms,
+            "clock": self.settings.CLOCK,
         }
 
     def _authorize(self, authorization: str | None) -> None:
@@ -400,7 +419,7 @@ class RiskService(Service[RiskSettings]):
             body: HaltRequest, authorization: str | None = Header(default=None)
         ) -> dict[str, Any]:
             self._authorize(authorization)
-            now = int(time.time() * 1000)
+            now = self._admin_now()
             out = self.engine.halt(body.reason, body.halted_by, now)
             result = "halted" if out.state_change is not None else "already halted"
             if out.state_change is not None:
@@ -421,13 +440,14 @@ class RiskService(Service[RiskSettings]):
                 )
             if known is not None:
                 return {"result": known["result"], "duplicate": True, "state": self.state()}
-            now = int(time.time() * 1000)
+            now = self._admin_now()
             out = self.engine.release(body.released_by, body.reason, now)
             result = "released" if out.state_change is not None else "nothing to release"
             await self._command(out, (
-                "INSERT INTO releases (request_id, released_by, reason, result) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-                (body.request_id, body.released_by, body.reason, result)))
+                "INSERT INTO releases (request_id, released_by, reason, result, ts) "
+                "VALUES ($1, $2, $3, $4, to_timestamp($5 / 1000.0)) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                (body.request_id, body.released_by, body.reason, result, now)))
             logger.warning("release requested", extra={"by": body.released_by, "result": result})
             return {"result": result, "duplicate": False, "state": self.state()}
 
@@ -436,7 +456,7 @@ class RiskService(Service[RiskSettings]):
             body: PauseRequest, authorization: str | None = Header(default=None)
         ) -> dict[str, Any]:
             self._authorize(authorization)
-            out = self.engine.set_manual_pause(body.paused, int(time.time() * 1000))
+            out = self.engine.set_manual_pause(body.paused, self._admin_now())
             outputs: list[Outgoing] = []
             self._apply(out, outputs)
             await self.ledger.commit_now(outputs)
