@@ -30,8 +30,8 @@ _HALT_WHY = {
     "daily_drawdown": "the day's drawdown reached MAX_DAILY_DRAWDOWN_PCT",
     "exposure_above_halt_level": "exposure rose above 80 % of equity",
     "circuit_breaker_retries_exhausted": (
-        "the circuit breaker's pause did not clear: every re-test failed "
-        "(CIRCUIT_BREAKER_MAX_RETRIES), so the pause became a halt"),
+        "the circuit breaker's pause never cleared: every re-test failed "
+        "(CIRCUIT_BREAKER_MAX_RETRIES)"),
 }
 RELEASE_NOTE = (
     "a halt lifts only by a manual release (`cdb risk release`, or the operator's "
