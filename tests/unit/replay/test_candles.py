@@ -14,10 +14,10 @@ from services.common.events import MarketData, derive_id
 from services.replay.candles import (
     Bar,
     CandleFileError,
-    misnamed_candle_files,
     find_candle_files,
     load_bars,
     make_market_data,
+    misnamed_candle_files,
     read_candles,
     read_series,
     replay_event_id,
@@ -241,7 +241,7 @@ def test_empty_or_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CandleFileError, match="missing: does not exist"):
         load_bars(tmp_path / "missing")
     write(tmp_path, "ETH_BTC-1m.json", [row(0, 1.0)])
-    with pytest.raises(CandleFileError, match="ETH_BTC-1m.json: not a directory"):
+    with pytest.raises(CandleFileError, match=r"ETH_BTC-1m\.json: not a directory"):
         load_bars(tmp_path / "ETH_BTC-1m.json")
 
 
