@@ -396,7 +396,9 @@ def up(
             code = _up(source, data, minutes, speed, report, data_dir, notify_webhook, html,
                        candles)
     except InfraError as exc:
-        say(err, f"cannot start: {exc}", style="red")
+        from services.common.logs import redact
+
+        say(err, redact(f"cannot start: {exc}"), style="red")
         raise typer.Exit(1) from None
     except (Stopped, OSError):
         # A closed terminal turns the stop's last screen update into an OSError.
@@ -448,11 +450,7 @@ def _up(source: str, data: Path | None, minutes: int, speed: float, report: Path
         env.update(infra.env())
         env.setdefault("RISK_ADMIN_TOKEN", _admin_token(data_dir))
         if source == "replay":
-            env["DATABASE_URL"], _ = asyncio.run(
-                local_run.prepare_replay_database(infra.database_url, db_name))
-            dropped = local_run.drop_replay_streams(infra.redis_url, keep_prefix=prefix)
-            if dropped and infra.redis is not None:
-                infra.redis.compact()  # the deleted entries leave the append-only file
+            env["DATABASE_URL"] = _fresh_run(infra, db_name, prefix)
         run = local_run.new_run(source, env.get("CLOCK", "wall"),
                                 env.get("STREAM_PREFIX", ""),
                                 db_name if source == "replay" else "")
@@ -491,6 +489,48 @@ def _up(source: str, data: Path | None, minutes: int, speed: float, report: Path
                 _stop_all(procs)
                 local_run.remove_run(data_dir)
     return code
+
+
+def _fresh_run(infra: Infrastructure, db_name: str, prefix: str) -> str:
+    """Drop the earlier replay run (database and streams) and create this run's database.
+
+    Returns:
+        The new database's URL.
+
+    Raises:
+        InfraError: PostgreSQL or Redis refused (one line naming which and where).
+    """
+    import asyncpg
+    import redis
+
+    from services.common import local_run
+    from services.common.infra import InfraError
+
+    try:
+        url, _ = asyncio.run(local_run.prepare_replay_database(infra.database_url, db_name))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise InfraError(f"cannot create the run's database on {_where(infra.database_url)} "
+                         f"(DATABASE_URL): {type(exc).__name__}: {exc}") from None
+    try:
+        dropped = local_run.drop_replay_streams(infra.redis_url, keep_prefix=prefix)
+    except redis.RedisError as exc:
+        raise InfraError(f"cannot drop the earlier run's streams on "
+                         f"{_where(infra.redis_url)} (REDIS_URL): {type(exc).__name__}: "
+                         f"{exc}") from None
+    if dropped and infra.redis is not None:
+        infra.redis.compact()  # the deleted entries leave the append-only file
+    return url
+
+
+def _where(url: str) -> str:
+    """host:port of a URL (never its user or password)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname or '?'}:{parts.port or '?'}"
+    except ValueError:
+        return "(an unreadable URL)"
 
 
 def _pager(url: str) -> Pager | None:

@@ -219,6 +219,12 @@ class ProcessRegistry:
         return stopped
 
 
+def _last_line(text: str) -> str:
+    """The last non-empty line of a server's output (an error message is one line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
 def free_port() -> int:
     """Return a free TCP port on 127.0.0.1."""
     with socket.socket() as s:
@@ -230,8 +236,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise InfraError(f"server exited with code {proc.returncode}: {tail}")
+            tail = _last_line(log.read_text(errors="replace") if log.exists() else "")
+            raise InfraError(f"server exited with code {proc.returncode} at start: {tail} "
+                             f"(log: {log})")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
@@ -509,7 +516,8 @@ class EmbeddedPostgres:
                     check=True, capture_output=True, **_run_as(self.system_user),  # type: ignore[call-overload]
                 )
             except subprocess.CalledProcessError as exc:
-                raise InfraError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+                raise InfraError(f"initdb failed: "
+                                 f"{_last_line(exc.stderr.decode(errors='replace'))}") from exc
             finally:
                 pwfile.unlink(missing_ok=True)
             created = True
@@ -577,7 +585,8 @@ class EmbeddedPostgres:
             if probe.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise InfraError(f"postgres not ready: {probe.stderr.decode(errors='replace')}")
+                raise InfraError(f"PostgreSQL on port {self.port} not ready: "
+                                 f"{_last_line(probe.stderr.decode(errors='replace'))}")
             time.sleep(0.1)
         if probe.stdout.strip() != b"1":
             subprocess.run(

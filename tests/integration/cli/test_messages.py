@@ -191,3 +191,17 @@ def test_cdb_risk_status_without_a_running_cdb_up_says_where_it_looked(tmp_path:
     text = " ".join(result.stderr.split())
     assert "risk manager unreachable at http://127.0.0.1:8002" in text
     assert f"no cdb up runs with {tmp_path}" in text and "RISK_URL" in text
+
+
+def test_cdb_up_on_an_unreachable_external_database_prints_one_line(tmp_path: Path) -> None:
+    from services.common.infra import free_port
+
+    port = free_port()
+    result = cdb("up", "--minutes", "5", "--data-dir", str(tmp_path / "cdb"),
+                 REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                 DATABASE_URL=f"postgresql://cdb:pg-s3cret@127.0.0.1:{port}/cdb")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "pg-s3cret" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("cannot start")]
+    assert f"cannot create the run's database on 127.0.0.1:{port} (DATABASE_URL)" in line
+    assert not (tmp_path / "cdb" / "run.json").exists()
