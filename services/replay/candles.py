@@ -114,11 +114,14 @@ def find_candle_files(directory: Path) -> dict[str, Path]:
         Symbol -> path, sorted by symbol.
 
     Raises:
-        CandleFileError: The directory does not exist, a symbol is too long for the event
-            contract, or two files name the same symbol.
+        CandleFileError: The directory does not exist (or is a file), a symbol is too long
+            for the event contract, or two files name the same symbol.
     """
+    if not directory.exists():
+        raise CandleFileError(directory, None, "does not exist")
     if not directory.is_dir():
-        raise CandleFileError(directory, None, "not a directory")
+        raise CandleFileError(directory, None, "not a directory (give the folder that holds "
+                                               "the <BASE>_<QUOTE>-1m.json[.gz] files)")
     found: dict[str, Path] = {}
     for path in sorted(directory.iterdir()):
         symbol = symbol_from_filename(path.name)
@@ -132,6 +135,27 @@ def find_candle_files(directory: Path) -> dict[str, Path]:
             )
         found[symbol] = path
     return dict(sorted(found.items()))
+
+
+def misnamed_candle_files(directory: Path) -> list[Path]:
+    """JSON files of `directory` that are not named like candle files, so are not read.
+
+    `manifest.json` (written by `cdb data download`) and hidden files are not candle files.
+
+    Args:
+        directory: The candle directory.
+
+    Returns:
+        The files, sorted; empty when the directory cannot be listed.
+    """
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries
+            if p.name.lower().endswith((".json", ".json.gz")) and p.name != "manifest.json"
+            and not p.name.startswith(".") and symbol_from_filename(p.name) is None
+            and p.is_file()]
 
 
 def _number(path: Path, index: int, name: str, value: Any) -> float:
@@ -591,7 +615,9 @@ def read_candles(
             )
         chosen = {s: files[s] for s in wanted}
     if not chosen:
-        raise CandleFileError(directory, None, "holds no <BASE>_<QUOTE>-1m.json[.gz] files")
+        misnamed = ", ".join(p.name for p in misnamed_candle_files(directory))
+        raise CandleFileError(directory, None, "holds no <BASE>_<QUOTE>-1m.json[.gz] files" + (
+            f" ({misnamed}: not named like ETH_BTC-1m.json, so not read)" if misnamed else ""))
     series = [read_series(path, symbol) for symbol, path in chosen.items()]
     start = max(s.times[0] for s in series)
     if min(s.times[-1] for s in series) < start:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,71 @@ if TYPE_CHECKING:
 
 ROUND = 8
 """Decimals kept for money figures in the report."""
+
+HALT_CHECKS = {
+    "daily_drawdown": "drawdown",
+    "exposure_above_halt_level": "exposure",
+    "circuit_breaker_retries_exhausted": "circuit_breaker",
+}
+"""Halt reasons of the risk engine -> the check that caused them (others: manual_halt)."""
+_HALT_WHY = {
+    "daily_drawdown": "the day's drawdown reached MAX_DAILY_DRAWDOWN_PCT",
+    "exposure_above_halt_level": "exposure rose above 80 % of equity",
+    "circuit_breaker_retries_exhausted": (
+        "the circuit breaker's pause never cleared: every re-test failed "
+        "(CIRCUIT_BREAKER_MAX_RETRIES)"),
+}
+RELEASE_NOTE = (
+    "a halt lifts only by a manual release (`cdb risk release`, or the operator's "
+    "`release.id` in Kubernetes); nothing releases it in a backtest, nor in a replay unless "
+    "someone does while it runs, so it held to the end of the run")
+
+
+def halt_check(reason: str | None) -> str:
+    """The check a halt reason stands for (`manual_halt` for a halt by hand)."""
+    return HALT_CHECKS.get(reason or "", "manual_halt")
+
+
+def explain_halt(reason: str) -> str:
+    """A halt reason as a person reads it: the reason and what caused it."""
+    why = _HALT_WHY.get(reason)
+    if why is not None:
+        return f"{reason}: {why}"
+    return f"halted by hand: {reason}" if reason else "-"
+
+
+@dataclass(slots=True)
+class HaltRecord:
+    """One halt of a run.
+
+    Attributes:
+        since_ms: When it began (data time), Unix epoch ms.
+        reason: The engine's halt reason (or the reason given for a halt by hand).
+        detail: The message of the alert that announced it (with the figures that tripped).
+        until_ms: When a release lifted it, None when it held to the end.
+        refused: Buys refused while it held.
+    """
+
+    since_ms: int
+    reason: str
+    detail: str = ""
+    until_ms: int | None = None
+    refused: int = 0
+
+
+def halt_detail(alerts: Iterable[tuple[int, str, str, str, str]], since_ms: int) -> str:
+    """The message of the alert that announced a halt.
+
+    Of the alerts at the halt's time, the CRITICAL ones (for a halt by hand its MANUAL_HALT),
+    the first by event id, so a backtest and a replay pick the same one.
+
+    Args:
+        alerts: (time, code, level, message, event id) per alert.
+        since_ms: The halt's time.
+    """
+    found = sorted((eid, message) for ts, code, level, message, eid in alerts
+                   if ts == since_ms and (level == "CRITICAL" or code == "MANUAL_HALT"))
+    return found[0][1] if found else ""
 
 
 @dataclass(slots=True)
@@ -58,6 +124,7 @@ class RunRecord:
             exit orders are sent for them), by symbol.
         ended: Symbols whose data ended before the run did: (symbol, close time of the last
             candle); each was stale from then on.
+        halts: The halts of the run, in time order.
     """
 
     start_equity: float
@@ -85,6 +152,7 @@ class RunRecord:
     last_prices: dict[str, float] = field(default_factory=dict)
     dust: dict[str, float] = field(default_factory=dict)
     ended: list[tuple[str, int]] = field(default_factory=list)
+    halts: list[HaltRecord] = field(default_factory=list)
 
 
 def dust_of(held: dict[str, tuple[float, float]], min_notional: float) -> dict[str, float]:
@@ -166,6 +234,12 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         "ended_symbols": [{"symbol": s, "last": _iso(last)} for s, last in record.ended],
         "data_gaps": [
             {"symbol": s, "from": _iso(first), "minutes": n} for s, first, n in record.gaps
+        ],
+        "halts": [
+            {"since": _iso(h.since_ms), "reason": h.reason, "check": halt_check(h.reason),
+             "why": explain_halt(h.reason), "detail": h.detail, "released": _iso(h.until_ms),
+             "buys_refused": h.refused}
+            for h in record.halts
         ],
         "digest": digest(record),
     }
@@ -370,6 +444,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     for name, value in rows:
         summary.add_row(name, value)
     console.print(summary)
+    for halt in report.get("halts", []):
+        console.print(_halt_table(halt))
     decisions = Table(title="Decisions by outcome and deciding check")
     decisions.add_column("outcome:check")
     decisions.add_column("count", justify="right")
@@ -384,6 +460,55 @@ def render(report: dict[str, Any], console: Console) -> None:
         alerts.add_row(code, str(count))
     console.print(alerts)
     render_statistics(report, console)
+
+
+def _halt_table(halt: dict[str, Any]) -> Table:
+    """One halt as a table: when, why, what tripped it, and whether it was released."""
+    table = Table(title=f"Halt ({halt['check']})", show_header=False)
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("since", f"{halt['since']} (data time)")
+    table.add_row("why", halt["why"])
+    if halt["detail"]:
+        table.add_row("alert", halt["detail"])
+    table.add_row("buys refused", f"{halt['buys_refused']} (counted under {halt['check']})")
+    table.add_row("released", f"at {halt['released']}" if halt["released"] else
+                  f"never: {RELEASE_NOTE}")
+    return table
+
+
+def halts_from_rows(
+    halts: Iterable[tuple[int, str]],
+    releases: Iterable[int],
+    alerts: Iterable[tuple[int, str, str, str, str]],
+    refusals: Iterable[int],
+) -> list[HaltRecord]:
+    """The halts of a replay from what the risk manager recorded.
+
+    Args:
+        halts: (time, reason) per row of `halts`, in time order (a halt by hand has two rows;
+            a row while a halt holds is part of it).
+        releases: Times of the releases that lifted a halt.
+        alerts: (time, code, level, message, event id) per alert.
+        refusals: Times of the buys refused while halted.
+
+    Returns:
+        The halts in time order.
+    """
+    alert_rows = list(alerts)
+    release_times = sorted(releases)
+    out: list[HaltRecord] = []
+    for ts, reason in halts:
+        if out and (out[-1].until_ms is None or out[-1].until_ms > ts):
+            continue
+        until = next((t for t in release_times if t >= ts), None)
+        out.append(HaltRecord(ts, reason, halt_detail(alert_rows, ts), until))
+    for ts in refusals:
+        for h in out:
+            if h.since_ms <= ts and (h.until_ms is None or ts < h.until_ms):
+                h.refused += 1
+                break
+    return out
 
 
 async def load_record(database_url: str, symbols: list[str], start_equity: float,
@@ -425,6 +550,15 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         alerts = await conn.fetch("SELECT code, level FROM alerts ORDER BY ts, event_id")
         points = await conn.fetch("SELECT ts, equity FROM equity_curve ORDER BY ts")
         order_ids = await conn.fetch("SELECT order_id::text FROM orders ORDER BY seq")
+        halts = await conn.fetch("SELECT ts, reason FROM halts ORDER BY ts, id")
+        releases = await conn.fetch(
+            "SELECT ts FROM releases WHERE result = 'released' ORDER BY ts")
+        halt_alerts = await conn.fetch(
+            "SELECT ts, code, level, message, event_id::text FROM alerts "
+            "WHERE level = 'CRITICAL' OR code = 'MANUAL_HALT'")
+        refusals = await conn.fetch(
+            "SELECT ts FROM risk_decisions WHERE outcome = 'rejected' "
+            "AND compared ? 'halt_reason' ORDER BY ts")
     finally:
         await conn.close()
     saved = orjson.loads(snap_row) if snap_row else None
@@ -451,6 +585,12 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.held = {s: p.qty for s, p in engine.positions.items()}
     record.dust = dust_of({s: (p.qty, engine.last_price(s) or p.avg_price)
                            for s, p in engine.positions.items()}, min_notional)
+    record.halts = halts_from_rows(
+        [(_ms(r["ts"]), str(r["reason"])) for r in halts],
+        [_ms(r["ts"]) for r in releases],
+        [(_ms(r[0]), r[1], r[2], r[3], r[4]) for r in halt_alerts],
+        [_ms(r["ts"]) for r in refusals],
+    )
     return record
 
 

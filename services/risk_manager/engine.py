@@ -23,8 +23,9 @@ Time is event time: every call first fires the timers due up to its `now` (the 0
 baseline, breaker re-tests, stale-data deadlines) in time order, each at its own due time, so a
 gap in the data passes as it would live. `on_tick(now)` does only that. The account view
 (`portfolio`) takes finite numbers only. Exits (sell signals, stop-losses) only reduce risk and
-pass in every state. While any order of this engine awaits its result, `on_signal` defers
-(returns None) so that every decision sees a portfolio view that includes all earlier orders.
+pass in every state; a buy refused while HALTED counts under the check that halted. While
+any order of this engine awaits its result, `on_signal` defers (returns None) so that every
+decision sees a portfolio view that includes all earlier orders.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ _NEVER = 1 << 62
 _INF = float("inf")
 _CB = PauseReason.CIRCUIT_BREAKER.value
 _STALE = PauseReason.STALE_DATA.value
+HALT_CHECKS: dict[str, Check] = {
+    HALT_DRAWDOWN: Check.DRAWDOWN,
+    HALT_EXPOSURE: Check.EXPOSURE,
+    HALT_BREAKER: Check.CIRCUIT_BREAKER,
+}
+"""The check a buy refused while HALTED counts under: the one that halted (else a manual
+halt)."""
 
 
 class RiskEngine(RiskView):
@@ -312,7 +320,10 @@ class RiskEngine(RiskView):
         if not self._halted and self._dd.breached(book.equity):
             self._drawdown_halt(out, sig.signal_id)
         if self._halted:
-            self._reject(out, sig, Check.DRAWDOWN, {
+            # Counted under the check that halted, not under the drawdown it may never have
+            # reached.
+            check = HALT_CHECKS.get(self._halt_reason or "", Check.MANUAL_HALT)
+            self._reject(out, sig, check, {
                 "drawdown": self.drawdown,
                 "limit": cfg.max_daily_drawdown_pct,
                 "equity": book.equity,

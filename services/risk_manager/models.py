@@ -50,6 +50,7 @@ class Check(StrEnum):
     STOP_LOSS = "stop_loss"
     ALL_PASSED = "all_passed"
     MANUAL_PAUSE = "manual_pause"
+    MANUAL_HALT = "manual_halt"
     NO_PRICE = "no_price"
     NO_POSITION = "no_position"
     MIN_NOTIONAL = "min_notional"

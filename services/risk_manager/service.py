@@ -267,6 +267,20 @@ class RiskService(Service[RiskSettings]):
     def _now(self, event_ts: int) -> int:
         return event_ts if self.event_clock else int(time.time() * 1000)
 
+    def _require_replay_time(self) -> None:
+        """Refuse a halt, release or pause in a replay that has no time yet.
+
+        With CLOCK=event a command acts at the replay's time (the newest market data applied,
+        see `_engine_now`), so the engine's timers stay in the replay's time: the wall clock
+        would fire years of them at once (every symbol stale, the day's baseline rolled).
+
+        Raises:
+            HTTPException: 409 when a replay has not sent market data yet (no time to act at).
+        """
+        if self.event_clock and self.engine.last_data_ms is None:
+            raise HTTPException(409, "the replay has sent no market data yet: there is no "
+                                     "replay time to act at; retry once it runs")
+
     async def handle(self, stream: str, event: EventBase) -> HandlerResult:
         """Apply one event to the engine and queue its records."""
         if self.command_lock.locked():  # a command is changing the engine: wait for it
@@ -541,6 +555,7 @@ class RiskService(Service[RiskSettings]):
             },
             "outstanding_orders": len(e.outstanding),
             "last_data_ms": e.last_data_ms,
+            "clock": self.settings.CLOCK,
         }
 
     def _authorize(self, authorization: str | None) -> None:
@@ -613,6 +628,7 @@ class RiskService(Service[RiskSettings]):
         ) -> JSONResponse:
             self._authorize(authorization)
             body = await read_model(request, HaltRequest)
+            self._require_replay_time()
 
             def halt(now: int) -> Done:
                 out = self.engine.halt(body.reason, body.halted_by, now)
@@ -630,14 +646,16 @@ class RiskService(Service[RiskSettings]):
         ) -> JSONResponse:
             self._authorize(authorization)
             body = await read_model(request, ReleaseRequest)
+            self._require_replay_time()
 
             def release(now: int) -> Done:
                 out = self.engine.release(body.released_by, body.reason, now)
                 result = "released" if out.state_change is not None else "nothing to release"
                 return Done(out, result, ((
-                    "INSERT INTO releases (request_id, released_by, reason, result) "
-                    "VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-                    (body.request_id, body.released_by, body.reason, result)),))
+                    "INSERT INTO releases (request_id, released_by, reason, result, ts) "
+                    "VALUES ($1, $2, $3, $4, to_timestamp($5 / 1000.0)) "
+                    "ON CONFLICT (request_id) DO NOTHING",
+                    (body.request_id, body.released_by, body.reason, result, now)),))
 
             answer = await self._admin("release", body.request_id, body, release)
             logger.warning("release requested", extra={"by": body.released_by,
@@ -650,6 +668,7 @@ class RiskService(Service[RiskSettings]):
         ) -> dict[str, Any]:
             self._authorize(authorization)
             body = await read_model(request, PauseRequest)
+            self._require_replay_time()
             async with self.command_lock:
                 await self._command(
                     lambda now: Done(self.engine.set_manual_pause(body.paused, now)))

@@ -17,6 +17,7 @@ from services.replay.candles import (
     find_candle_files,
     load_bars,
     make_market_data,
+    misnamed_candle_files,
     read_candles,
     read_series,
     replay_event_id,
@@ -258,8 +259,21 @@ def test_symbol_too_long_for_the_contract_is_refused(tmp_path: Path) -> None:
 def test_empty_or_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CandleFileError, match="holds no"):
         load_bars(tmp_path)
-    with pytest.raises(CandleFileError, match="not a directory"):
+    with pytest.raises(CandleFileError, match="missing: does not exist"):
         load_bars(tmp_path / "missing")
+    write(tmp_path, "ETH_BTC-1m.json", [row(0, 1.0)])
+    with pytest.raises(CandleFileError, match=r"ETH_BTC-1m\.json: not a directory"):
+        load_bars(tmp_path / "ETH_BTC-1m.json")
+
+
+def test_a_directory_of_misnamed_files_names_them_instead_of_holding_nothing(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "ETHBTC-1m.json", [row(0, 1.0)])
+    write(tmp_path, "manifest.json", [])
+    with pytest.raises(CandleFileError, match=r"ETHBTC-1m.json: not named like ETH_BTC-1m"):
+        load_bars(tmp_path)
+    assert [p.name for p in misnamed_candle_files(tmp_path)] == ["ETHBTC-1m.json"]
 
 
 def test_fast_constructor_builds_what_model_construct_builds() -> None:
