@@ -51,7 +51,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def cdb(*args: str, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT,
                           env=env or _env(), text=True, capture_output=True, timeout=timeout,
                           check=False)
@@ -90,7 +90,7 @@ def started_processes(data_dir: Path,
         recorded = json.loads((data_dir / "processes.json").read_text())
         return recorded if {"redis", "postgres", "risk_manager"} <= set(recorded) else None
 
-    recorded = wait_for(complete, 180, "cdb up recorded its processes")
+    recorded = wait_for(complete, 300, "cdb up recorded its processes")
     return {name: (int(e["pid"]), float(e["created"])) for name, e in recorded.items()}
 
 
@@ -100,7 +100,7 @@ def assert_all_gone(processes: dict[str, tuple[int, float]]) -> None:
         assert not alive, alive
         return True
 
-    wait_for(gone, 30, "every process of the stopped cdb up ended")
+    wait_for(gone, 120, "every process of the stopped cdb up ended")
 
 
 def risk_state(data_dir: Path) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def test_sigterm_stops_everything_after_the_risk_manager_acted_at_replay_time(
         assert second.returncode == 1
         assert "is in use by" in second.stderr and f"pid {up.pid}" in second.stderr
         assert "Traceback" not in second.stderr
-        state = wait_for(lambda: applied_a_bar(data), 120, "the replay applied a bar")
+        state = wait_for(lambda: applied_a_bar(data), 300, "the replay applied a bar")
         assert state["clock"] == "event" and state["last_data_ms"] <= SAMPLE_END_MS
         shown = cdb("risk", "status", "--data-dir", str(data))
         assert shown.returncode == 0, shown.stderr
@@ -148,7 +148,7 @@ def test_sigterm_stops_everything_after_the_risk_manager_acted_at_replay_time(
         assert len(after["stale_symbols"]) < SAMPLE_SYMBOLS  # not every symbol at once
         assert after["last_data_ms"] <= SAMPLE_END_MS
         up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
+        code = up.wait(180)
     finally:
         stop_process(up)
     stderr = stderr_of(data)
@@ -201,10 +201,10 @@ def test_closing_its_terminal_stops_everything_and_a_killed_cdb_up_is_cleaned_up
                   preexec_fn=controlling_terminal)
     try:
         processes = started_processes(data, up)
-        wait_for(lambda: applied_a_bar(data), 120, "the replay runs")
+        wait_for(lambda: applied_a_bar(data), 300, "the replay runs")
         os.close(slave)
         os.close(master)  # the terminal hangs up: SIGHUP to cdb up
-        code = up.wait(60)
+        code = up.wait(180)
     finally:
         stop_process(up)
     assert code == 128 + signal.SIGHUP
@@ -317,7 +317,7 @@ def test_live_data_that_cannot_be_reached_is_named_with_its_variable_and_sigterm
     try:
         processes = started_processes_external(tmp_path / "cdb", up)
         up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
+        code = up.wait(180)
     finally:
         stop_process(up)
     stderr = stderr_of(tmp_path / "cdb")
@@ -336,7 +336,7 @@ def started_processes_external(data_dir: Path,
             pytest.fail(f"cdb up exited with {up.returncode}: {stderr_of(data_dir)[-3000:]}")
         return run_file(data_dir) if (data_dir / "run.json").exists() else None
 
-    run = wait_for(written, 180, "cdb up wrote its run file")
+    run = wait_for(written, 300, "cdb up wrote its run file")
     recorded = json.loads((data_dir / "processes.json").read_text())
     assert set(recorded) == set(run["services"])
     return {name: (int(e["pid"]), float(e["created"])) for name, e in recorded.items()}
