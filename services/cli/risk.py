@@ -154,7 +154,18 @@ def risk_halt(
           data_dir)
 
 
-@app.command("release")
+RELEASE_HELP = (
+    "Release a HALT (idempotent per request id).\n\n"
+    "A release lifts the HALT and resets the day's drawdown baseline to the equity at the "
+    "release, so trading resumes instead of re-halting on the loss it was halted for; the "
+    "next halt comes after another MAX_DAILY_DRAWDOWN_PCT of loss from there (or from the "
+    "next 00:00 UTC baseline). The same --request-id again gets the first answer; with "
+    "another reason or author it is refused (409). In a replay (CLOCK=event) it acts at the "
+    "replay's time."
+)
+
+
+@app.command("release", help=RELEASE_HELP)
 def risk_release(
     reason: Annotated[str, typer.Option(help="Why")],
     by: Annotated[str, typer.Option(help="Who")] = os.environ.get("USER", "operator"),

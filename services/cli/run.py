@@ -471,9 +471,12 @@ def _up(source: str, data: Path | None, minutes: int, speed: float, report: Path
             if source == "replay" and code == 0:
                 assert candles is not None
                 equity = float(env.get("PAPER_START_EQUITY", "10000"))
+                from services.research.engines import engine_configs
                 from services.research.report import render, replay_report
 
-                result = asyncio.run(replay_report(env["DATABASE_URL"], candles, equity))
+                minimum = engine_configs(list(candles.symbols))[1].min_order_notional
+                result = asyncio.run(replay_report(env["DATABASE_URL"], candles, equity,
+                                                   minimum))
                 render(result, console)
                 write_report(result, report)
                 if html is not None:

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.logs import register_secret
+from services.common.text import text_problem
 
 logger = logging.getLogger("cdb.settings")
 
@@ -179,7 +180,15 @@ class BaseServiceSettings(BaseSettings):
     def _out_of_range_falls_back(
         cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Any:
-        """Apply the seed's rule: out-of-range values warn and fall back to the default."""
+        """Apply the seed's rule: out-of-range values warn and fall back to the default.
+
+        Text no service could store (a NUL character, or the lone surrogates that undecodable
+        bytes in the environment become) is refused with the variable's name, never its value.
+        """
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                raise ValueError(f"holds {problem}")
         try:
             result = handler(value)
         except ValidationError as exc:

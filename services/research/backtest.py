@@ -26,7 +26,7 @@ from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
 from services.replay.candles import Bar, CandleSet
-from services.research.report import HaltRecord, RunRecord, halt_detail
+from services.research.report import HaltRecord, RunRecord, dust_of, halt_detail
 from services.research.statistics import FillRecord, slippage_cost
 from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine
@@ -200,7 +200,11 @@ class Pipeline:
         record.realized_pnl = execution.realized_pnl
         record.total_fees = execution.total_fees
         record.trading_state = str(self.risk.state)
-        record.held = {s: p.qty for s, p in execution.positions.items()}
+        positions = execution.positions
+        record.held = {s: p.qty for s, p in positions.items()}
+        record.dust = dust_of({s: (p.qty, execution.last_price(s) or p.avg_price)
+                               for s, p in positions.items()},
+                              self.risk.config.min_order_notional)
         record.last_prices = {s: p for s in record.first_prices
                               if (p := execution.last_price(s)) is not None}
         return record
@@ -214,7 +218,8 @@ def run_backtest(
     """Feed every bar through the pipeline.
 
     Args:
-        bars: Bars in time order (a `CandleSet` also gives the report its data gaps).
+        bars: Bars in time order (a `CandleSet` also gives the report its data gaps and the
+            symbols whose data ended early).
         pipeline: The wired engines.
         progress: Called with the number of candles of each bar processed.
 
@@ -228,4 +233,5 @@ def run_backtest(
     record = pipeline.finish()
     if isinstance(bars, CandleSet):
         record.gaps = bars.gaps
+        record.ended = bars.ended
     return record

@@ -349,6 +349,11 @@ def _summary(report: dict[str, Any]) -> str:
         ("PnL", f"{pnl['total']:,.6f} ({pnl['return_pct']:.3f} %)"),
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state at the end", report["trading_state"]),
+        ("still held (of which dust)",
+         ", ".join(f"{s} {q:g}" + (" (dust)" if s in report.get("dust", {}) else "")
+                   for s, q in report.get("held", {}).items()) or "nothing"),
+        ("data ended early", ", ".join(f"{e['symbol']} at {e['last']}"
+                                       for e in report.get("ended_symbols", [])) or "none"),
         ("data gaps", f"{len(report.get('data_gaps', []))} "
                       f"({sum(g['minutes'] for g in report.get('data_gaps', []))} "
                       "symbol-minutes)"),

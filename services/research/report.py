@@ -120,6 +120,10 @@ class RunRecord:
         fill_records: Every fill as the statistics read it (`services.research.statistics`).
         first_prices: First price of each symbol in the run.
         last_prices: Last price of each symbol in the run.
+        dust: The held quantities worth less than the minimum order notional at the end (no
+            exit orders are sent for them), by symbol.
+        ended: Symbols whose data ended before the run did: (symbol, close time of the last
+            candle); each was stale from then on.
         halts: The halts of the run, in time order.
     """
 
@@ -146,7 +150,22 @@ class RunRecord:
     fill_records: list[FillRecord] = field(default_factory=list)
     first_prices: dict[str, float] = field(default_factory=dict)
     last_prices: dict[str, float] = field(default_factory=dict)
+    dust: dict[str, float] = field(default_factory=dict)
+    ended: list[tuple[str, int]] = field(default_factory=list)
     halts: list[HaltRecord] = field(default_factory=list)
+
+
+def dust_of(held: dict[str, tuple[float, float]], min_notional: float) -> dict[str, float]:
+    """The held quantities worth less than `min_notional`.
+
+    Args:
+        held: Symbol -> (quantity, last price).
+        min_notional: The minimum order notional (MIN_ORDER_NOTIONAL).
+
+    Returns:
+        Symbol -> quantity of each dust remainder.
+    """
+    return {s: qty for s, (qty, price) in held.items() if qty * price < min_notional}
 
 
 def _round(value: float, digits: int) -> float:
@@ -211,6 +230,8 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         "alerts_by_level": dict(sorted(Counter(level for _, level in record.alerts).items())),
         "trading_state": record.trading_state,
         "held": {s: float(f"{q:.10g}") for s, q in sorted(record.held.items())},
+        "dust": {s: float(f"{q:.10g}") for s, q in sorted(record.dust.items())},
+        "ended_symbols": [{"symbol": s, "last": _iso(last)} for s, last in record.ended],
         "data_gaps": [
             {"symbol": s, "from": _iso(first), "minutes": n} for s, first, n in record.gaps
         ],
@@ -414,6 +435,9 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state", report["trading_state"]),
         ("still held", ", ".join(f"{s} {q:g}" for s, q in report["held"].items()) or "nothing"),
+        ("of which dust", ", ".join(f"{s} {q:g}" for s, q in report["dust"].items()) or "none"),
+        ("data ended early", ", ".join(f"{e['symbol']} at {e['last']}"
+                                       for e in report["ended_symbols"]) or "none"),
         ("data gaps", f"{len(report['data_gaps'])} "
                       f"({sum(g['minutes'] for g in report['data_gaps'])} symbol-minutes)"),
     ]
@@ -487,7 +511,8 @@ def halts_from_rows(
     return out
 
 
-async def load_record(database_url: str, symbols: list[str], start_equity: float) -> RunRecord:
+async def load_record(database_url: str, symbols: list[str], start_equity: float,
+                      min_notional: float = 1.0) -> RunRecord:
     """Read what the services recorded in PostgreSQL into a run record.
 
     The final account is rebuilt from the execution service's committed snapshot with the
@@ -497,6 +522,7 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         database_url: The run's database.
         symbols: The run's symbols.
         start_equity: The paper account's start equity (PAPER_START_EQUITY).
+        min_notional: The run's MIN_ORDER_NOTIONAL (what is held below it is dust).
 
     Returns:
         The record (candles, period and first and last prices are the caller's to fill).
@@ -557,6 +583,8 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.realized_pnl = engine.realized_pnl
     record.total_fees = engine.total_fees
     record.held = {s: p.qty for s, p in engine.positions.items()}
+    record.dust = dust_of({s: (p.qty, engine.last_price(s) or p.avg_price)
+                           for s, p in engine.positions.items()}, min_notional)
     record.halts = halts_from_rows(
         [(_ms(r["ts"]), str(r["reason"])) for r in halts],
         [_ms(r["ts"]) for r in releases],
@@ -566,22 +594,26 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     return record
 
 
-async def replay_report(database_url: str, candles: CandleSet, equity: float) -> dict[str, Any]:
+async def replay_report(database_url: str, candles: CandleSet, equity: float,
+                        min_notional: float = 1.0) -> dict[str, Any]:
     """Build the report of a replay from what the services recorded in PostgreSQL.
 
     Args:
         database_url: The run's database.
-        candles: The candle files the replay published (they give the period and the gaps).
+        candles: The candle files the replay published (they give the period, the gaps and
+            the symbols whose data ended early).
         equity: The paper account's start equity.
+        min_notional: The run's MIN_ORDER_NOTIONAL (what is held below it is dust).
 
     Returns:
         The JSON report (`build_report`, source `replay`).
     """
-    record = await load_record(database_url, list(candles.symbols), equity)
+    record = await load_record(database_url, list(candles.symbols), equity, min_notional)
     record.candles = candles.candles
     record.first_ms = candles.first_timestamp
     record.last_ms = candles.last_timestamp
     record.gaps = candles.gaps
+    record.ended = candles.ended
     closes = candles.first_and_last_closes()
     record.first_prices = {s: first for s, (first, _) in closes.items()}
     record.last_prices = {s: last for s, (_, last) in closes.items()}

@@ -173,6 +173,7 @@ def run_backtest_timeline(
     record = run_backtest(passing(bars), pipeline, sample)
     if isinstance(bars, CandleSet):
         record.gaps = bars.gaps  # what run_backtest takes from a CandleSet it is given itself
+        record.ended = bars.ended
     halts = [p for p in timeline.periods if p.state == "HALTED"]
     bar_times = [t for t, _ in timeline.equity]
     pauses = pause_periods_from_alerts(risk_alerts, [h.start_ms for h in halts], bar_times)

@@ -104,6 +104,8 @@ class SignalEngine:
         self._last_ranking_ms: int | None = None
         self._rankings = 0
         self._last_event_id: str | None = None
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
 
     # ------------------------------------------------------------------ properties (metrics)
 
@@ -148,7 +150,8 @@ class SignalEngine:
         """Apply one market data event; rank when an interval completes.
 
         Events of symbols outside a configured whitelist, events not newer than the symbol's
-        last one (redelivery, out of order) and events with a non-finite price are ignored.
+        last one (redelivery, out of order) and events with a non-finite price are ignored;
+        the older ones (late) are counted in `late_market_data`.
 
         Args:
             md: The market data event.
@@ -169,6 +172,8 @@ class SignalEngine:
             series = self._series[symbol] = _Series()
             self._ordered = None
         elif ts <= series.last_ts or not 0.0 < price < _INF:
+            if ts < series.last_ts:
+                self.late_market_data += 1
             return []
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval

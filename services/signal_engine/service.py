@@ -22,6 +22,7 @@ from services.common.bus import Consumer, HandlerResult, Outgoing
 from services.common.events import EventBase, MarketData, Signal
 from services.common.history import acked_history
 from services.common.ledger import Ledger
+from services.common.metrics import count_late_market_data
 from services.common.runtime import Service, Task
 from services.signal_engine.config import SignalConfig, SignalSettings
 from services.signal_engine.engine import SignalEngine
@@ -72,6 +73,7 @@ class SignalService(Service[SignalSettings]):
     async def start(self) -> None:
         """Build the engine and republish what a crash left unpublished."""
         self.engine = SignalEngine(SignalConfig.from_settings(self.settings))
+        count_late_market_data(self.name, lambda: self.engine.late_market_data)
         self._stale: tuple[str, ...] = ()
         self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot,
                              state_only_rounds=False)

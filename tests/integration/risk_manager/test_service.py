@@ -155,6 +155,37 @@ def test_a_signal_published_again_is_decided_once_also_after_a_restart(
     assert [o.signal_id for o in orders].count(signal.signal_id) == 1
 
 
+def test_a_release_resets_the_baseline_to_the_equity_at_release_so_trading_resumes(
+    risk: RiskProcess,
+) -> None:
+    halted = risk.drive_into_drawdown_halt()
+    assert halted["halt_reason"] == "daily_drawdown" and halted["drawdown"] >= 0.05
+    body = {"request_id": "r-baseline", "released_by": "alice", "reason": "loss reviewed"}
+    released = risk.request("/risk/release", body).json()
+    assert released["result"] == "released"
+    state = released["state"]
+    assert state["state"] == "ACTIVE"
+    assert state["baseline_equity"] == state["equity"] == halted["equity"]
+    assert state["drawdown"] == 0.0
+    # The same loss does not halt again: the price that halted it comes once more.
+    risk.publish("market_data", MarketData(
+        timestamp=int(time.time() * 1000), symbol="BTCUSDT", price=10.0, volume=5_000_000.0,
+        pct_change=-90.0, bid=9.999, ask=10.001, source="mexc_rest"))
+    risk.wait_consumed("market_data")
+    assert risk.state()["state"] == "ACTIVE"
+    assert risk.stop() == 0  # and the baseline survives a restart
+    risk.start()
+    assert risk.state()["baseline_equity"] == halted["equity"]
+
+
+def test_cdb_risk_release_help_says_what_a_release_does_to_the_baseline() -> None:
+    result = subprocess.run([sys.executable, "-m", "services.cli", "risk", "release", "--help"],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "resets the day's drawdown baseline to the equity at the release" in text
+    assert "another MAX_DAILY_DRAWDOWN_PCT of loss" in text
 def test_with_event_time_a_halt_a_pause_and_a_release_act_at_the_replays_time(
     infra: Infrastructure, prefix: str,
 ) -> None:

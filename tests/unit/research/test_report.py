@@ -9,7 +9,7 @@ from rich.console import Console
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
 from services.research.backtest import run_backtest
-from services.research.report import RunRecord, build_report, comparable, render
+from services.research.report import RunRecord, build_report, comparable, dust_of, render
 from services.research.statistics import max_drawdown
 from tests.support.btc_pipeline import btc_pipeline
 
@@ -70,6 +70,23 @@ def test_the_digest_changes_when_an_order_or_a_fill_price_differs() -> None:
     digest = build_report(base, "backtest")["digest"]
     assert build_report(moved, "backtest")["digest"]["fills"] != digest["fills"]
     assert build_report(extra, "backtest")["digest"]["orders"] != digest["orders"]
+
+
+def test_the_report_shows_dust_and_the_symbols_whose_data_ended_early() -> None:
+    held = {"AAAUSDT": (0.5, 1.5), "BBBUSDT": (2.0, 100.0)}  # 0.75 and 200 USDT
+    record = RunRecord(start_equity=1_000.0, final_cash=800.0, final_equity=1_000.75,
+                       held={s: q for s, (q, _) in held.items()},
+                       dust=dust_of(held, 1.0), ended=[("AAAUSDT", 1_516_466_400_000)])
+    report = build_report(record, "backtest")
+    assert report["dust"] == {"AAAUSDT": 0.5}
+    assert report["held"] == {"AAAUSDT": 0.5, "BBBUSDT": 2.0}
+    assert report["ended_symbols"] == [{"symbol": "AAAUSDT",
+                                        "last": "2018-01-20T16:40:00+00:00"}]
+    console = Console(record=True, width=200)
+    render(report, console)
+    text = console.export_text()
+    assert "of which dust" in text and "AAAUSDT 0.5" in text
+    assert "AAAUSDT at 2018-01-20T16:40:00+00:00" in text
 
 
 def _printed(report: dict[str, object], width: int) -> str:
