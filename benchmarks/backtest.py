@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from services.execution.config import ExecutionConfig
-from services.replay.backtest import Pipeline, run_backtest
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
+from services.research.backtest import Pipeline, run_backtest
 from services.risk_manager.config import RiskConfig
 from services.signal_engine.config import SignalConfig
 

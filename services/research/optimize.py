@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import optuna
 
     from services.common.events import MarketData
-    from services.replay.report import RunRecord
+    from services.research.report import RunRecord
 
 DEFAULT_STORAGE = Path(".cdb") / "studies.journal"
 """Where a study lives unless `--storage` says otherwise (relative to the working directory)."""
@@ -192,11 +192,11 @@ class Evaluator:
         Returns:
             The run record.
         """
-        from services.cli import _engine_configs, _patched_env
-        from services.replay.backtest import Pipeline, run_backtest
+        from services.research.backtest import Pipeline, run_backtest
+        from services.research.engines import engine_configs, patched_env
 
-        with _patched_env(dict(env)):
-            configs = _engine_configs(self.symbols)
+        with patched_env(dict(env)):
+            configs = engine_configs(self.symbols)
         return run_backtest(self.bars, Pipeline(*configs, keep_trace=False))
 
     def evaluate(self, env: Mapping[str, str]) -> Evaluation:
@@ -208,7 +208,7 @@ class Evaluator:
         Returns:
             The evaluation.
         """
-        from services.replay.report import digest
+        from services.research.report import digest
         from services.research.statistics import statistics_of
 
         started = time.perf_counter()
@@ -503,8 +503,8 @@ class RunOutcome:
     numbers: list[int] = field(default_factory=list)
 
 
-_PRELOAD = ["services.cli", "services.replay.backtest", "services.research.optimize",
-            "services.research.statistics", "optuna"]
+_PRELOAD = ["services.research.engines", "services.research.backtest",
+            "services.research.optimize", "services.research.statistics", "optuna"]
 
 
 def _context() -> BaseContext:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.replay.sweep import Parameter, SweepError, parameters
+from services.research.sweep import Parameter, SweepError, parameters
 
 if TYPE_CHECKING:
     import optuna

@@ -63,7 +63,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.replay.report import RunRecord
+    from services.research.report import RunRecord
 
 MINUTE_MS = 60_000
 """One minute in milliseconds."""

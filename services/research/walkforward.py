@@ -259,7 +259,7 @@ def run_fold(
         test_return = stats.total_return
         oos = _defined(OBJECTIVES[objective](stats))
         trades = stats.trades
-        from services.replay.report import digest
+        from services.research.report import digest
 
         digest_ = digest(record)
     deflated = None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common.infra import Infrastructure
-from services.replay.report import comparable
+from services.research.report import comparable
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,12 +14,12 @@ import asyncpg
 import orjson
 import pytest
 
-from services.cli import _engine_configs
 from services.common.infra import Infrastructure
-from services.replay.backtest import Pipeline
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.timeline import load_timeline, run_backtest_timeline
+from services.research.backtest import Pipeline
+from services.research.engines import engine_configs
+from services.research.timeline import load_timeline, run_backtest_timeline
 from tests.support.chromium import chromium_binary, open_page
 from tests.support.mexc_lookalike import MexcLookalike
 
@@ -74,7 +74,7 @@ def test_cdb_up_and_cdb_report_write_html_reports_with_the_backtests_periods(
     candles = read_candles(SAMPLE_DIR, None, MINUTES)
     replayed = asyncio.run(load_timeline(run_url, candles))
     _, backtested = run_backtest_timeline(
-        candles, Pipeline(*_engine_configs(list(candles.symbols)), keep_trace=True))
+        candles, Pipeline(*engine_configs(list(candles.symbols)), keep_trace=True))
     assert backtested.periods, "the sample's first hours pause on the circuit breaker"
     assert [(p.start_ms, p.end_ms, p.state, p.label) for p in replayed.periods] == [
         (p.start_ms, p.end_ms, p.state, p.label) for p in backtested.periods]

@@ -17,7 +17,7 @@ import redis
 
 from services.common.infra import Infrastructure
 from services.execution.config import HELD_SYMBOLS_KEY
-from services.replay.report import build_report, comparable, load_record
+from services.research.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import (
     SERVICES,

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from services.common.infra import EmbeddedPostgres, Infrastructure
-from services.replay.report import build_report, comparable, load_record
+from services.research.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import SERVICES, PipelineProcesses, backtest, pipeline_env, recorded
 from tests.support.waiting import wait_for as support_wait_for

@@ -9,10 +9,9 @@ import asyncpg
 import optuna
 import pytest
 
-from services.cli import _engine_configs, _patched_env
-from services.replay.backtest import Pipeline, run_backtest
 from services.replay.config import SAMPLE_DIR
-from services.replay.report import build_report
+from services.research.backtest import Pipeline, run_backtest
+from services.research.engines import engine_configs, patched_env
 from services.research.optimize import (
     DataSpec,
     Evaluator,
@@ -26,6 +25,7 @@ from services.research.optimize import (
     run_study,
     trial_rows,
 )
+from services.research.report import build_report
 from services.research.space import parse_space
 
 DATA = DataSpec(SAMPLE_DIR, minutes=720)
@@ -47,8 +47,8 @@ def test_a_trial_when_run_again_as_a_plain_backtest_then_the_same_digest_and_sta
     assert len({r.digest["orders"] for r in rows}) == 3  # three different runs
     candles = DATA.read()
     for row in rows:
-        with _patched_env(row.env):
-            configs = _engine_configs(list(candles.symbols))
+        with patched_env(row.env):
+            configs = engine_configs(list(candles.symbols))
         plain = build_report(run_backtest(candles, Pipeline(*configs)), "backtest")
         assert row.digest == plain["digest"]
         expected = {k: v for k, v in plain["statistics"].items() if k != "per_symbol"}
@@ -62,8 +62,8 @@ def test_the_compact_events_when_replayed_then_the_engines_decide_as_on_the_cand
     candles = DATA.read()
     for env in ({}, {"TOP_N": "1", "STOP_LOSS_PCT": "0.005"}):
         compact = build_report(evaluator.record(env), "backtest")
-        with _patched_env(env):
-            configs = _engine_configs(list(candles.symbols))
+        with patched_env(env):
+            configs = engine_configs(list(candles.symbols))
         plain = build_report(run_backtest(candles, Pipeline(*configs)), "backtest")
         assert compact["digest"] == plain["digest"]
         assert compact["statistics"] == plain["statistics"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from services.replay.backtest import run_backtest
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.report import RunRecord, build_report, comparable
+from services.research.backtest import run_backtest
+from services.research.report import RunRecord, build_report, comparable
 from services.research.statistics import max_drawdown
 from tests.support.btc_pipeline import btc_pipeline
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from services.replay.report import comparable
+from services.research.report import comparable
 
 ROOT = Path(__file__).resolve().parents[3]
 GRID = {"MAX_POSITION_PCT": ["0.05", "0.2"], "STOP_LOSS_PCT": ["0.01", "0.05"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.replay.sweep import SweepError, grid, parameters, parse_sweep, to_csv
+from services.research.sweep import SweepError, grid, parameters, parse_sweep, to_csv
 
 
 def test_parameters_when_read_then_carry_the_documented_ranges() -> None:

@@ -1,6 +1,6 @@
 """The HTML run report: one self-contained file of plotly charts (opens offline).
 
-`write_html` renders a JSON report (`services.replay.report.build_report`) and its `Timeline`
+`write_html` renders a JSON report (`services.research.report.build_report`) and its `Timeline`
 into one HTML file with plotly.js embedded once (no network, no CDN):
 
 1. the summary figures;
@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.replay.report import activity_rows
-from services.replay.timeline import Period, Timeline
+from services.research.report import activity_rows
+from services.research.timeline import Period, Timeline
 
 MAX_POINTS = 4000
 """Most points drawn per line."""
@@ -295,7 +295,7 @@ def render_html(
     Args:
         report: The JSON report.
         timeline: The run over time (None: summary and decision counts only).
-        sweep: Sweep points (see `services.replay.sweep`), if any.
+        sweep: Sweep points (see `services.research.sweep`), if any.
         sweep_names: The swept parameter names.
         title: The page title.
 
@@ -345,7 +345,7 @@ def render_sweep_html(points: Sequence[dict[str, Any]], names: Sequence[str],
     """Render a sweep as one self-contained HTML page (scatter, heat map, table).
 
     Args:
-        points: The sweep rows (see `services.replay.sweep.summarize`).
+        points: The sweep rows (see `services.research.sweep.summarize`).
         names: The swept parameter names.
         subtitle: A line about the data (symbols, period).
 

@@ -196,25 +196,25 @@ def run_point(
     Returns:
         The point's row (see `summarize`).
     """
-    from services.cli import _engine_configs, _patched_env
-    from services.replay.backtest import Pipeline
     from services.replay.candles import read_candles
-    from services.replay.report import build_report
-    from services.replay.timeline import run_backtest_timeline
+    from services.research.backtest import Pipeline
+    from services.research.engines import engine_configs, patched_env
+    from services.research.report import build_report
+    from services.research.timeline import run_backtest_timeline
 
     key = (data_dir, tuple(symbols) if symbols else None, minutes)
     candles = _CANDLES.get(key)
     if candles is None:
         candles = _CANDLES[key] = read_candles(Path(data_dir), symbols, minutes or None)
-    with _patched_env(params):
-        configs = _engine_configs(list(candles.symbols))
+    with patched_env(params):
+        configs = engine_configs(list(candles.symbols))
     pipeline = Pipeline(*configs, keep_trace=True)
     record, timeline = run_backtest_timeline(candles, pipeline)
     return summarize(params, build_report(record, "backtest"), timeline.periods)
 
 
-_PRELOAD = ["services.cli", "services.replay.backtest", "services.replay.timeline",
-            "services.replay.sweep"]
+_PRELOAD = ["services.research.engines", "services.research.backtest",
+            "services.research.timeline", "services.research.sweep"]
 
 
 def _context() -> BaseContext:

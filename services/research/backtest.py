@@ -26,7 +26,7 @@ from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
 from services.replay.candles import Bar, CandleSet
-from services.replay.report import RunRecord
+from services.research.report import RunRecord
 from services.research.statistics import FillRecord, slippage_cost
 from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine

@@ -11,12 +11,15 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from services.research.statistics import FillRecord, slippage_cost, statistics_of
+
+if TYPE_CHECKING:
+    from services.replay.candles import CandleSet
 
 ROUND = 8
 """Decimals kept for money figures in the report."""
@@ -306,3 +309,26 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.total_fees = engine.total_fees
     record.held = {s: p.qty for s, p in engine.positions.items()}
     return record
+
+
+async def replay_report(database_url: str, candles: CandleSet, equity: float) -> dict[str, Any]:
+    """Build the report of a replay from what the services recorded in PostgreSQL.
+
+    Args:
+        database_url: The run's database.
+        candles: The candle files the replay published (they give the period and the gaps).
+        equity: The paper account's start equity.
+
+    Returns:
+        The JSON report (`build_report`, source `replay`).
+    """
+    record = await load_record(database_url, list(candles.symbols), equity)
+    record.candles = candles.candles
+    record.first_ms = candles.first_timestamp
+    record.last_ms = candles.last_timestamp
+    record.gaps = candles.gaps
+    closes = candles.first_and_last_closes()
+    record.first_prices = {s: first for s, (first, _) in closes.items()}
+    record.last_prices = {s: last for s, (_, last) in closes.items()}
+    return build_report(record, "replay")
+
