@@ -56,17 +56,24 @@ def number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _extra(objectives: Sequence[str]) -> list[str]:
+    """The statistics columns that are not already an objective's."""
+    shown = {"total_return" if o == "return" else o for o in objectives}
+    return [c for c in STAT_COLUMNS if c not in shown]
+
+
 def table_header(names: Sequence[str], objectives: Sequence[str]) -> list[str]:
     """The columns of the trials table."""
-    return ["trial", *names, *objectives, *STAT_COLUMNS, "feasible"]
+    return ["trial", *names, *objectives, *_extra(objectives), "feasible"]
 
 
-def table_row(row: TrialRow, names: Sequence[str]) -> list[str]:
+def table_row(row: TrialRow, names: Sequence[str], objectives: Sequence[str]) -> list[str]:
     """One trial as table cells (parameters, objectives, statistics)."""
     stats = row.statistics
     return [str(row.number), *(number(row.params.get(n)) for n in names),
             *(number(v, 6) for v in (row.values or ())),
-            *(number(stats.get(c)) for c in STAT_COLUMNS), "yes" if row.feasible else "no"]
+            *(number(stats.get(c)) for c in _extra(objectives)),
+            "yes" if row.feasible else "no"]
 
 
 def to_csv(rows: Sequence[TrialRow], names: Sequence[str], objectives: Sequence[str]) -> str:
@@ -177,9 +184,9 @@ def render_optimize_html(study: optuna.Study, rows: Sequence[TrialRow],
     header = table_header(names, objectives)
     if len(objectives) > 1 and best:
         parts.append("<h2>Pareto front</h2>" + _html_table(
-            header, [table_row(r, names) for r in best], "front"))
+            header, [table_row(r, names, objectives) for r in best], "front"))
     parts.append(f"<h2>Top {min(TOP_TRIALS, len(rows))} trials</h2>" + _html_table(
-        header, [table_row(r, names) for r in rows[:TOP_TRIALS]], "trials"))
+        header, [table_row(r, names, objectives) for r in rows[:TOP_TRIALS]], "trials"))
     return _page(title, parts)
 
 
