@@ -36,7 +36,7 @@ import os
 import queue as queue_module
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
@@ -346,12 +346,42 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     if scheme.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        return optuna.storages.RDBStorage(storage, engine_kwargs=kwargs,
-                                          skip_compatibility_check=False)
+        with _schema_lock(storage, kwargs):
+            return optuna.storages.RDBStorage(storage, engine_kwargs=kwargs,
+                                              skip_compatibility_check=False)
     except Exception as exc:  # any driver error means "cannot reach"
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise StorageError(f"cannot reach the study storage {mask_url(storage)}: "
                            f"{detail[0] if detail else type(exc).__name__}") from None
+
+
+_SCHEMA_LOCK_KEY = 0x0C_DB_0_57
+"""PostgreSQL advisory lock held while Optuna creates its tables (one creator at a time)."""
+
+
+@contextlib.contextmanager
+def _schema_lock(storage: str, engine_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Serialise the creation of Optuna's tables between processes (PostgreSQL only).
+
+    Optuna creates its schema on first use without a lock; two workers starting at once on
+    an empty database would both try and one would fail on a duplicate type.
+    """
+    if not storage.lower().startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(storage, **engine_kwargs)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def _sampler(spec: StudySpec, worker: int, existing: int) -> optuna.samplers.BaseSampler:
