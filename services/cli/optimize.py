@@ -141,7 +141,8 @@ def optimize(
         int | None, typer.Option(help="Seed (one worker: the same seed, the same study)")
     ] = None,
     storage: Annotated[
-        str, typer.Option(help="Study storage: a file, postgresql://... or sqlite:///...")
+        str, typer.Option(envvar="OPTUNA_STORAGE",
+                          help="Study storage: a file, postgresql://... or sqlite:///...")
     ] = str(DEFAULT_STORAGE),
     study: Annotated[
         str, typer.Option(help="Study name (default: derived from the data, space, objectives)")

@@ -51,7 +51,8 @@ def walkforward(
     workers: Annotated[int, typer.Option(min=0, help="Processes (0: every core)")] = 0,
     seed: Annotated[int | None, typer.Option(help="Seed of the folds' samplers")] = None,
     storage: Annotated[
-        str, typer.Option(help="Study storage: a file, postgresql://... or sqlite:///...")
+        str, typer.Option(envvar="OPTUNA_STORAGE",
+                          help="Study storage: a file, postgresql://... or sqlite:///...")
     ] = str(DEFAULT_STORAGE),
     study: Annotated[
         str, typer.Option(help="Name of the folds' studies (default: derived)")] = "",
