@@ -40,8 +40,8 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def parse_inputs(space_specs: list[str] | None,
-                 objectives: list[str] | None) -> tuple[Space, tuple[str, ...]]:
+def parse_inputs(space_specs: list[str] | None, objectives: list[str] | None,
+                 what: str = "cannot optimise") -> tuple[Space, tuple[str, ...]]:
     """Parse the space and the objectives, or exit 1 with one line."""
     from services.research.optimize import OptimizeError, check_objectives
     from services.research.space import SpaceError, parse_space
@@ -49,17 +49,17 @@ def parse_inputs(space_specs: list[str] | None,
     try:
         return parse_space(space_specs or []), check_objectives(objectives or [])
     except (SpaceError, OptimizeError) as exc:
-        raise fail(f"cannot optimise: {exc}") from None
+        raise fail(f"{what}: {exc}") from None
 
 
-def open_study_or_exit(spec: StudySpec) -> optuna.Study:
+def open_study_or_exit(spec: StudySpec, what: str = "cannot optimise") -> optuna.Study:
     """Reach the storage and create or load the study, or exit 1 with one line."""
     from services.research.optimize import OptimizeError, load_or_create
 
     try:
         return load_or_create(spec)
     except OptimizeError as exc:
-        raise fail(f"cannot optimise: {exc}") from None
+        raise fail(f"{what}: {exc}") from None
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -95,7 +95,7 @@ def walkforward(
         walk_forward_report,
     )
 
-    dims, objectives = parse_inputs(space, [objective])
+    dims, objectives = parse_inputs(space, [objective], "cannot walk forward")
     try:
         train_m = parse_duration(train, "--train")
         test_m = parse_duration(test, "--test")
@@ -113,7 +113,7 @@ def walkforward(
         raise fail(f"cannot walk forward: {exc}") from None
     name = study or default_study_name(data, dims, objectives, min_trades, "walkforward")
     spec = StudySpec(data, dims, objectives, min_trades, storage, name, seed)
-    open_study_or_exit(spec)  # reach the storage before the first fold
+    open_study_or_exit(spec, "cannot walk forward")  # reach the storage before the first fold
     settings = {"train": duration_text(train_m), "test": duration_text(test_m),
                 "step": duration_text(step_m), "anchored": anchored,
                 "trials_per_fold": trials, "min_trades": min_trades,

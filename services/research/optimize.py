@@ -524,6 +524,7 @@ class RunOutcome:
         abandoned: Trials abandoned by a second Ctrl-C (marked failed).
         errors: Worker errors (a worker that could not run at all).
         numbers: The numbers of the trials this run finished.
+        peak_rss_mb: Peak resident memory of each process that ran trials, in MiB.
     """
 
     finished: int = 0
@@ -531,6 +532,14 @@ class RunOutcome:
     abandoned: int = 0
     errors: list[str] = field(default_factory=list)
     numbers: list[int] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 _PRELOAD = ["services.research.engines", "services.research.backtest",
@@ -570,7 +579,7 @@ def _worker(index: int, spec: StudySpec, environ: dict[str, str], existing: int,
     except Exception as exc:  # e.g. the database went away mid-run
         events.put(("error", index, f"{type(exc).__name__}: {exc}"))
     finally:
-        events.put(("done", index, None))
+        events.put(("done", index, peak_rss_mb()))
 
 
 def run_study(
@@ -615,6 +624,7 @@ def run_study(
         except KeyboardInterrupt:
             outcome.interrupted = True
             outcome.abandoned = 1
+        outcome.peak_rss_mb.append(peak_rss_mb())
         return outcome
     return _run_processes(spec, trials, count, existing, storage, outcome, on_trial,
                           on_interrupt)
@@ -665,6 +675,7 @@ def _run_processes(spec: StudySpec, trials: int, count: int, existing: int,
             stop.set()
         elif kind == "done":
             done += 1
+            outcome.peak_rss_mb.append(payload)
     for i, p in enumerate(procs):
         p.join(timeout=10)
         if p.is_alive():  # pragma: no cover - a worker stuck past its last trial
