@@ -135,7 +135,8 @@ def optimize(
     objective: Annotated[list[str] | None, typer.Option(help=OBJECTIVE_HELP)] = None,
     min_trades: Annotated[
         int, typer.Option(min=0, help="Closed trades a trial needs to count")] = 1,
-    trials: Annotated[int, typer.Option(min=1, help="Trials to add to the study")] = 100,
+    trials: Annotated[
+        int, typer.Option(min=0, help="Trials to add to the study (0: report it only)")] = 100,
     workers: Annotated[int, typer.Option(min=0, help="Processes (0: every core)")] = 0,
     seed: Annotated[
         int | None, typer.Option(help="Seed (one worker: the same seed, the same study)")
@@ -190,7 +191,7 @@ def optimize(
     name = study or default_study_name(data, dims, objectives, min_trades)
     spec = StudySpec(data, dims, objectives, min_trades, storage, name, seed)
     existing = trial_rows(open_study_or_exit(spec))
-    cores = min(trials, workers or os.cpu_count() or 1)
+    cores = max(1, min(trials, workers or os.cpu_count() or 1))
     sampler = "TPE" if len(objectives) == 1 else "NSGA-II"
     err.print(f"optimize: study {name} in {mask_url(storage)} ({len(existing)} trials so "
               f"far); {trials} more over {candles.candles:,} candles, {cores} "
