@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -43,13 +44,14 @@ def sweep_command(
                          lambda _: progress.advance(task))
     elapsed = time.perf_counter() - started
     table = Table(title=f"Sweep ({len(rows)} points, {elapsed:.1f}s)")
-    for col in (*names, "return %", "max DD %", "halts", "pauses by check", "trades", "fees"):
+    for col in (*names, "return %", "max DD %", "halts", "pauses by check", "trades", "fees",
+                "slippage", "Sharpe", "profit factor", "win rate"):
         table.add_column(col, justify="right")
     for r in rows:
         pauses = ", ".join(f"{k} {v}" for k, v in r["pauses"].items()) or "0"
         table.add_row(*(r["params"][n] for n in names), f"{r['return_pct']:.4f}",
                       f"{r['max_drawdown_pct']:.4f}", str(r["halts"]), pauses,
-                      str(r["trades"]), f"{r['fees']:.6g}")
+                      str(r["trades"]), f"{r['fees']:.6g}", *_sweep_statistics(r))
     # A sweep table is wide: never squeeze it into 80 columns when the output is a pipe.
     (console if console.is_terminal else Console(width=200)).print(table)
     if csv_path is not None:
@@ -66,3 +68,11 @@ def sweep_command(
         write_html(html_path, render_sweep_html(rows, names, subtitle))
         console.print(f"HTML report written to {html_path}", soft_wrap=True)
 
+
+def _sweep_statistics(row: dict[str, Any]) -> tuple[str, ...]:
+    """A sweep point's slippage, Sharpe, profit factor and win rate for the terminal table."""
+    from services.research.report import money, percent
+
+    sharpe, factor = row["sharpe"], row["profit_factor"]
+    return (money(row["slippage_cost"], 4), "n/a" if sharpe is None else f"{sharpe:.3f}",
+            "n/a" if factor is None else f"{factor:.3f}", percent(row["win_rate"], 1))

@@ -8,6 +8,7 @@ One format for both ways of running: `cdb backtest` builds it from the in-proces
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -193,7 +194,8 @@ def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         report: A report from `build_report`.
 
     Returns:
-        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees.
+        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees
+        and slippage cost.
     """
     period, trades = report["period"], report["trades"]
     return [
@@ -202,8 +204,120 @@ def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("candles", f"{report['candles']:,}"),
         ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
         ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
-        ("fees", f"{report['fees']:,.6f}"),
+        fees_row(report),
     ]
+
+
+def fees_row(report: dict[str, Any]) -> tuple[str, str]:
+    """The fees, and beside them the slippage cost when the report has statistics."""
+    stats = report.get("statistics")
+    if not stats:
+        return ("fees", f"{report['fees']:,.6f}")
+    return (f"fees / slippage cost ({stats['quote'] or 'quote'})",
+            f"{report['fees']:,.6f} / {stats['slippage_cost']:,.6f}")
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def money(value: float | None, digits: int = 6) -> str:
+    """A quote-currency amount with about `digits` significant digits (`n/a` for None)."""
+    if value is None:
+        return "n/a"
+    size = math.floor(math.log10(abs(value))) + 1 if value else 1
+    return f"{value:,.{min(12, max(2, digits - size))}f}"
+
+
+def percent(value: float | None, digits: int = 3) -> str:
+    """A fraction as a percentage (`n/a` for None)."""
+    return "n/a" if value is None else f"{value * 100:.{digits}f} %"
+
+
+def statistics_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's statistics as (label, value) rows (the terminal and the HTML report).
+
+    Args:
+        stats: A report's `statistics` object (`services.research.statistics`).
+
+    Returns:
+        The rows, money in the quote currency (named in the caller's title).
+    """
+    trades = f"{stats['trades']} ({stats['wins']} won, {stats['losses']} lost)"
+    if stats["open_trades"]:
+        trades += f" + {stats['open_trades']} open"
+    return [
+        ("total return", percent(stats["total_return"])),
+        ("buy and hold", percent(stats["buy_and_hold_return"])),
+        ("max drawdown", percent(stats["max_drawdown"])),
+        ("annualised return", percent(stats["annualized_return"])),
+        ("Sharpe", _number(stats["sharpe"], ".3f")),
+        ("Sortino", _number(stats["sortino"], ".3f")),
+        ("Calmar", _number(stats["calmar"], ".3f")),
+        ("profit factor", _number(stats["profit_factor"], ".3f")),
+        ("trades", trades),
+        ("win rate", percent(stats["win_rate"])),
+        ("average win", money(stats["avg_win"])),
+        ("average loss", money(stats["avg_loss"])),
+        ("fees", money(stats["fees"])),
+        ("slippage cost", money(stats["slippage_cost"])),
+        ("exposure time", percent(stats["exposure_time"])),
+        ("minutes", f"{stats['minutes']:,}"),
+    ]
+
+
+SYMBOL_COLUMNS = ("symbol", "trades", "win rate", "profit factor", "PnL", "fees", "slippage",
+                  "exposure", "buy & hold")
+"""Columns of the per-symbol table."""
+
+
+def symbol_rows(stats: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per symbol under `SYMBOL_COLUMNS` (the terminal and the HTML report)."""
+    return [
+        (symbol, str(s["trades"]), percent(s["win_rate"], 1),
+         _number(s["profit_factor"], ".3f"), money(s["pnl"], 4), money(s["fees"], 4),
+         money(s["slippage_cost"], 4), percent(s["exposure_time"], 1),
+         percent(s["buy_and_hold_return"], 2))
+        for symbol, s in stats["per_symbol"].items()
+    ]
+
+
+def quote_label(stats: dict[str, Any]) -> str:
+    """`money in BTC`, or `money in the quote currency` when the symbols share none."""
+    return f"money in {stats['quote'] or 'the quote currency'}"
+
+
+def render_statistics(report: dict[str, Any], console: Console) -> None:
+    """Print the statistics (two figures a row) and the per-symbol table, 100 columns wide.
+
+    Args:
+        report: A report from `build_report` (nothing is printed without `statistics`).
+        console: Where to print (output that is no terminal gets 100 columns).
+    """
+    stats = report.get("statistics")
+    if not stats:
+        return
+    if not console.is_terminal and console.width < STATISTICS_WIDTH:
+        console = Console(file=console.file, width=STATISTICS_WIDTH, markup=False,
+                          no_color=console.no_color)
+    table = Table(title=f"Statistics ({quote_label(stats)})", show_header=False)
+    for justify in ("left", "right", "left", "right"):
+        table.add_column(justify=justify)
+    rows = statistics_rows(stats)
+    for (a, x), (b, y) in zip(rows[0::2], rows[1::2], strict=True):
+        table.add_row(a, x, b, y)
+    console.print(table)
+    if stats["per_symbol"]:
+        per = Table(title=f"Per symbol ({quote_label(stats)})")
+        for i, name in enumerate(SYMBOL_COLUMNS):
+            per.add_column(name, justify="left" if i == 0 else "right")
+        for row in symbol_rows(stats):
+            per.add_row(*row)
+        console.print(per)
+
+
+STATISTICS_WIDTH = 100
+"""Columns the statistics tables are laid out for."""
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -245,6 +359,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     for code, count in report["alerts"].items():
         alerts.add_row(code, str(count))
     console.print(alerts)
+    render_statistics(report, console)
 
 
 async def load_record(database_url: str, symbols: list[str], start_equity: float) -> RunRecord:

@@ -40,12 +40,15 @@ Definitions (see also the README, "Statistics"):
   without a losing trade). Average win = mean PnL of the winning trades (positive), average
   loss = mean PnL of the losing trades (negative).
 * Exposure time: the fraction of the n minutes at whose end any position was held (per
-  symbol: that symbol's position).
+  symbol: that symbol's position). A fill counts from the minute of its time stamp, the
+  time of the decision behind it.
 * Fees: the sum of the fills' fees. Slippage cost: the sum over fills of
-  `qty * |fill price - reference price|`; the reference is the price the execution engine
-  filled against, the symbol's last traded price (a candle's close in a replay), which the
-  engine moved by `slippage_pct` (half the spread plus the volume impact): a buy fills at
-  `ref * (1 + s)`, a sell at `ref * (1 - s)`. Both are already inside the returns above.
+  `qty * |fill price - reference price|`. The reference is the price the execution engine
+  filled against: the symbol's last price when the order arrived (the latest candle's close
+  in a backtest or replay), not a mid price, since candles carry no bid or ask. The engine
+  moves it by the fill's `slippage_pct` (half the spread plus the volume impact): a buy fills
+  at `ref * (1 + s)`, a sell at `ref * (1 - s)`, so the cost is recovered exactly from the
+  fill. Fees and slippage are already inside the returns above.
 * Buy and hold: the start equity split equally across the run's symbols, each part bought at
   the symbol's first close of the run and valued at its last close, with no fee and no
   slippage: the mean of `last / first - 1` over the symbols.
@@ -61,6 +64,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
+
+from services.common.values import quote_asset
 
 if TYPE_CHECKING:
     from services.research.report import RunRecord
@@ -527,19 +532,12 @@ def compute_statistics(
 def quote_of(symbols: Iterable[str]) -> str:
     """The quote currency the symbols share (`ETHBTC`, `LTCBTC` -> `BTC`), `""` if none.
 
-    The quote assets recognised are the downloader's (`KNOWN_QUOTES`, longest first).
+    The quote assets recognised are `services.common.values.KNOWN_QUOTES`, longest first.
     """
-    from services.replay.download import KNOWN_QUOTES
-
-    candidates = sorted(KNOWN_QUOTES, key=len, reverse=True)
-    found: set[str] = set()
-    for symbol in symbols:
-        upper = symbol.upper()
-        quote = next((q for q in candidates if upper.endswith(q) and len(upper) > len(q)), "")
-        if not quote:
-            return ""
-        found.add(quote)
-    return found.pop() if len(found) == 1 else ""
+    found = {quote_asset(symbol) for symbol in symbols}
+    if len(found) != 1 or None in found:
+        return ""
+    return str(found.pop())
 
 
 def statistics_of(record: RunRecord) -> Statistics:

@@ -80,6 +80,10 @@ def test_cdb_up_and_cdb_report_write_html_reports_with_the_backtests_periods(
         (p.start_ms, p.end_ms, p.state, p.label) for p in backtested.periods]
     assert len(replayed.fills) == len(backtested.fills)
     assert len(replayed.decisions) == len(backtested.decisions)
+    for page in ("up.html", "report.html"):
+        text = (out / page).read_text()
+        assert 'id="statistics"' in text and 'id="per-symbol"' in text
+        assert "fees / slippage cost (BTC)" in text
     if chromium_binary() is None:
         pytest.skip("chromium is not installed (Debian package chromium)")
     for page in ("up.html", "report.html"):
@@ -109,3 +113,5 @@ def test_cdb_up_replays_a_downloaded_folder_as_it_is(infra: Infrastructure,
     backtested = orjson.loads((tmp_path / "bt.json").read_bytes())
     assert replayed["symbols"] == ["BTCUSDT", "ETHUSDT"] and replayed["candles"] == 360
     assert replayed["digest"] == backtested["digest"]
+    assert replayed["statistics"] == backtested["statistics"]
+    assert replayed["statistics"]["quote"] == "USDT"
