@@ -21,6 +21,7 @@ the same run.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.research.sweep import Parameter, SweepError, parameters
+from services.research.sweep import Parameter, SweepError, field_parameter, parameters
 
 if TYPE_CHECKING:
     import optuna
@@ -107,15 +108,32 @@ def value_text(value: float) -> str:
 def strategy_parameters() -> dict[str, Parameter]:
     """The declared, ranged parameters of the strategy the engines run (by field name).
 
-    The momentum ranking's parameters are engine variables of the signal engine (see
-    `parameters`). A strategy that declares a parameters model with ranges adds its numeric
-    fields here, read from that model the same way the engine variables are read from the
-    settings classes; none is declared yet, so this is empty.
+    Where the signal engine hosts strategies (`services.strategies`), the numeric fields of the
+    parameters model of `STRATEGY` (default `momentum`) join the space, their ranges read the
+    way the settings' are (`field_parameter`); their values reach the strategy through
+    `STRATEGY_PARAMS`. Without the strategy API the momentum ranking's parameters are the
+    signal engine's variables (LOOKBACK_MINUTES, TOP_N, ...) and this is empty.
 
     Returns:
-        Field name -> parameter (empty while no strategy declares a parameters model).
+        Field name -> parameter.
+
+    Raises:
+        SpaceError: `STRATEGY` names no strategy (the loader's message).
     """
-    return {}
+    try:
+        loader: Any = importlib.import_module("services.strategies.loader")
+    except ModuleNotFoundError:
+        return {}
+    try:
+        cls = loader.resolve_class(os.environ.get("STRATEGY") or "momentum")
+    except ValueError as exc:  # the loader's StrategyError
+        raise SpaceError(str(exc)) from None
+    found: dict[str, Parameter] = {}
+    for name, info in cls.params_model.model_fields.items():
+        param = field_parameter(name, info)
+        if param is not None:
+            found[name] = param
+    return found
 
 
 @dataclass(frozen=True, slots=True)

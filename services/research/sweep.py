@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt
+from pydantic.fields import FieldInfo
 
 SWEEP_COLUMNS = ("return_pct", "max_drawdown_pct", "halts", "pauses", "trades", "fees",
                  "sharpe", "sortino", "calmar", "profit_factor", "win_rate", "fills",
@@ -85,6 +86,33 @@ class Parameter:
         return f"{fmt(self.minimum)}..{fmt(self.maximum)}"
 
 
+def field_parameter(name: str, info: FieldInfo) -> Parameter | None:
+    """The range a numeric pydantic field declares (None for a field that is not int or float).
+
+    Args:
+        name: The field's name.
+        info: The field (its `ge`/`gt`/`le`/`lt` constraints give the range).
+
+    Returns:
+        The parameter.
+    """
+    if info.annotation not in (int, float):
+        return None
+    lo = hi = None
+    ex_lo = ex_hi = False
+    for meta in info.metadata:
+        if isinstance(meta, Ge):
+            lo = float(meta.ge)  # type: ignore[arg-type]
+        elif isinstance(meta, Gt):
+            lo, ex_lo = float(meta.gt), True  # type: ignore[arg-type]
+        elif isinstance(meta, Le):
+            hi = float(meta.le)  # type: ignore[arg-type]
+        elif isinstance(meta, Lt):
+            hi, ex_hi = float(meta.lt), True  # type: ignore[arg-type]
+    kind = int if info.annotation is int else float
+    return Parameter(name, kind, lo, hi, ex_lo, ex_hi)
+
+
 def parameters() -> dict[str, Parameter]:
     """The numeric engine variables (risk manager, signal engine, execution) and their ranges."""
     from services.execution.config import ExecutionSettings
@@ -96,21 +124,9 @@ def parameters() -> dict[str, Parameter]:
                    "BUS_CLAIM_INTERVAL_MS", "BUS_BATCH", "HTTP_PORT"}
     for cls in (RiskSettings, SignalSettings, ExecutionSettings):
         for name, info in cls.model_fields.items():
-            if name in base_fields or info.annotation not in (int, float):
-                continue
-            lo = hi = None
-            ex_lo = ex_hi = False
-            for meta in info.metadata:
-                if isinstance(meta, Ge):
-                    lo = float(meta.ge)  # type: ignore[arg-type]
-                elif isinstance(meta, Gt):
-                    lo, ex_lo = float(meta.gt), True  # type: ignore[arg-type]
-                elif isinstance(meta, Le):
-                    hi = float(meta.le)  # type: ignore[arg-type]
-                elif isinstance(meta, Lt):
-                    hi, ex_hi = float(meta.lt), True  # type: ignore[arg-type]
-            kind = int if info.annotation is int else float
-            found.setdefault(name, Parameter(name, kind, lo, hi, ex_lo, ex_hi))
+            param = None if name in base_fields else field_parameter(name, info)
+            if param is not None:
+                found.setdefault(name, param)
     return dict(sorted(found.items()))
 
 
