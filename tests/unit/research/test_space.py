@@ -37,7 +37,7 @@ def test_parse_space_when_valid_then_dimensions_keep_kind_bounds_step_and_scale(
         (["STOP_LOSS_PCT=0.01"], "is not LOW:HIGH"),
         (["STOP_LOSS_PCT"], "is not NAME=LOW:HIGH"),
         (["WINDOW_SIZE=1:5"], "WINDOW_SIZE is not a parameter of the strategy or the risk"),
-        (["TOP_N=1:4", "top_n=2:3"], "TOP_N is given twice"),
+        (["STOP_LOSS_PCT=0.01:0.02", "stop_loss_pct=0.02:0.03"], "STOP_LOSS_PCT is given twice"),
         ([], "give at least one --space"),
     ],
 )
@@ -89,3 +89,17 @@ def test_dimension_text_when_printed_then_reads_as_the_command_line_form() -> No
     assert parse_space(["TOP_N=1:8"]).dimensions[0].text() == "TOP_N=1:8"
     assert (parse_space(["STOP_LOSS_PCT=0.005:0.05:log"]).dimensions[0].text()
             == "STOP_LOSS_PCT=0.005:0.05:log")
+
+
+def test_strategy_parameters_when_the_strategy_api_is_present_then_they_join_the_space() -> None:
+    pytest.importorskip("services.strategies.loader",
+                        reason="the signal engine does not host strategies in this tree yet")
+    from services.research.space import known_parameters
+
+    known = known_parameters()
+    lookback, is_strategy = known["lookback_minutes"]
+    assert is_strategy and lookback.kind is int and lookback.range_text() == "1..240"
+    space = parse_space(["lookback_minutes=5:60", "STOP_LOSS_PCT=0.01:0.05"])
+    assert [d.strategy for d in space.dimensions] == [True, False]
+    with pytest.raises(SpaceError, match=r"lookback_minutes=300 is outside its range 1\.\.240"):
+        parse_space(["lookback_minutes=5:300"])
