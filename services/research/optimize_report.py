@@ -84,7 +84,7 @@ def to_csv(rows: Sequence[TrialRow], names: Sequence[str], objectives: Sequence[
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    stat_keys = sorted({k for r in rows for k in r.statistics})
+    stat_keys = sorted({k for r in rows for k in r.statistics} - set(objectives))
     writer.writerow(["trial", "state", *names, *objectives, "trades", "feasible", *stat_keys,
                      "digest_orders", "digest_fills", "error"])
     for r in rows:
