@@ -8,9 +8,12 @@ the run is over, each atomically.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -60,6 +63,16 @@ def open_study_or_exit(spec: StudySpec, what: str = "cannot optimise") -> optuna
         return load_or_create(spec)
     except OptimizeError as exc:
         raise fail(f"{what}: {exc}") from None
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within the block, SIGTERM (a stopped pod, `kill`) stops the run as Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -161,7 +174,7 @@ def optimize(
     Each trial is a plain backtest with its parameters set as variables; its figures equal
     `cdb backtest`'s with the same variables. The study lives in --storage: the same command
     again continues it; a PostgreSQL URL lets workers on several machines share it. Ctrl-C
-    keeps every finished trial.
+    (or SIGTERM) keeps every finished trial.
     """
     from rich.progress import (
         BarColumn,
@@ -212,7 +225,8 @@ def optimize(
             err.print("stopping: the running trials finish and are kept (Ctrl-C again to "
                       "abandon them)")
 
-        outcome = run_study(spec, trials, workers, on_trial, on_interrupt)
+        with sigterm_as_ctrl_c():
+            outcome = run_study(spec, trials, workers, on_trial, on_interrupt)
     elapsed = time.perf_counter() - started
     from services.research.optimize import load_or_create
 

@@ -24,6 +24,7 @@ from services.cli.optimize import (
     json_bytes,
     open_study_or_exit,
     parse_inputs,
+    sigterm_as_ctrl_c,
     wide,
 )
 from services.research.optimize import DEFAULT_STORAGE
@@ -144,9 +145,12 @@ def walkforward(
                           "to abandon them)")
 
             try:
-                result = run_fold(spec, fold, trials, workers, on_trial, on_interrupt)
+                with sigterm_as_ctrl_c():
+                    result = run_fold(spec, fold, trials, workers, on_trial, on_interrupt)
             except OptimizeError as exc:
                 raise fail(f"cannot walk forward: {exc}") from None
+            except KeyboardInterrupt:
+                result = None
             if result is None:
                 err.print(f"interrupted in fold {fold.index}: its finished trials are kept; "
                           "run the same command again to continue")

@@ -463,8 +463,8 @@ def run_trial(study: optuna.Study, spec: StudySpec, evaluator: Evaluator,
               started: Callable[[int, int], None] | None = None) -> TrialEvent:
     """Ask the study for one trial, run it and tell the result.
 
-    A KeyboardInterrupt while the backtest runs marks the trial failed (interrupted) and
-    propagates.
+    A KeyboardInterrupt once the trial exists marks it failed (interrupted) and propagates:
+    no trial is left running.
 
     Args:
         study: The study.
@@ -479,16 +479,25 @@ def run_trial(study: optuna.Study, spec: StudySpec, evaluator: Evaluator,
 
     t0 = time.perf_counter()
     trial = study.ask()
-    if started is not None:
-        started(trial.number, trial._trial_id)
-    values = spec.space.suggest(trial)
-    env = spec.space.environment(values)
+    try:
+        if started is not None:
+            started(trial.number, trial._trial_id)
+        return _complete(study, trial, spec, evaluator, t0)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):  # already told, or the storage is gone
+            trial.set_user_attr("error", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+
+
+def _complete(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, evaluator: Evaluator,
+              t0: float) -> TrialEvent:
+    """Run an asked trial's backtest and tell its result."""
+    from optuna.trial import TrialState
+
+    env = spec.space.environment(spec.space.suggest(trial))
     try:
         result = evaluator.evaluate(env)
-    except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
     except Exception as exc:  # a trial that breaks must not stop the study
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         study.tell(trial, state=TrialState.FAIL)
@@ -558,7 +567,9 @@ def _context() -> BaseContext:
 def _worker(index: int, spec: StudySpec, environ: dict[str, str], existing: int,
             claimed: Any, quota: int, stop: Any, events: Any) -> None:
     """A worker process: read the candles once, then run trials until the quota is claimed."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # The parent decides when to stop (Ctrl-C or SIGTERM reach it, or the whole group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.clear()
     os.environ.update(environ)
     try:
@@ -679,7 +690,7 @@ def _run_processes(spec: StudySpec, trials: int, count: int, existing: int,
     for i, p in enumerate(procs):
         p.join(timeout=10)
         if p.is_alive():  # pragma: no cover - a worker stuck past its last trial
-            p.terminate()
+            p.kill()
             p.join(timeout=5)
         elif p.exitcode and not outcome.abandoned:
             outcome.errors.append(f"worker {i} exited with code {p.exitcode}")
@@ -693,7 +704,7 @@ def _abandon(procs: Sequence[Any], running: Mapping[int, tuple[int, int]],
 
     for p in procs:
         if p.is_alive():
-            p.terminate()
+            p.kill()  # the workers ignore SIGTERM
     for p in procs:
         p.join(timeout=5)
     for _, trial_id in running.values():

@@ -137,7 +137,10 @@ def test_two_processes_when_they_share_a_study_in_postgresql_then_no_trial_is_lo
         assert len(numbers) >= 5 and len(set(numbers)) == len(numbers)
 
 
-def test_ctrl_c_when_trials_are_running_then_the_finished_ones_are_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_when_trials_are_running_then_the_finished_ones_are_kept(
+    tmp_path: Path, how: str,
+) -> None:
     storage = tmp_path / "study.journal"
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "optimize", *SPACE, "--trials", "500",
@@ -148,13 +151,18 @@ def test_ctrl_c_when_trials_are_running_then_the_finished_ones_are_kept(tmp_path
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if storage.exists():
+            try:
                 with_done = [t for t in load(str(storage), "stopped").get_trials()
                              if t.state.is_finished()]
-                if len(with_done) >= 3:
-                    break
+            except (KeyError, FileNotFoundError):  # the study is not created yet
+                with_done = []
+            if len(with_done) >= 3:
+                break
             time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        else:
+            proc.send_signal(signal.SIGTERM)  # as Kubernetes stops a pod: its first process
         out, errors = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
