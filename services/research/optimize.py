@@ -625,16 +625,21 @@ def run_study(
         return outcome
     if count == 1:
         evaluator = Evaluator(spec.data, spec.objectives)
-        try:
-            for _ in range(trials):
+        for _ in range(trials):
+            try:
                 event = run_trial(study, spec, evaluator)
-                outcome.finished += 1
-                outcome.numbers.append(event.number)
+            except KeyboardInterrupt:  # the running trial is marked failed
+                outcome.interrupted = True
+                outcome.abandoned = 1
+                break
+            outcome.finished += 1
+            outcome.numbers.append(event.number)
+            try:
                 if on_trial is not None:
                     on_trial(event)
-        except KeyboardInterrupt:
-            outcome.interrupted = True
-            outcome.abandoned = 1
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+                break
         outcome.peak_rss_mb.append(peak_rss_mb())
         return outcome
     return _run_processes(spec, trials, count, existing, storage, outcome, on_trial,
@@ -659,12 +664,27 @@ def _run_processes(spec: StudySpec, trials: int, count: int, existing: int,
     done = 0
     while done < count:
         try:
-            kind, index, payload = events.get(timeout=0.5)
-        except queue_module.Empty:
-            if all(not p.is_alive() for p in procs):
-                break
-            continue
-        except KeyboardInterrupt:
+            try:
+                kind, index, payload = events.get(timeout=0.5)
+            except queue_module.Empty:
+                if all(not p.is_alive() for p in procs):
+                    break
+                continue
+            if kind == "started":
+                running[index] = payload
+            elif kind == "trial":
+                running.pop(index, None)
+                outcome.finished += 1
+                outcome.numbers.append(payload.number)
+                if on_trial is not None:
+                    on_trial(payload)
+            elif kind == "error":
+                outcome.errors.append(f"worker {index}: {payload}")
+                stop.set()
+            elif kind == "done":
+                done += 1
+                outcome.peak_rss_mb.append(payload)
+        except KeyboardInterrupt:  # wherever it lands in this loop
             if outcome.interrupted:
                 _abandon(procs, running, storage, outcome)
                 break
@@ -672,21 +692,6 @@ def _run_processes(spec: StudySpec, trials: int, count: int, existing: int,
             stop.set()
             if on_interrupt is not None:
                 on_interrupt()
-            continue
-        if kind == "started":
-            running[index] = payload
-        elif kind == "trial":
-            running.pop(index, None)
-            outcome.finished += 1
-            outcome.numbers.append(payload.number)
-            if on_trial is not None:
-                on_trial(payload)
-        elif kind == "error":
-            outcome.errors.append(f"worker {index}: {payload}")
-            stop.set()
-        elif kind == "done":
-            done += 1
-            outcome.peak_rss_mb.append(payload)
     for i, p in enumerate(procs):
         p.join(timeout=10)
         if p.is_alive():  # pragma: no cover - a worker stuck past its last trial

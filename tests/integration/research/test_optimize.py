@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 from pathlib import Path
 
 import asyncpg
@@ -193,3 +196,21 @@ def test_a_trial_of_strategy_parameters_when_rerun_then_equals_the_backtest_with
             configs = engine_configs(list(candles.symbols))
         plain = build_report(run_backtest(candles, Pipeline(*configs)), "backtest")
         assert row.digest == plain["digest"]
+
+
+def test_ctrl_c_when_one_worker_runs_in_process_then_no_trial_is_left_running(
+    tmp_path: Path,
+) -> None:
+    study_spec = spec(tmp_path / "s.journal")
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        outcome = run_study(study_spec, 500, workers=1)
+    finally:
+        timer.cancel()
+    assert outcome.interrupted and 0 < outcome.finished < 500
+    rows = trial_rows(load_or_create(study_spec))
+    states = [r.state for r in rows]
+    assert "RUNNING" not in states
+    assert states.count("COMPLETE") == outcome.finished
+    assert [r.error for r in rows if r.state == "FAIL"] in ([], ["interrupted"])
