@@ -145,8 +145,7 @@ class Position:
     entry_time: int
 
 
-@dataclass(frozen=True, slots=True)
-class Buy:
+class Buy(NamedTuple):
     """Intent to buy (open or add to a position).
 
     Attributes:
@@ -163,8 +162,7 @@ class Buy:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Sell:
+class Sell(NamedTuple):
     """Intent to sell all or part of the position.
 
     Attributes:
@@ -194,6 +192,7 @@ class Context(Protocol):
         symbols: Every symbol the engine tracks, sorted.
         closed: Symbols whose bar closed in this interval (had market data in it), sorted.
         positions: Open positions by symbol.
+        history: Closed bars of every tracked symbol, oldest first (as `bars(symbol)`).
     """
 
     @property
@@ -219,6 +218,11 @@ class Context(Protocol):
     @property
     def positions(self) -> Mapping[str, Position]:
         """Open positions by symbol."""
+        ...
+
+    @property
+    def history(self) -> Mapping[str, Sequence[Bar]]:
+        """Every tracked symbol's closed bars (`bars(symbol)` for all symbols at once)."""
         ...
 
     def bars(self, symbol: str) -> Sequence[Bar]:
