@@ -108,8 +108,8 @@ class _Context:
                 s for s in self.symbols if (h := history[s]) and h[-1][1] == now)
         return found
 
-    def bars(self, symbol: str) -> Sequence[Bar]:
-        return self.history.get(symbol, ())
+    def bars(self, symbol: str) -> list[Bar]:
+        return list(self.history.get(symbol, ()))
 
     def position(self, symbol: str) -> Position | None:
         return self.positions.get(symbol)

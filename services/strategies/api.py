@@ -222,11 +222,18 @@ class Context(Protocol):
 
     @property
     def history(self) -> Mapping[str, Sequence[Bar]]:
-        """Every tracked symbol's closed bars (`bars(symbol)` for all symbols at once)."""
+        """Every tracked symbol's closed bars, live and read-only.
+
+        Index and iterate them (no slicing); never keep them past the call.
+        """
         ...
 
-    def bars(self, symbol: str) -> Sequence[Bar]:
-        """The symbol's closed bars, oldest first, at most `Strategy.history` of them."""
+    def bars(self, symbol: str) -> list[Bar]:
+        """The symbol's closed bars, oldest first, at most `Strategy.history` of them.
+
+        A new list each call: slice it freely (`ctx.bars(s)[-20:]`). `history` gives the
+        same bars without the copy.
+        """
         ...
 
     def position(self, symbol: str) -> Position | None:
