@@ -116,7 +116,7 @@ def test_history_is_bounded_by_what_the_strategy_declares() -> None:
     engine = engine_for(rec)
     for i in range(6):
         minute(engine, i, {A: 100.0 + i, B: 50.0})
-    *_, (now, symbol, view) = [v for v in rec.seen_views if v[1] == A]
+    *_, (now, _, view) = [v for v in rec.seen_views if v[1] == A]
     assert now == T0 + 5 * MIN and [b.close for b in view] == [103.0, 104.0, 105.0]
 
 
