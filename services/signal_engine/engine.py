@@ -542,6 +542,7 @@ class SignalEngine:
         """JSON-ready state worth keeping across a restart (positions, suspension)."""
         return {
             "strategy": self.strategy.name,
+            "params": self.strategy.params.model_dump(mode="json"),
             "rankings": self._intervals,
             "top": list(self.top_set),
             "book": self.book.snapshot(),
