@@ -19,6 +19,7 @@ from services.cli import (
     report,
     risk,
     run,
+    strategy,
     walkforward,
 )
 
@@ -38,6 +39,7 @@ app.add_typer(alerting.app, name="alerting")
 app.add_typer(config.app, name="config")
 app.add_typer(risk.app, name="risk")
 app.add_typer(data.app, name="data")
+app.add_typer(strategy.app, name="strategy")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli._common import candles_or_exit, console, err
+from services.cli.strategy import ParamOption, StrategyOption, strategy_env
 from services.research.optimize import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ def fail(message: str) -> typer.Exit:
     """Print one line on stderr and return the exit to raise (code 1)."""
     err.print(message, style="red")
     return typer.Exit(1)
+
+
+def use_strategy(strategy: str | None, params: list[str] | None) -> None:
+    """Set STRATEGY and STRATEGY_PARAMS for the run and its workers (exit 1 on a bad one)."""
+    os.environ.update(strategy_env(strategy, params))
 
 
 def parse_inputs(space_specs: list[str] | None, objectives: list[str] | None,
@@ -136,8 +142,23 @@ def print_best(best: list[TrialRow], objectives: tuple[str, ...], data_dir: Path
     console.print(f"\n{kind}: trial {top.number} ({figures}, {top.trades} trades); "
                   "its variables:")
     console.print(env_block(top), soft_wrap=True)
-    inline = " ".join(env_block(top).splitlines())
-    console.print(f"repeat it: {inline} cdb backtest {data_dir or ''}".rstrip(), soft_wrap=True)
+    console.print(f"repeat it: {backtest_line(top, data_dir)}", soft_wrap=True)
+
+
+def backtest_line(row: TrialRow, data_dir: Path | None) -> str:
+    """The `cdb backtest` command line that repeats a trial (strategy values as --param)."""
+    import json
+    import shlex
+
+    env = dict(row.env)
+    flags: list[str] = []
+    if "STRATEGY_PARAMS" in env:
+        flags += ["--strategy", env.pop("STRATEGY", "")]
+        for name, value in sorted(json.loads(env.pop("STRATEGY_PARAMS")).items()):
+            flags += ["--param", f"{name}={json.dumps(value)}"]
+    words = [f"{k}={v}" for k, v in sorted(env.items())]
+    words += ["cdb", "backtest", *([str(data_dir)] if data_dir else []), *flags]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def optimize(
@@ -161,6 +182,8 @@ def optimize(
     study: Annotated[
         str, typer.Option(help="Study name (default: derived from the data, space, objectives)")
     ] = "",
+    strategy: StrategyOption = None,
+    param: ParamOption = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols (default: all)")] = "",
     minutes: Annotated[int, typer.Option(min=0, help="Minutes from the start (0: all)")] = 0,
     csv: Annotated[Path | None, typer.Option(help="Write every trial as CSV here")] = None,
@@ -196,6 +219,7 @@ def optimize(
         trial_rows,
     )
 
+    use_strategy(strategy, param)
     dims, objectives = parse_inputs(space, objective)
     wanted = tuple(s for s in symbols.replace(" ", "").upper().split(",") if s) or None
     directory = data_dir or SAMPLE_DIR

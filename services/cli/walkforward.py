@@ -25,8 +25,10 @@ from services.cli.optimize import (
     open_study_or_exit,
     parse_inputs,
     sigterm_as_ctrl_c,
+    use_strategy,
     wide,
 )
+from services.cli.strategy import ParamOption, StrategyOption
 from services.research.optimize import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ def walkforward(
     ] = str(DEFAULT_STORAGE),
     study: Annotated[
         str, typer.Option(help="Name of the folds' studies (default: derived)")] = "",
+    strategy: StrategyOption = None,
+    param: ParamOption = None,
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols (default: all)")] = "",
     minutes: Annotated[int, typer.Option(min=0, help="Minutes from the start (0: all)")] = 0,
     html: Annotated[Path | None, typer.Option(help="Write the HTML report here")] = None,
@@ -96,6 +100,7 @@ def walkforward(
         walk_forward_report,
     )
 
+    use_strategy(strategy, param)
     dims, objectives = parse_inputs(space, [objective], "cannot walk forward")
     try:
         train_m = parse_duration(train, "--train")

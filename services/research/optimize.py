@@ -273,6 +273,9 @@ def default_study_name(data: DataSpec, space: Space, objectives: Sequence[str],
                        min_trades: int, prefix: str = "optimize") -> str:
     """A stable name for the study of a command (the same command continues the same study).
 
+    The strategy and its base parameters (STRATEGY, STRATEGY_PARAMS) are part of what defines
+    a study.
+
     Args:
         data: The candles.
         space: The searched parameters.
@@ -286,7 +289,7 @@ def default_study_name(data: DataSpec, space: Space, objectives: Sequence[str],
     key = "|".join([
         str(data.directory.resolve()), ",".join(data.symbols or ()), str(data.minutes),
         str(data.window), " ".join(d.text() for d in space.dimensions), ",".join(objectives),
-        str(min_trades),
+        str(min_trades), os.environ.get("STRATEGY", ""), os.environ.get("STRATEGY_PARAMS", ""),
     ])
     tag = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"{prefix}-{data.directory.resolve().name or 'data'}-{tag}"

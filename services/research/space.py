@@ -2,26 +2,26 @@
 
 A dimension names a parameter the engines already declare with a range:
 
-* an engine variable of the risk manager, the signal engine (the momentum strategy's
-  parameters today) or the execution service, e.g. `STOP_LOSS_PCT=0.005:0.05`,
-  `TOP_N=1:8`, `LOOKBACK_MINUTES=5:120:5` (the same variables `cdb backtest` reads from the
-  environment, case-insensitive);
-* a parameter of the running strategy's parameters model (lower-case field names), merged into
-  `STRATEGY_PARAMS`, when the engines host strategies with declared parameters (see
-  `strategy_parameters`).
+* an engine variable of the risk manager, the signal engine or the execution service, e.g.
+  `STOP_LOSS_PCT=0.005:0.05`, `MAX_POSITION_PCT=0.02:0.2:log` (the variables `cdb backtest`
+  reads from the environment, any case);
+* a parameter of the strategy the engines run (STRATEGY, default momentum), as its
+  parameters model spells it, e.g. `lookback_minutes=5:120:5`, `top_n=1:8`; the values go
+  into STRATEGY_PARAMS over its base object.
 
 Every dimension is checked before anything runs: an unknown name, a bound outside the
 declared range (a settings value out of range would otherwise fall back to its default with a
 warning, and the trial would silently run the default), a range with no valid point (LOW
-above HIGH, an integer parameter with fractional bounds or step, `log` from zero or below) all
-raise a `SpaceError` naming it. A trial's values reach the engines as text in the environment
-exactly as a user would set them for a plain `cdb backtest`, so a trial and that backtest are
-the same run.
+above HIGH, an integer parameter with fractional bounds or step, `log` from zero or below,
+strategy ranges whose corners and centre the strategy's model refuses as a whole, e.g. a fast
+average never below the slow one) all raise a `SpaceError` naming it. A trial's values reach
+the engines as text in the environment exactly as a user would set them for a plain
+`cdb backtest`, so a trial and that backtest are the same run.
 """
 
 from __future__ import annotations
 
-import importlib
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from services.research.sweep import Parameter, SweepError, field_parameter, parameters
+from services.research.sweep import Parameter, SweepError, parameters
 
 if TYPE_CHECKING:
     import optuna
@@ -105,35 +105,30 @@ def value_text(value: float) -> str:
     return repr(float(value))
 
 
+def strategy_name(base: Mapping[str, str] | None = None) -> str:
+    """The strategy the engines run: STRATEGY, else the default (momentum)."""
+    from services.strategies.loader import DEFAULT_STRATEGY
+
+    source = os.environ if base is None else base
+    return (source.get("STRATEGY") or "").strip() or DEFAULT_STRATEGY
+
+
 def strategy_parameters() -> dict[str, Parameter]:
-    """The declared, ranged parameters of the strategy the engines run (by field name).
+    """The declared, ranged numeric parameters of the strategy the engines run, by field name.
 
-    Where the signal engine hosts strategies (`services.strategies`), the numeric fields of the
-    parameters model of `STRATEGY` (default `momentum`) join the space, their ranges read the
-    way the settings' are (`field_parameter`); their values reach the strategy through
-    `STRATEGY_PARAMS`. Without the strategy API the momentum ranking's parameters are the
-    signal engine's variables (LOOKBACK_MINUTES, TOP_N, ...) and this is empty.
-
-    Returns:
-        Field name -> parameter.
+    Read from the strategy's parameters model as the sweep reads them; their values reach the
+    strategy through STRATEGY_PARAMS.
 
     Raises:
-        SpaceError: `STRATEGY` names no strategy (the loader's message).
+        SpaceError: STRATEGY names no strategy (the loader's message).
     """
+    from services.research.sweep import strategy_parameters as declared
+    from services.strategies.loader import StrategyError
+
     try:
-        loader: Any = importlib.import_module("services.strategies.loader")
-    except ModuleNotFoundError:
-        return {}
-    try:
-        cls = loader.resolve_class(os.environ.get("STRATEGY") or "momentum")
-    except ValueError as exc:  # the loader's StrategyError
+        return declared(strategy_name())
+    except StrategyError as exc:
         raise SpaceError(str(exc)) from None
-    found: dict[str, Parameter] = {}
-    for name, info in cls.params_model.model_fields.items():
-        param = field_parameter(name, info)
-        if param is not None:
-            found[name] = param
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +156,9 @@ class Space:
                 the process environment).
 
         Returns:
-            Variable -> text: one per engine variable, plus STRATEGY_PARAMS (the base object
-            with the strategy dimensions set) when the space has strategy dimensions.
+            Variable -> text: one per engine variable, plus STRATEGY and STRATEGY_PARAMS (the
+            base object with the strategy dimensions set) when the space has strategy
+            dimensions.
         """
         env: dict[str, str] = {}
         strategy: dict[str, Any] = {}
@@ -178,6 +174,7 @@ class Space:
             source = os.environ if base is None else base
             merged = dict(orjson.loads(source.get(STRATEGY_PARAMS_VARIABLE) or "{}"))
             merged.update(strategy)
+            env["STRATEGY"] = strategy_name(source)
             env[STRATEGY_PARAMS_VARIABLE] = orjson.dumps(merged,
                                                          option=orjson.OPT_SORT_KEYS).decode()
         return env
@@ -276,4 +273,52 @@ def parse_space(specs: Sequence[str]) -> Space:
         if any(d.name == dim.name for d in dims):
             raise SpaceError(f"{dim.name} is given twice")
         dims.append(dim)
-    return Space(tuple(dims))
+    space = Space(tuple(dims))
+    _check_strategy_points(space)
+    return space
+
+
+MAX_CHECKED_CORNERS = 256
+"""Corners of the strategy dimensions checked against the strategy's model (and the centre)."""
+
+
+def _check_strategy_points(space: Space) -> None:
+    """Refuse strategy ranges of which no corner and not the centre is a valid parameter set.
+
+    A strategy's model may relate its parameters (a fast average below a slow one); a space
+    whose every probed point breaks that has no valid point. Points between the probes that
+    the model refuses make failed trials, named in the study.
+
+    Raises:
+        SpaceError: The model refuses every probed point (its first message).
+    """
+    dims = [d for d in space.dimensions if d.strategy]
+    if not dims:
+        return
+    from services.strategies.loader import (
+        StrategyError,
+        parse_params,
+        resolve_class,
+        validate_params,
+    )
+
+    name = strategy_name()
+    cls = resolve_class(name)
+    base = parse_params(os.environ.get(STRATEGY_PARAMS_VARIABLE))
+
+    def value(d: Dimension, x: float) -> int | float:
+        return round(x) if d.kind is int else x
+
+    probes = [{d.name: value(d, (d.low + d.high) / 2) for d in dims}]
+    for corner in itertools.islice(itertools.product(*((d.low, d.high) for d in dims)),
+                                   MAX_CHECKED_CORNERS):
+        probes.append({d.name: value(d, x) for d, x in zip(dims, corner, strict=True)})
+    first = ""
+    for probe in probes:
+        try:
+            validate_params(cls, name, {**base, **probe})
+        except StrategyError as exc:
+            first = first or str(exc)
+            continue
+        return
+    raise SpaceError(f"the space has no valid point for strategy {name!r}: {first}")

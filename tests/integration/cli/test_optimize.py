@@ -4,6 +4,7 @@ studies in PostgreSQL, Ctrl-C, and bad input refused in one line with nothing wr
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -201,3 +202,37 @@ def test_the_html_report_when_two_objectives_then_history_importances_and_pareto
     assert result.value["ids"] == ["history", "importances", "pareto"]
     assert result.value["points"] >= 1 and result.value["front"] >= 1
     assert "STOP_LOSS_PCT=" in result.value["env"] and "TOP_N=" in result.value["env"]
+
+
+def test_strategy_parameters_when_optimised_then_the_printed_command_repeats_the_best_trial(
+    tmp_path: Path,
+) -> None:
+    done = cdb(tmp_path, "optimize", "--minutes", "1440", "--strategy", "ema_cross",
+               "--space", "fast=3:15", "--space", "slow=20:60", "--space",
+               "STOP_LOSS_PCT=0.01:0.05", "--trials", "4", "--workers", "1", "--min-trades", "0",
+               "--objective", "return", "--report", "opt.json")
+    assert done.returncode == 0, done.stderr
+    best = orjson.loads((tmp_path / "opt.json").read_bytes())["best"][0]
+    assert best["env"]["STRATEGY"] == "ema_cross"
+    line = next(x for x in done.stdout.splitlines() if x.startswith("repeat it: "))
+    words = shlex.split(line.removeprefix("repeat it: "))
+    cut = words.index("cdb")
+    env = dict(w.split("=", 1) for w in words[:cut])
+    assert words[cut + 1] == "backtest" and "--param" in words
+    again = cdb(tmp_path, *words[cut + 1:], "--minutes", "1440", "--report", "plain.json",
+                **env)
+    assert again.returncode == 0, again.stderr
+    assert orjson.loads((tmp_path / "plain.json").read_bytes())["digest"] == best["digest"]
+
+
+def test_a_strategy_space_when_no_point_is_valid_then_one_line_and_nothing_written(
+    tmp_path: Path,
+) -> None:
+    done = cdb(tmp_path, "optimize", "--strategy", "ema_cross", "--space", "fast=50:60",
+               "--space", "slow=10:20", "--csv", "t.csv")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("cannot optimise: the space has no valid point for strategy "
+                               "'ema_cross'")
+    assert list(tmp_path.iterdir()) == []

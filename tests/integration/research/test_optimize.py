@@ -184,14 +184,12 @@ def test_the_study_when_in_postgresql_then_the_trials_are_rows_there(own_databas
 def test_a_trial_of_strategy_parameters_when_rerun_then_equals_the_backtest_with_them(
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("services.strategies.loader",
-                        reason="the signal engine does not host strategies in this tree yet")
     space = parse_space(["lookback_minutes=3:30", "top_n=1:3"])
     study_spec = StudySpec(DATA, space, ("return",), 0, str(tmp_path / "s.journal"), "s", 3)
     run_study(study_spec, 2, workers=1)
     candles = DATA.read()
     for row in trial_rows(load_or_create(study_spec)):
-        assert set(row.env) == {"STRATEGY_PARAMS"}
+        assert set(row.env) == {"STRATEGY", "STRATEGY_PARAMS"}
         with patched_env(row.env):
             configs = engine_configs(list(candles.symbols))
         plain = build_report(run_backtest(candles, Pipeline(*configs)), "backtest")

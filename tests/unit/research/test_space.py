@@ -5,7 +5,14 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from services.research.space import Dimension, Space, SpaceError, parse_space, value_text
+from services.research.space import (
+    Dimension,
+    Space,
+    SpaceError,
+    known_parameters,
+    parse_space,
+    value_text,
+)
 
 
 def test_parse_space_when_valid_then_dimensions_keep_kind_bounds_step_and_scale() -> None:
@@ -81,8 +88,11 @@ def test_environment_when_strategy_dimensions_then_merged_into_strategy_params()
     space = Space((Dimension("fast", int, 2, 20, strategy=True),
                    Dimension("STOP_LOSS_PCT", float, 0.01, 0.05)))
     env = space.environment({"fast": 5, "STOP_LOSS_PCT": 0.02},
-                            base={"STRATEGY_PARAMS": '{"slow": 30, "fast": 9}'})
-    assert env == {"STOP_LOSS_PCT": "0.02", "STRATEGY_PARAMS": '{"fast":5,"slow":30}'}
+                            base={"STRATEGY": "ema_cross",
+                                  "STRATEGY_PARAMS": '{"slow": 30, "fast": 9}'})
+    assert env == {"STOP_LOSS_PCT": "0.02", "STRATEGY": "ema_cross",
+                   "STRATEGY_PARAMS": '{"fast":5,"slow":30}'}
+    assert space.environment({"fast": 5}, base={})["STRATEGY"] == "momentum"
 
 
 def test_dimension_text_when_printed_then_reads_as_the_command_line_form() -> None:
@@ -91,11 +101,7 @@ def test_dimension_text_when_printed_then_reads_as_the_command_line_form() -> No
             == "STOP_LOSS_PCT=0.005:0.05:log")
 
 
-def test_strategy_parameters_when_the_strategy_api_is_present_then_they_join_the_space() -> None:
-    pytest.importorskip("services.strategies.loader",
-                        reason="the signal engine does not host strategies in this tree yet")
-    from services.research.space import known_parameters
-
+def test_strategy_parameters_when_the_default_strategy_then_they_join_the_space() -> None:
     known = known_parameters()
     lookback, is_strategy = known["lookback_minutes"]
     assert is_strategy and lookback.kind is int and lookback.range_text() == "1..240"
@@ -103,3 +109,15 @@ def test_strategy_parameters_when_the_strategy_api_is_present_then_they_join_the
     assert [d.strategy for d in space.dimensions] == [True, False]
     with pytest.raises(SpaceError, match=r"lookback_minutes=300 is outside its range 1\.\.240"):
         parse_space(["lookback_minutes=5:300"])
+
+
+def test_strategy_ranges_when_the_model_refuses_every_probe_then_no_valid_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STRATEGY", "ema_cross")
+    monkeypatch.delenv("STRATEGY_PARAMS", raising=False)
+    with pytest.raises(SpaceError, match=r"no valid point for strategy 'ema_cross': .*fast "
+                       r"\(55\) must be below slow \(15\)"):
+        parse_space(["fast=50:60", "slow=10:20"])
+    space = parse_space(["fast=5:30", "slow=20:60"])  # some corners overlap, most do not
+    assert space.names == ("fast", "slow")
