@@ -39,7 +39,7 @@ from services.research.space import parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "replay"
-SPACE = ["TOP_N=1:8", "LOOKBACK_MINUTES=5:60", "MIN_MOMENTUM_PCT=0.1:2",
+SPACE = ["top_n=1:8", "lookback_minutes=5:60", "min_momentum_pct=0.1:2",
          "STOP_LOSS_PCT=0.005:0.05", "MAX_POSITION_PCT=0.02:0.2"]
 
 
