@@ -99,10 +99,14 @@ def strategy_of(engine_state: dict[str, Any] | Any) -> dict[str, Any]:
 
 
 def strategy_text(strategy: dict[str, Any] | None) -> str:
-    """`name (param=value, ...)` for the summaries."""
+    """`name (param=value, ...)` for the summaries, parameters by name.
+
+    By name because a replay's parameters come back from PostgreSQL's jsonb, which keeps no
+    key order.
+    """
     if not strategy:
         return "unknown"
-    params = ", ".join(f"{k}={v}" for k, v in strategy.get("params", {}).items())
+    params = ", ".join(f"{k}={v}" for k, v in sorted(strategy.get("params", {}).items()))
     return f"{strategy['name']} ({params})" if params else str(strategy["name"])
 
 
