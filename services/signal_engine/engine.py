@@ -188,6 +188,8 @@ class SignalEngine:
         self._errors_in_interval = 0
         self.late_events = 0
         """Events of an already closed interval (left out of the bars)."""
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
         self.errors = 0
         """Strategy calls dropped so far."""
         self.dropped_buys = 0
@@ -285,6 +287,8 @@ class SignalEngine:
         else:
             bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
             if ts <= bar[8] or not 0.0 < price < _INF:
+                if ts < bar[8]:
+                    self.late_market_data += 1
                 return _NO_SIGNALS
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval
