@@ -41,6 +41,19 @@ def test_the_pipeline_benchmark_reports_every_hop(infra: Infrastructure) -> None
         assert float(out[f"{hop}_p50_ms"]) <= float(out[f"{hop}_max_ms"]), hop
 
 
+def test_the_backtest_benchmark_prints_candles_per_second_for_every_builtin_strategy(
+    infra: Infrastructure,
+) -> None:
+    from services.strategies.loader import BUILTINS
+
+    out = figures(infra, "benchmarks.backtest", "services/replay/sample")
+    assert float(out["backtest_candles_per_s"]) > 0
+    for name in BUILTINS:
+        assert float(out[f"strategy_{name}_candles_per_s"]) > 0, name
+        assert int(out[f"strategy_{name}_orders"]) >= 0, name
+    assert out["strategy_momentum_orders"] == out["backtest_orders"]
+
+
 def test_the_optimize_benchmark_reports_throughput_memory_and_digest_equality(
     infra: Infrastructure,
 ) -> None:
