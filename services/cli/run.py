@@ -43,6 +43,7 @@ from services.cli._common import (
     write_html,
     write_report,
 )
+from services.cli.strategy import ParamOption, StrategyOption, strategy_env
 from services.registry import PIPELINE, SERVICES
 from services.research.engines import profile_for
 
@@ -369,6 +370,8 @@ def up(
     html: Annotated[
         Path | None, typer.Option(help="Write the HTML report (charts) here")
     ] = None,
+    strategy: StrategyOption = None,
+    param: ParamOption = None,
 ) -> None:
     """Start Redis, PostgreSQL and the services; replay ends with the report.
 
@@ -389,12 +392,13 @@ def up(
     if html is not None and source != "replay":
         err.print("--html writes the report of a replay; live runs have none")
         raise typer.Exit(2)
+    chosen = strategy_env(strategy, param)
     candles = candles_or_exit(data, None, minutes) if source == "replay" else None
     received: list[int] = []
     try:
         with _stop_on_signals() as received:
             code = _up(source, data, minutes, speed, report, data_dir, notify_webhook, html,
-                       candles)
+                       candles, chosen)
     except InfraError as exc:
         from services.common.logs import redact
 
@@ -413,7 +417,7 @@ def up(
 
 def _up(source: str, data: Path | None, minutes: int, speed: float, report: Path | None,
         data_dir: Path, notify_webhook: str, html: Path | None,
-        candles: CandleSet | None) -> int:
+        candles: CandleSet | None, chosen: dict[str, str]) -> int:
     """The body of `cdb up` (signals arrive as `Stopped`; every step cleans up after itself)."""
     from services.common import local_run
     from services.common.infra import free_port, infrastructure
@@ -423,6 +427,7 @@ def _up(source: str, data: Path | None, minutes: int, speed: float, report: Path
     stamp = datetime.now(tz=UTC).strftime("%Y%m%d%H%M%S")
     db_name, prefix = local_run.replay_names(stamp)
     env = {k: v for k, v in os.environ.items()}
+    env.update(chosen)  # STRATEGY and STRATEGY_PARAMS (--strategy, --param)
     if source == "replay":
         env["STREAM_PREFIX"] = prefix
         env["CLOCK"] = "event"

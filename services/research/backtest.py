@@ -26,7 +26,7 @@ from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
 from services.replay.candles import Bar, CandleSet
-from services.research.report import HaltRecord, RunRecord, dust_of, halt_detail
+from services.research.report import HaltRecord, RunRecord, dust_of, halt_detail, strategy_of
 from services.research.statistics import FillRecord, slippage_cost
 from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine
@@ -75,6 +75,7 @@ class Pipeline:
         self.execution = ExecutionEngine(execution)
         self.record = RunRecord(start_equity=execution.start_equity,
                                 symbols=list(signal.whitelist))
+        self.record.strategy = strategy_of(self.signal)
         self.trace = Trace() if keep_trace else None
         self._last_tick = -1
         self._bar_ts: int | None = None
@@ -128,9 +129,16 @@ class Pipeline:
                 record.alerts.append((a.code, a.level))
             if self.trace is not None:
                 self.trace.alerts.extend(result.alerts)
+            self.signal.on_order_result(result.result)
             followup = self.risk.on_order_result(result.result, result.result.timestamp)
             if not followup.is_empty:
                 self._execute(self._risk_output(followup))
+
+    def _signal_alerts(self) -> None:
+        alerts = self.signal.take_alerts()
+        self.record.alerts.extend((a.code, a.level) for a in alerts)
+        if self.trace is not None:
+            self.trace.alerts.extend(alerts)
 
     def _first_prices(self, events: Sequence[MarketData]) -> None:
         """Keep the first price of each symbol (the buy-and-hold benchmark's entry)."""
@@ -183,6 +191,8 @@ class Pipeline:
                 signals.extend(found)
         record.candles += len(events)
         record.last_ms = timestamp
+        if signal.pending_alerts:
+            self._signal_alerts()
         if exits:
             self._execute(exits)
         for sig in signals:
