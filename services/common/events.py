@@ -63,7 +63,7 @@ EventId = Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$", description="UUID")]
 
 Source = Literal["mexc_ws", "mexc_rest", "replay"]
 Direction = Literal["buy", "sell"]
-OrderReason = Literal["signal", "stop_loss"]
+OrderReason = Literal["signal", "stop_loss", "take_profit", "trailing_stop", "time_limit"]
 OrderStatus = Literal["filled", "partially_filled", "rejected"]
 AlertLevel = Literal["INFO", "WARNING", "CRITICAL"]
 

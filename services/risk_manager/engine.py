@@ -17,7 +17,8 @@ first failing layer decides a buy):
 4. and 5. `limits`: a buy is trimmed to the position limit, then to the exposure headroom;
    rejected when no headroom is left; exposure above 80 % after any move -> HALTED.
 6. `exits`: a price STOP_LOSS_PCT below the average entry -> one working exit order, retried
-   at a bounded rate while it fills nothing.
+   at a bounded rate while it fills nothing; `protective` adds take-profit, trailing stop and
+   a time limit per position (off unless configured) under the same rules.
 
 Time is event time: every call first fires the timers due up to its `now` (the 00:00 UTC
 baseline, breaker re-tests, stale-data deadlines) in time order, each at its own due time, so a
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.common.events import MarketData, OrderResult, Signal, derive_id
+from services.common.events import MarketData, OrderReason, OrderResult, Signal, derive_id
 from services.risk_manager.config import RiskConfig
 from services.risk_manager.limits import Sized, exposure_halt_due, size_buy
 from services.risk_manager.models import (
@@ -194,8 +195,11 @@ class RiskEngine(RiskView):
                 if exits.may_exit(sym, now_ms):
                     out = out or Out(now_ms)
                     self._stop_loss(out, md, holding)
-            elif exits.episodes and sym in exits.episodes and sym not in exits.working:
-                exits.end(sym)
+            else:
+                if exits.episodes and sym in exits.episodes and sym not in exits.working:
+                    exits.end(sym)
+                if self._protect.on:
+                    out = self._protective(out, md, holding, now_ms)
         return EMPTY_OUTPUT if out is None else out.result()
 
     def _check_account(self, out: Out | None, now: int, trigger: str) -> Out | None:
@@ -238,6 +242,30 @@ class RiskEngine(RiskView):
             self._emit_order(out, md.symbol, "sell", size, holding.qty, order_id, None, (),
                              "stop_loss")
             self._exits.stop_loss(out, md.symbol, md.price, holding.qty, holding.avg, order_id)
+
+    def _protective(self, out: Out | None, md: MarketData, holding: Holding,
+                    now: int) -> Out | None:
+        """Take-profit, trailing stop, time limit: one working exit, like the stop-loss."""
+        sym = md.symbol
+        protect = self._protect
+        exits = self._exits
+        kind = protect.triggered(sym, md.price, holding.avg, now)
+        if kind is None:
+            if sym in protect.episodes and sym not in exits.working:
+                del protect.episodes[sym]
+                if sym not in exits.episodes:
+                    exits.retry_at.pop(sym, None)
+                    exits.attempts.pop(sym, None)
+            return out
+        size = holding.qty * md.price
+        if not exits.may_exit(sym, now) or not size >= self._cfg.min_order_notional:
+            return out
+        out = out or Out(now)
+        order_id = derive_id(kind, md.event_id, sym)
+        self._emit_order(out, sym, "sell", size, holding.qty, order_id, None, (), kind)
+        protect.decide(out, kind, sym, md.price, holding.qty, holding.avg, order_id,
+                       exits.attempts.get(sym, 0) + 1, now)
+        return out
 
     # ------------------------------------------------------------------ signals
 
@@ -372,6 +400,8 @@ class RiskEngine(RiskView):
                                   f"{res.fees!r})", res.order_id)
         if rec.side == "sell":
             self._exits.on_result(sym, rec.order_id, applied, sym not in book.holdings, now_ms)
+        if applied:
+            self._protect.on_fill(rec.side, sym, sym in book.holdings, now_ms)
         if applied and self._cb.on_fill(out, sym, res.slippage_pct, res.order_id):
             self._changed(out, f"circuit breaker: slippage on {sym}")
             self._schedule(self._cb.next_ms)
@@ -486,6 +516,7 @@ class RiskEngine(RiskView):
         eng._book.load(snapshot)
         eng._outstanding = dict(snapshot.outstanding)
         eng._exits.load(snapshot)
+        eng._protect.load(snapshot)
         return eng
 
     # ------------------------------------------------------------------ helpers
@@ -509,7 +540,7 @@ class RiskEngine(RiskView):
         order_id: str,
         signal_id: str | None,
         trims: tuple[str, ...],
-        reason: str,
+        reason: OrderReason,
     ) -> None:
         exempt = {
             Check.DRAWDOWN.value: self._halted,
