@@ -6,7 +6,8 @@ integers (event time, as a replay and a backtest do).
 
 from __future__ import annotations
 
-from dataclasses import replace
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from services.common.events import derive_id
-from services.risk_manager.config import RiskConfig
+from services.common.settings import SettingsError, load_settings
+from services.risk_manager.config import RiskConfig, RiskSettings, exit_rules
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import RiskSnapshot, TradingState
 from tests.unit.risk_manager.test_engine import SEC, T0, codes, fill, md, open_position, sig
@@ -65,6 +67,71 @@ def test_config_when_protective_exits_unset_then_all_off() -> None:
 def test_config_when_protective_value_unusable_then_raises(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RiskConfig(**bad)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """Exits a strategy declares (the shape of its `ExitDefaults`)."""
+
+    take_profit_pct: float | None = None
+    trailing_activation_pct: float | None = None
+    trailing_distance_pct: float | None = None
+    time_limit_minutes: int | None = None
+
+
+def settings_of(**env: Any) -> RiskSettings:
+    return load_settings(RiskSettings, REDIS_URL="redis://x:6379/0",
+                         DATABASE_URL="postgresql://x/y", **env)
+
+
+def test_settings_when_exits_set_then_config_carries_them_without_loading_the_strategy() -> None:
+    s = settings_of(TAKE_PROFIT_PCT="0.04", TRAILING_ACTIVATION_PCT="0.01",
+                    TRAILING_DISTANCE_PCT="0.02", TIME_LIMIT_MINUTES="240",
+                    STRATEGY="not_a_strategy")
+
+    def never(name: str) -> Declared:
+        raise AssertionError(f"strategy {name} loaded although every exit is set")
+
+    assert exit_rules(s, never) == {
+        "take_profit_pct": 0.04, "trailing_activation_pct": 0.01,
+        "trailing_distance_pct": 0.02, "time_limit_minutes": 240,
+    }
+
+
+def test_settings_when_exits_unset_then_the_strategys_declared_exits_apply() -> None:
+    asked: list[str] = []
+
+    def declared(name: str) -> Declared:
+        asked.append(name)
+        return Declared(take_profit_pct=0.08, trailing_distance_pct=0.03, time_limit_minutes=60)
+
+    s = settings_of(STRATEGY="crossover", TAKE_PROFIT_PCT="0.05", TIME_LIMIT_MINUTES="0")
+    assert exit_rules(s, declared) == {
+        "take_profit_pct": 0.05,  # the variable wins
+        "trailing_activation_pct": None,
+        "trailing_distance_pct": 0.03,  # the strategy's default
+        "time_limit_minutes": None,  # 0 turns the strategy's default off
+    }
+    assert asked == ["crossover"]
+
+
+def test_settings_when_exit_empty_or_out_of_range_then_unset_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        s = settings_of(TAKE_PROFIT_PCT="", TRAILING_DISTANCE_PCT="0.9", TIME_LIMIT_MINUTES="-5")
+    assert (s.TAKE_PROFIT_PCT, s.TRAILING_DISTANCE_PCT, s.TIME_LIMIT_MINUTES) == (None,) * 3
+    assert "TRAILING_DISTANCE_PCT" in caplog.text
+    assert "TIME_LIMIT_MINUTES" in caplog.text
+    assert exit_rules(s, lambda name: Declared()) == dict.fromkeys(
+        ("take_profit_pct", "trailing_activation_pct", "trailing_distance_pct",
+         "time_limit_minutes"))
+
+
+def test_settings_when_exit_not_a_number_then_stops_naming_it() -> None:
+    with pytest.raises(SettingsError) as exc:
+        settings_of(TAKE_PROFIT_PCT="lots")
+    assert "TAKE_PROFIT_PCT" in exc.value.message
 
 
 # ---------------------------------------------------------------------- take-profit
