@@ -70,6 +70,26 @@ class SignalSettings(BaseServiceSettings):
         description="Seconds without market data of a symbol before the ranking leaves it out "
         "(until its data resumes)",
     )
+    STRATEGY: str = Field(
+        default="momentum",
+        description="Strategy: a built-in name, an entry point of cdb.strategies, "
+        "package.module:Class or path/to/file.py:Class",
+    )
+    STRATEGY_PARAMS: str = Field(
+        default="{}", description="The strategy's parameters as a JSON object"
+    )
+    STRATEGY_TIMEOUT_MS: int = Field(
+        default=1000,
+        ge=10,
+        le=60_000,
+        description="Longest a strategy call may take with CLOCK=wall before it is dropped",
+    )
+    STRATEGY_MAX_FAILURES: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Intervals in a row with a failed strategy call that suspend its buys",
+    )
 
 
 
