@@ -3,8 +3,9 @@
 `PARAMETERS` is the one table of what a TradingSystem configures: the spec path, the
 environment variable of the services' settings, the seed's range and default, and the services
 that read it. `EXIT_PARAMETERS` are the protective exits of `spec.exits` (no default: the
-strategy's), `spec.strategy` names the strategy the signal engine hosts and its parameters. The CRD's openAPIV3Schema, the chart's `values.schema.json` and the services'
-settings classes carry the same ranges; tests keep them equal.
+strategy's), `spec.strategy` names the strategy the signal engine hosts and its parameters.
+The CRD's openAPIV3Schema, the chart's `values.schema.json` and the services' settings classes
+carry the same ranges; tests keep them equal.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ reads its declared exits itself.
 from __future__ import annotations
 
 from cdb_operator.model import SpecError, StrategySpec
-
 from services.risk_manager.config import EXIT_VARIABLES
 
 DeclaredExits = dict[str, float | int | None]
