@@ -145,6 +145,10 @@ class Signal(EventBase):
     signal_id: EventId
     market_event_id: EventId = Field(description="Id of the market_data event that closed it")
     reason: str = Field(max_length=200)
+    fraction: Annotated[float, _finite(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Share of the position a sell asks to sell; absent: all of it",
+    )
 
 
 class Order(EventBase):

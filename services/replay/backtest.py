@@ -100,9 +100,16 @@ class Pipeline:
                 record.alerts.append((a.code, a.level))
             if self.trace is not None:
                 self.trace.alerts.extend(result.alerts)
+            self.signal.on_order_result(result.result)
             followup = self.risk.on_order_result(result.result, result.result.timestamp)
             if not followup.is_empty:
                 self._execute(self._risk_output(followup))
+
+    def _signal_alerts(self) -> None:
+        alerts = self.signal.take_alerts()
+        self.record.alerts.extend((a.code, a.level) for a in alerts)
+        if self.trace is not None:
+            self.trace.alerts.extend(alerts)
 
     def on_bar(self, events: Sequence[MarketData], timestamp: int) -> None:
         """Process one bar (every symbol's market data of one minute).
@@ -143,6 +150,8 @@ class Pipeline:
                 signals.extend(found)
         record.candles += len(events)
         record.last_ms = timestamp
+        if signal.has_alerts:
+            self._signal_alerts()
         if exits:
             self._execute(exits)
         for sig in signals:

@@ -170,11 +170,13 @@ class Sell:
     Attributes:
         symbol: The symbol.
         fraction: Share of the position to sell, in (0, 1]; 1 sells it all.
+        strength: Conviction in 0..1 (the signal's `signal_strength`).
         reason: Why, in a few words (up to 200 chars).
     """
 
     symbol: str
     fraction: float = 1.0
+    strength: float = 1.0
     reason: str = ""
 
 

@@ -215,8 +215,19 @@ def parse_params(params: Mapping[str, Any] | str | None) -> dict[str, Any]:
     return dict(params)
 
 
+def setting_of(info: Any) -> str | None:
+    """The signal engine setting a parameter takes its default from, if it declares one."""
+    extra = info.json_schema_extra
+    if isinstance(extra, dict):
+        setting = extra.get("setting")
+        if isinstance(setting, str):
+            return setting
+    return None
+
+
 def validate_params(
     cls: type[Strategy[Any]], name: str, params: Mapping[str, Any] | str | None,
+    settings: Mapping[str, Any] | None = None,
 ) -> BaseModel:
     """Validate parameters against the strategy's model.
 
@@ -224,6 +235,9 @@ def validate_params(
         cls: The strategy class.
         name: The name it was loaded by (for the message).
         params: JSON object text, a mapping, or None.
+        settings: Values of the signal engine's settings by variable name: a parameter that
+            declares one as its default (`json_schema_extra={"setting": "TOP_N"}`) and is not
+            given takes it.
 
     Returns:
         The parameters model instance (defaults filled in).
@@ -234,6 +248,11 @@ def validate_params(
     """
     values = parse_params(params)
     model = cls.params_model
+    if settings:
+        for field_name, info in model.model_fields.items():
+            setting = setting_of(info)
+            if field_name not in values and setting is not None and setting in settings:
+                values[field_name] = settings[setting]
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -248,12 +267,17 @@ def validate_params(
         ) from None
 
 
-def load_strategy(name: str, params: Mapping[str, Any] | str | None) -> Strategy[Any]:
+def load_strategy(
+    name: str, params: Mapping[str, Any] | str | None,
+    settings: Mapping[str, Any] | None = None,
+) -> Strategy[Any]:
     """Resolve, validate and instantiate a strategy.
 
     Args:
         name: As `resolve_class` takes it.
         params: JSON object text, a mapping or None (the defaults).
+        settings: Signal engine settings by variable name, for parameters that declare one
+            as their default (see `validate_params`).
 
     Returns:
         The strategy, ready for the signal engine; its `name` is the name given.
@@ -263,7 +287,7 @@ def load_strategy(name: str, params: Mapping[str, Any] | str | None) -> Strategy
             strategy's own `setup` failing.
     """
     cls = resolve_class(name)
-    validated = validate_params(cls, name.strip(), params)
+    validated = validate_params(cls, name.strip(), params, settings)
     try:
         strategy = cls(validated)
     except Exception as exc:
