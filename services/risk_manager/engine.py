@@ -56,6 +56,7 @@ from services.risk_manager.output import (
     Out,
 )
 from services.risk_manager.portfolio import Holding
+from services.risk_manager.protective import ExitKind
 from services.risk_manager.view import RiskView
 
 __all__ = ["SOURCE", "RiskEngine"]
@@ -196,10 +197,15 @@ class RiskEngine(RiskView):
                     out = out or Out(now_ms)
                     self._stop_loss(out, md, holding)
             else:
+                protect = self._protect
+                kind = protect.triggered(sym, price, holding.avg, now_ms) if protect.on else None
                 if exits.episodes and sym in exits.episodes and sym not in exits.working:
-                    exits.end(sym)
-                if self._protect.on:
-                    out = self._protective(out, md, holding, now_ms)
+                    if kind is None:
+                        exits.end(sym)
+                    else:  # the stop-loss episode is over; the retry wait goes on
+                        del exits.episodes[sym]
+                if protect.on:
+                    out = self._protective(out, md, holding, kind, now_ms)
         return EMPTY_OUTPUT if out is None else out.result()
 
     def _check_account(self, out: Out | None, now: int, trigger: str) -> Out | None:
@@ -244,12 +250,15 @@ class RiskEngine(RiskView):
             self._exits.stop_loss(out, md.symbol, md.price, holding.qty, holding.avg, order_id)
 
     def _protective(self, out: Out | None, md: MarketData, holding: Holding,
-                    now: int) -> Out | None:
-        """Take-profit, trailing stop, time limit: one working exit, like the stop-loss."""
+                    kind: ExitKind | None, now: int) -> Out | None:
+        """Take-profit, trailing stop, time limit: one working exit, like the stop-loss.
+
+        An exit that filled nothing waits before the next attempt as long as any exit
+        condition holds; the wait ends with the last of them (or a fill).
+        """
         sym = md.symbol
         protect = self._protect
         exits = self._exits
-        kind = protect.triggered(sym, md.price, holding.avg, now)
         if kind is None:
             if sym in protect.episodes and sym not in exits.working:
                 del protect.episodes[sym]

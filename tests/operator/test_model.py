@@ -125,7 +125,7 @@ def test_set_exits_are_kept_and_unset_ones_left_to_the_strategy() -> None:
 
 
 @pytest.mark.parametrize("name", [
-    "momentum", "ema_cross", "my-strategy.v2", "my_pkg.strategies:Breakout",
+    "momentum", "my_breakout", "my-strategy.v2", "my_pkg.strategies:Breakout",
     "/etc/cdb/strategies/breakout.py:Breakout", "strategies/mine.py:Mine",
 ])
 def test_strategy_names_of_every_kind_are_accepted(name: str) -> None:

@@ -301,7 +301,7 @@ def test_render_never_reads_the_strategy_when_every_exit_is_set() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "services"),
     [
-        ({}, {"strategy": {"params": {"lookback": 30}}}, {"signal_engine"}),
+        ({}, {"strategy": {"params": {"lookback_minutes": 30}}}, {"signal_engine"}),
         ({"strategy": {"name": "mod:A"}, "exits": dict.fromkeys(
             ("takeProfitPct", "trailingActivationPct", "trailingDistancePct",
              "timeLimitMinutes"), 0)},
