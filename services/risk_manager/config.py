@@ -357,7 +357,7 @@ def exit_rules(
     """Resolve the protective exits: each variable where set, else the strategy's default.
 
     0 turns an exit off whatever the strategy declares (for TRAILING_ACTIVATION_PCT, 0 means
-    active from the entry). The strategy is loaded only when a variable is unset.
+    active from the entry, as None does). The strategy is loaded only when a variable is unset.
 
     Args:
         s: The validated settings.
@@ -372,7 +372,7 @@ def exit_rules(
     for name, value in explicit.items():
         if value is None and declared is not None:
             value = getattr(declared, name)
-        if value == 0 and name != "trailing_activation_pct":
+        if value == 0:  # off (an activation of 0, "from the entry", is what None means)
             value = None
         rules[name] = value
     return rules

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.execution.config import ExecutionConfig
 from services.replay.backtest import Pipeline
 from services.risk_manager.config import RiskConfig
 from services.signal_engine.config import SignalConfig
 
 
-def btc_pipeline(symbols: tuple[str, ...]) -> Pipeline:
+def btc_pipeline(symbols: tuple[str, ...], **risk: Any) -> Pipeline:
     """A pipeline on a 1 BTC account: 0.02 BTC signals, orders from 0.0001 BTC.
 
     Args:
         symbols: The whitelist (the candles' symbols).
+        **risk: Other `RiskConfig` values (protective exits, for instance).
     """
     return Pipeline(
         SignalConfig(whitelist=symbols, signal_notional=0.02),
-        RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001),
+        RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001, **risk),
         ExecutionConfig(start_equity=1.0),
     )

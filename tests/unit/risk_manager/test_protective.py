@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -428,3 +429,34 @@ def test_exits_fire_in_every_state_in_priority_order_and_never_exceed_the_positi
             working = None
     if halted:
         assert engine.state is TradingState.HALTED  # an exit never lifts a halt
+
+
+# ---------------------------------------------------------------------- defaulted by a strategy
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "strategy-image" / "breakout.py"
+
+
+def test_config_takes_the_exits_a_user_strategy_declares_where_the_account_sets_none() -> None:
+    s = settings_of(STRATEGY=f"{EXAMPLE}:Breakout", TIME_LIMIT_MINUTES="30")
+    cfg = RiskConfig.from_settings(s)
+    assert (cfg.take_profit_pct, cfg.trailing_activation_pct, cfg.trailing_distance_pct,
+            cfg.time_limit_minutes) == (None, 0.004, 0.003, 30)
+
+
+def test_config_of_the_default_strategy_has_every_protective_exit_off() -> None:
+    assert RiskConfig.from_settings(settings_of()) == RiskConfig()
+
+
+def test_config_when_the_strategy_cannot_be_loaded_then_stops_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SettingsError) as exc:
+        RiskConfig.from_settings(settings_of(STRATEGY="no_such_strategy"))
+    assert exc.value.code == 1
+    assert "STRATEGY 'no_such_strategy'" in exc.value.message
+    assert "momentum" in exc.value.message  # what exists
+    assert "no_such_strategy" in capsys.readouterr().err
+    # Every exit set: the strategy is never loaded, nothing to fail.
+    s = settings_of(STRATEGY="no_such_strategy", TAKE_PROFIT_PCT="0", TIME_LIMIT_MINUTES="0",
+                    TRAILING_ACTIVATION_PCT="0", TRAILING_DISTANCE_PCT="0")
+    assert RiskConfig.from_settings(s) == RiskConfig()
