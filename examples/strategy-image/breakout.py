@@ -34,7 +34,7 @@ class Breakout(Strategy[Params]):
 
     def on_bar(self, bar: Bar, ctx: Context) -> Intents:
         """Compare the close with the channel of the bars before it."""
-        channel = ctx.bars(bar.symbol)[:-1]
+        channel = list(ctx.bars(bar.symbol))[:-1]
         if len(channel) < self.params.window:
             return None
         held = ctx.position(bar.symbol) is not None
