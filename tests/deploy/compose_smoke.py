@@ -159,9 +159,9 @@ class Smoke:
         `overrides` replace or add values (a later line of the file wins); without them the
         file is the plain one again (the secrets are kept).
         """
-        from services.cli import BTC_PROFILE
         from services.replay.candles import read_candles
         from services.replay.config import SAMPLE_DIR
+        from services.research.engines import BTC_PROFILE
 
         symbols = read_candles(SAMPLE_DIR, None, 1).symbols
         secret_names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "RISK_ADMIN_TOKEN",
@@ -647,7 +647,7 @@ def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 def _same(report: dict[str, Any], expected: dict[str, Any]) -> None:
-    from services.replay.report import comparable
+    from services.research.report import comparable
 
     got, want = comparable(report), comparable(expected)
     if got != want:
