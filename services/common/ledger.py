@@ -120,6 +120,7 @@ class Ledger:
         self._last_batch = 0
         self.lock = asyncio.Lock()
         self.state_only_rounds = state_only_rounds
+        self._touched = False
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -165,6 +166,10 @@ class Ledger:
             self.watermarks[stream] = eid
             self._dirty_marks.add(stream)
 
+    def touch(self) -> None:
+        """Commit this round even if it writes and emits nothing: it changed engine state."""
+        self._touched = True
+
     def add(self, sql: str, *args: Any) -> None:
         """Queue a statement for the round's transaction."""
         self.writes.append((sql, args))
@@ -184,7 +189,8 @@ class Ledger:
         Raises:
             RetryableError: PostgreSQL is unreachable; the consumer retries the commit.
         """
-        if not self.state_only_rounds and not self.writes and not self.outputs:
+        if (not self.state_only_rounds and not self.writes and not self.outputs
+                and not self._touched):
             return
         batch = await self._commit()
         if batch:
@@ -236,6 +242,7 @@ class Ledger:
                 self.store.discard_writer()  # cancelled or failed mid-query: state unknown
                 raise
             self.writes, self.outputs = [], []
+            self._touched = False
             self._dirty_marks.clear()
             del self._published_batches[:len(done)]
             return batch

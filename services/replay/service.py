@@ -33,10 +33,14 @@ DRAIN_GROUPS: dict[str, list[str]] = {
     "market_data": ["signal_engine", "risk_manager", "execution"],
     "signals": ["risk_manager"],
     "orders": ["execution"],
-    "order_results": ["risk_manager"],
+    "order_results": ["risk_manager", "signal_engine"],
     "alerts": ["alerts_recorder"],
 }
-"""Consumer groups a lock-step replay waits for before the next bar."""
+"""Consumer groups a lock-step replay waits for before the next bar.
+
+The signal engine's group on `order_results` is one of them: the strategy sees the positions
+of a bar's fills from the next bar on, in the replay exactly as in the backtest.
+"""
 
 
 class ReplayService(Service[ReplaySettings]):

@@ -56,7 +56,7 @@ from services.common.events import (
 )
 from services.signal_engine.config import SignalConfig
 from services.signal_engine.positions import PositionBook
-from services.strategies.api import Bar, Buy, Position, Sell, Strategy, finite
+from services.strategies.api import Bar, Buy, Position, Sell, Strategy
 
 SOURCE = "signal_engine"
 """Source of the alerts this engine raises."""
@@ -68,6 +68,9 @@ _INF = math.inf
 _REASON_MAX = 200
 _NO_SIGNALS: list[Signal] = []
 """Returned by the many calls that emit nothing (shared: callers never mutate results)."""
+
+_new_bar = tuple.__new__
+"""Builds a `Bar` from a tuple in C (the NamedTuple constructor is a Python function)."""
 
 Runner = Callable[[Callable[[], Any]], Any]
 """Runs one strategy call; may raise `StrategyTimeout` (the live service's time budget)."""
@@ -84,22 +87,37 @@ class BadIntent(Exception):
 class _Context:
     """What the hooks see (the `Context` protocol); updated in place per interval."""
 
-    __slots__ = ("_history", "closed", "interval_ms", "now", "positions", "symbols")
+    __slots__ = ("_closed", "history", "interval_ms", "now", "positions", "symbols")
 
     def __init__(self, interval_ms: int, history: Mapping[str, Sequence[Bar]],
                  positions: Mapping[str, Position]) -> None:
         self.now = 0
         self.interval_ms = interval_ms
         self.symbols: Sequence[str] = ()
-        self.closed: Sequence[str] = ()
+        self._closed: Sequence[str] | None = None
         self.positions = positions
-        self._history = history
+        self.history = history
 
-    def bars(self, symbol: str) -> Sequence[Bar]:
-        return self._history.get(symbol, ())
+    @property
+    def closed(self) -> Sequence[str]:
+        found = self._closed
+        if found is None:
+            now = self.now
+            history = self.history
+            found = self._closed = tuple(
+                s for s in self.symbols if (h := history[s]) and h[-1][1] == now)
+        return found
+
+    def bars(self, symbol: str) -> list[Bar]:
+        return list(self.history.get(symbol, ()))
 
     def position(self, symbol: str) -> Position | None:
         return self.positions.get(symbol)
+
+
+def _is_number(value: object) -> bool:
+    """True for an int or float (numpy's included), never for a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _describe(exc: BaseException) -> str:
@@ -146,16 +164,13 @@ class SignalEngine:
         self._n_whitelist = len(self._whitelist)
         self._notional = config.signal_notional
         self._max_failures = config.strategy_max_failures
-        self._history_len = max(1, int(strategy.history))
         self._warmup = max(0, int(strategy.warmup))
+        self._history_len = max(1, int(strategy.history), self._warmup)
         cls = type(strategy)
         self._on_bar = strategy.on_bar if cls.on_bar is not Strategy.on_bar else None
         self._on_interval = (strategy.on_interval
                              if cls.on_interval is not Strategy.on_interval else None)
-        self._last_ts: dict[str, int] = {}
-        self._open: dict[str, list[Any]] = {}
         self._history: dict[str, deque[Bar]] = {}
-        self._counts: dict[str, int] = {}
         self._symbols: tuple[str, ...] = ()
         self._open_end: int | None = None
         self._closed = False
@@ -163,8 +178,8 @@ class SignalEngine:
         self._last_event_id: str | None = None
         self._last_close_ms: int | None = None
         self._intervals = 0
-        self._stale: tuple[str, ...] = ()
         self.book = PositionBook()
+        self._pending = self.book.pending_results
         self._ctx = _Context(self._interval, self._history, self.book.view)
         self._alerts: list[Alert] = []
         self._failing = 0
@@ -212,16 +227,24 @@ class SignalEngine:
     @property
     def stale_symbols(self) -> tuple[str, ...]:
         """Symbols without market data for SYMBOL_STALE_TIMEOUT_SEC at the latest close."""
-        return self._stale
+        if self._last_close_ms is None:
+            return ()
+        stale_before = self._last_close_ms - self._stale_ms
+        history = self._history
+        return tuple(s for s in self._symbols
+                     if not (h := history[s]) or h[-1][8] < stale_before)
 
     @property
     def suspended(self) -> bool:
         """True while the strategy's buys are suspended after repeated failures."""
         return self._suspended
 
-    def bars(self, symbol: str) -> Sequence[Bar]:
+    def bars(self, symbol: str) -> list[Bar]:
         """The symbol's closed bars kept for the strategy, oldest first."""
-        return self._history.get(symbol, ())
+        bars = list(self._history.get(symbol, ()))
+        if bars and bars[-1].time == self._open_end and not self._closed:
+            bars.pop()  # the open bar
+        return bars
 
     @property
     def positions(self) -> Mapping[str, Position]:
@@ -247,15 +270,20 @@ class SignalEngine:
         symbol = md.symbol
         ts = md.timestamp
         price = md.price
-        last = self._last_ts.get(symbol)
-        if last is None:
+        # The open bar is the newest entry of the symbol's history between two closes (no
+        # strategy code runs then); a close hands over only bars of the interval it closes.
+        bars = self._history.get(symbol)
+        if bars is None:
             if self._n_whitelist and symbol not in self._whitelist:
                 return _NO_SIGNALS
             if not 0.0 < price < _INF:
                 return _NO_SIGNALS
-            self._track(symbol)
-        elif ts <= last or not 0.0 < price < _INF:
-            return _NO_SIGNALS
+            bars = self._track(symbol)
+            bar = None
+        else:
+            bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
+            if ts <= bar[8] or not 0.0 < price < _INF:
+                return _NO_SIGNALS
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval
         signals = _NO_SIGNALS
@@ -267,22 +295,16 @@ class SignalEngine:
             self._closed = False
             self._at_end = 0
         elif end < open_end or self._closed:
-            self._last_ts[symbol] = ts
             self.late_events += 1
             return signals
-        self._last_ts[symbol] = ts
-        bar = self._open.get(symbol)
-        if bar is None or bar[0] != end:
-            self._open[symbol] = [end, price, price, price, price, md.volume, ts, ts, 1]
+        if bar is None or bar[1] != end:
+            bars.append(_new_bar(Bar, (symbol, end, price, price, price, price, md.volume, ts,
+                                       ts, 1)))
         else:
-            if price > bar[2]:
-                bar[2] = price
-            elif price < bar[3]:
-                bar[3] = price
-            bar[4] = price
-            bar[5] += md.volume
-            bar[7] = ts
-            bar[8] += 1
+            bars[-1] = _new_bar(Bar, (
+                symbol, end, bar[2], price if price > bar[3] else bar[3],
+                price if price < bar[4] else bar[4], price, bar[6] + md.volume, bar[7], ts,
+                bar[9] + 1))
         self._last_event_id = md.event_id
         if ts == end and self._n_whitelist:
             self._at_end += 1
@@ -333,57 +355,44 @@ class SignalEngine:
 
     # ------------------------------------------------------------------ closing an interval
 
-    def _track(self, symbol: str) -> None:
-        self._history[symbol] = deque(maxlen=self._history_len)
-        self._counts[symbol] = 0
-        self._last_ts[symbol] = -1
+    def _track(self, symbol: str) -> deque[Bar]:
+        bars = self._history[symbol] = deque(maxlen=self._history_len)
         self._symbols = tuple(sorted((*self._symbols, symbol)))
+        return bars
 
     def _close(self, end: int, market_event_id: str) -> list[Signal]:
         """Close the interval ending at `end`: bars to the strategy, intents to signals."""
         self._closed = True
         self._intervals += 1
         self._last_close_ms = end
-        self.book.apply_before(end)
+        if self._pending:
+            self.book.apply_before(end)
         ctx = self._ctx
         ctx.now = end
         ctx.symbols = self._symbols
+        ctx._closed = None
         self._errors_in_interval = 0
         failed = False
         intents: list[Buy | Sell] = []
-        closed: list[str] = []
-        open_bars = self._open
-        history = self._history
-        counts = self._counts
         on_bar = self._on_bar
-        stale_before = end - self._stale_ms
-        stale: list[str] = []
-        last_ts = self._last_ts
-        for symbol in self._symbols:
-            if last_ts[symbol] < stale_before:
-                stale.append(symbol)
-            ob = open_bars.get(symbol)
-            if ob is None or ob[0] != end:
-                continue
-            bar = Bar(symbol, end, ob[1], ob[2], ob[3], ob[4], ob[5], ob[6], ob[7], ob[8])
-            history[symbol].append(bar)
-            counts[symbol] += 1
-            closed.append(symbol)
-            if on_bar is not None:
-                got = self._call(on_bar, (bar, ctx), "on_bar", symbol, end)
+        if on_bar is not None:
+            history = self._history
+            for symbol in ctx.closed:
+                got = self._call(on_bar, (history[symbol][-1], ctx), "on_bar", symbol, end)
                 if got is None:
                     failed = True
                 elif got:
                     intents.extend(got)
-        self._stale = tuple(stale)
-        ctx.closed = tuple(closed)
         if self._on_interval is not None:
             got = self._call(self._on_interval, (ctx,), "on_interval", "", end)
             if got is None:
                 failed = True
             elif got:
                 intents.extend(got)
-        self._after_interval(failed, end)
+        if failed or self._suspended:
+            self._after_interval(failed, end)
+        else:
+            self._failing = 0
         if not intents:
             return []
         return self._signals(intents, end, market_event_id)
@@ -395,17 +404,21 @@ class SignalEngine:
         try:
             runner = self._runner
             result = hook(*args) if runner is None else runner(lambda: hook(*args))
+            kind = type(result)
+            if kind is list or kind is tuple:
+                for item in result:
+                    self._check(item)
+                return list(result)
             if result is None:
                 return _NO_INTENTS
-            if type(result) is Buy or type(result) is Sell:
+            if kind is Buy or kind is Sell:
                 self._check(result)
                 return [result]
             if isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
-                raise BadIntent(f"returned {type(result).__name__}, not an intent")
-            found: list[Buy | Sell] = []
-            for item in result:
+                raise BadIntent(f"returned {kind.__name__}, not an intent")
+            found: list[Buy | Sell] = list(result)
+            for item in found:
                 self._check(item)
-                found.append(item)
             return found
         except StrategyTimeout as exc:
             self._failure(name, symbol, end, f"timeout: {exc}")
@@ -416,23 +429,22 @@ class SignalEngine:
     def _check(self, intent: Any) -> None:
         """Refuse anything that is not a well-formed intent for a tracked symbol."""
         kind = type(intent)
-        if kind is not Buy and kind is not Sell:
-            raise BadIntent(f"unknown intent {kind.__name__} (return Buy or Sell)")
-        if not isinstance(intent.symbol, str) or intent.symbol not in self._counts:
-            raise BadIntent(f"intent for an untracked symbol {intent.symbol!r}")
-        strength = intent.strength
-        if not (finite(strength) and 0.0 <= strength <= 1.0):
-            raise BadIntent(f"{kind.__name__} strength {strength!r} is not in 0..1")
-        if not isinstance(intent.reason, str):
-            raise BadIntent(f"{kind.__name__} reason is not text")
         if kind is Buy:
-            notional = intent.notional
-            if notional is not None and not (finite(notional) and notional > 0.0):
+            symbol, strength, notional, reason = intent
+            if notional is not None and not (_is_number(notional) and 0.0 < notional < _INF):
                 raise BadIntent(f"Buy notional {notional!r} is not a positive number")
-        else:
-            fraction = intent.fraction
-            if not (finite(fraction) and 0.0 < fraction <= 1.0):
+        elif kind is Sell:
+            symbol, fraction, strength, reason = intent
+            if not (_is_number(fraction) and 0.0 < fraction <= 1.0):
                 raise BadIntent(f"Sell fraction {fraction!r} is not in (0, 1]")
+        else:
+            raise BadIntent(f"unknown intent {kind.__name__} (return Buy or Sell)")
+        if type(symbol) is not str or symbol not in self._history:
+            raise BadIntent(f"{kind.__name__} for an untracked symbol {symbol!r}")
+        if not (_is_number(strength) and 0.0 <= strength <= 1.0):  # NaN fails the range
+            raise BadIntent(f"{kind.__name__} strength {strength!r} is not in 0..1")
+        if type(reason) is not str:
+            raise BadIntent(f"{kind.__name__} reason is not text")
 
     def _failure(self, hook: str, symbol: str, end: int, error: str) -> None:
         self.errors += 1
@@ -480,14 +492,14 @@ class SignalEngine:
     def _signals(self, intents: list[Buy | Sell], end: int, market_event_id: str) -> list[Signal]:
         """Turn valid intents into signals (warm-up, suspension and repeats filtered)."""
         warmup = self._warmup
-        counts = self._counts
+        history = self._history
         suspended = self._suspended
         seen: set[tuple[str, str]] = set()
         signals: list[Signal] = []
         name = self.strategy.name
         for intent in intents:
             symbol = intent.symbol
-            if warmup and counts[symbol] < warmup:
+            if warmup and len(history[symbol]) < warmup:
                 continue
             if isinstance(intent, Buy):
                 if suspended:
@@ -505,18 +517,20 @@ class SignalEngine:
                 continue
             seen.add(key)
             signal_id = fast_derive_id(f"signal|{symbol}|{end}|{direction}")
-            signals.append(Signal(
-                event_id=fast_derive_id("signal-event|" + signal_id),
-                timestamp=end,
-                symbol=symbol,
-                direction=direction,
-                size=size,
-                signal_strength=float(intent.strength),
-                signal_id=signal_id,
-                market_event_id=market_event_id,
-                reason=(intent.reason or f"{name} {direction}")[:_REASON_MAX],
-                fraction=fraction,
-            ))
+            event_id = fast_derive_id("signal-event|" + signal_id)
+            reason = (intent.reason or f"{name} {direction}")[:_REASON_MAX]
+            strength = float(intent.strength)
+            if fraction is None:  # validating a None would cost a failed union: leave it out
+                signal = Signal(
+                    event_id=event_id, timestamp=end, symbol=symbol, direction=direction,
+                    size=size, signal_strength=strength, signal_id=signal_id,
+                    market_event_id=market_event_id, reason=reason)
+            else:
+                signal = Signal(
+                    event_id=event_id, timestamp=end, symbol=symbol, direction=direction,
+                    size=size, signal_strength=strength, signal_id=signal_id,
+                    market_event_id=market_event_id, reason=reason, fraction=fraction)
+            signals.append(signal)
         return signals
 
     # ------------------------------------------------------------------ state

@@ -27,28 +27,24 @@ CLOSE_TOLERANCE = 1e-9
 class PositionBook:
     """Positions by symbol, from fills; results wait until their interval has passed."""
 
-    __slots__ = ("_pending", "_positions", "view")
+    __slots__ = ("_positions", "pending_results", "view")
 
     def __init__(self) -> None:
         """Start flat with nothing pending."""
         self._positions: dict[str, Position] = {}
-        self._pending: list[OrderResult] = []
+        self.pending_results: list[OrderResult] = []
+        """Results received but not applied yet, in arrival order (the same list always)."""
         self.view: Mapping[str, Position] = MappingProxyType(self._positions)
         """Read-only live view of the open positions (what strategies get)."""
-
-    @property
-    def pending(self) -> int:
-        """Results received but not applied yet."""
-        return len(self._pending)
 
     def add(self, result: OrderResult) -> None:
         """Take one order result (rejections and empty fills are ignored)."""
         if result.status in FILLED_STATUSES and result.filled_qty > 0:
-            self._pending.append(result)
+            self.pending_results.append(result)
 
     def apply_before(self, end_ms: int) -> None:
         """Apply, in arrival order, every pending result stamped before `end_ms`."""
-        pending = self._pending
+        pending = self.pending_results
         if not pending:
             return
         keep: list[OrderResult] = []
@@ -57,7 +53,7 @@ class PositionBook:
                 self._apply(result)
             else:
                 keep.append(result)
-        self._pending = keep
+        pending[:] = keep
 
     def _apply(self, r: OrderResult) -> None:
         held = self._positions.get(r.symbol)
@@ -83,7 +79,7 @@ class PositionBook:
         return {
             "positions": [[p.symbol, p.quantity, p.avg_entry, p.entry_time]
                           for p in self._positions.values()],
-            "pending": [r.model_dump(mode="json") for r in self._pending],
+            "pending": [r.model_dump(mode="json") for r in self.pending_results],
         }
 
     def restore(self, saved: Mapping[str, Any]) -> None:
@@ -92,4 +88,5 @@ class PositionBook:
         for symbol, qty, avg, entry in saved.get("positions", []):
             self._positions[str(symbol)] = Position(str(symbol), float(qty), float(avg),
                                                     int(entry))
-        self._pending = [OrderResult.model_validate(r) for r in saved.get("pending", [])]
+        self.pending_results[:] = [OrderResult.model_validate(r)
+                                   for r in saved.get("pending", [])]

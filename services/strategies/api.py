@@ -145,8 +145,7 @@ class Position:
     entry_time: int
 
 
-@dataclass(frozen=True, slots=True)
-class Buy:
+class Buy(NamedTuple):
     """Intent to buy (open or add to a position).
 
     Attributes:
@@ -163,8 +162,7 @@ class Buy:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Sell:
+class Sell(NamedTuple):
     """Intent to sell all or part of the position.
 
     Attributes:
@@ -194,6 +192,7 @@ class Context(Protocol):
         symbols: Every symbol the engine tracks, sorted.
         closed: Symbols whose bar closed in this interval (had market data in it), sorted.
         positions: Open positions by symbol.
+        history: Closed bars of every tracked symbol, oldest first (as `bars(symbol)`).
     """
 
     @property
@@ -221,8 +220,20 @@ class Context(Protocol):
         """Open positions by symbol."""
         ...
 
-    def bars(self, symbol: str) -> Sequence[Bar]:
-        """The symbol's closed bars, oldest first, at most `Strategy.history` of them."""
+    @property
+    def history(self) -> Mapping[str, Sequence[Bar]]:
+        """Every tracked symbol's closed bars, live and read-only.
+
+        Index and iterate them (no slicing); never keep them past the call.
+        """
+        ...
+
+    def bars(self, symbol: str) -> list[Bar]:
+        """The symbol's closed bars, oldest first, at most `Strategy.history` of them.
+
+        A new list each call: slice it freely (`ctx.bars(s)[-20:]`). `history` gives the
+        same bars without the copy.
+        """
         ...
 
     def position(self, symbol: str) -> Position | None:

@@ -96,8 +96,11 @@ class Momentum(Strategy[MomentumParams]):
         below: set[str] = set()
         sells: list[tuple[str, float]] = []
         candidates: list[tuple[float, str]] = []
+        history = ctx.history
+        interval = ctx.interval_ms
+        steps = self._lookback_ms // interval + 1 if self._lookback_ms % interval == 0 else 0
         for symbol in ctx.symbols:  # sorted: sells come out sorted
-            bars = ctx.bars(symbol)
+            bars = history[symbol]
             if not bars:
                 continue
             last = bars[-1]
@@ -106,11 +109,14 @@ class Momentum(Strategy[MomentumParams]):
                     below.add(symbol)
                 continue
             n = len(bars)
-            i = 0
-            while i < n and bars[i].time < cutoff:
-                i += 1
-            if i == n:
-                continue
+            # where the bar ending at the cutoff sits when no bar is missing
+            i = n - steps if steps else -1
+            if i < 0 or bars[i].time != cutoff:
+                i = 0
+                while i < n and bars[i].time < cutoff:
+                    i += 1
+                if i == n:
+                    continue
             first = bars[i]
             if first.time == cutoff:  # only its close (if stamped at the cutoff) is inside
                 boundary = first.last_ts == cutoff
