@@ -156,3 +156,15 @@ def test_strategy_names_of_every_kind_are_accepted(name: str) -> None:
 def test_a_strategy_or_exit_outside_the_schema_is_refused(raw: dict[str, Any]) -> None:
     with pytest.raises(SpecError):
         parse_spec(raw)
+
+
+@pytest.mark.parametrize("params", [{"top_n": 0}, {"top_n": "five"}, {"no_such": 1}])
+def test_a_built_ins_parameters_are_checked_against_its_model(params: dict[str, Any]) -> None:
+    with pytest.raises(SpecError, match="strategy.params") as exc:
+        parse_spec({"strategy": {"name": "momentum", "params": params}})
+    assert "momentum" in str(exc.value)
+
+
+def test_user_strategy_parameters_are_left_to_the_signal_engine() -> None:
+    spec = parse_spec({"strategy": {"name": "my_pkg.mod:Mine", "params": {"anything": [1]}}})
+    assert spec.strategy.params == '{"anything":[1]}'
