@@ -105,6 +105,7 @@ def test_protective_exits_through_the_services_decide_like_the_backtest(
     record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
     record.candles, record.first_ms, record.last_ms, record.gaps = (
         reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
+    record.first_prices, record.last_prices = reference.first_prices, reference.last_prices
     report, expected = build_report(record, "replay"), build_report(reference, "backtest")
     assert report["digest"] == expected["digest"]
     assert comparable(report) == comparable(expected)
