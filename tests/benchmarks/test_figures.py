@@ -39,3 +39,15 @@ def test_the_pipeline_benchmark_reports_every_hop(infra: Infrastructure) -> None
     for hop in ("tick_to_order", "tick_to_signal", "signal_to_order", "order_to_result"):
         assert int(out[f"{hop}_samples"]) > 0, hop
         assert float(out[f"{hop}_p50_ms"]) <= float(out[f"{hop}_max_ms"]), hop
+
+
+def test_the_backtest_benchmark_times_the_plain_run_and_the_protective_exits(
+    infra: Infrastructure,
+) -> None:
+    from services.replay.config import SAMPLE_DIR
+
+    out = figures(infra, "benchmarks.backtest", str(SAMPLE_DIR))
+    assert float(out["backtest_candles_per_s"]) > 0
+    assert float(out["backtest_exits_candles_per_s"]) > 0
+    assert int(out["backtest_exits_protective_decisions"]) > 0
+    assert out["backtest_exits_orders"] != out["backtest_orders"]

@@ -71,8 +71,13 @@ SINK_URL = f"http://{SINK}:9099/hook"
 PROMETHEUS = "http://127.0.0.1:19090"
 REPLAY_METRICS = "http://127.0.0.1:18090/metrics"
 POSTGRES_PORT = 15432
-STRATEGY_IMAGE = "localhost/cdb-smoke/strategy:smoke"
-"""The example user image, built FROM the smoke's CDB image (examples/strategy-image/)."""
+RUN_ID = secrets.token_hex(4)
+"""Tags the images of this run: other runs on the machine share podman's image store, and a
+fixed tag could be moved to their image between this run's build and its use."""
+CDB_IMAGE = f"localhost/claire-de-binaire:smoke-{RUN_ID}"
+"""The CDB image this run builds and runs (overrides the sandbox env file's)."""
+STRATEGY_IMAGE = f"localhost/cdb-smoke/strategy:{RUN_ID}"
+"""The example user image, built FROM this run's CDB image (examples/strategy-image/)."""
 STRATEGY_CONTEXT = ROOT / "examples" / "strategy-image"
 STRATEGY_FILE = "breakout.py"
 STRATEGY_CLASS = "Breakout"
@@ -178,6 +183,7 @@ class Smoke:
             "REPLAY_MINUTES": str(MINUTES),
             "ALERT_WEBHOOK_URL": SINK_URL,
             "ALERT_CRITICAL_GROUP_INTERVAL": "5s",
+            "CDB_IMAGE": CDB_IMAGE,
             **BTC_PROFILE,
             **kept,
         }
@@ -211,7 +217,7 @@ class Smoke:
         self.compose("build", "cdb_core", timeout=1800)
         size = subprocess.run(
             ["podman", "image", "inspect", "--format", "{{.Size}}",
-             "localhost/claire-de-binaire:smoke"],
+             CDB_IMAGE],
             capture_output=True, text=True, timeout=30, check=True).stdout.strip()
         return f"image {int(size) / 1e6:.0f} MB"
 
@@ -383,7 +389,7 @@ class Smoke:
         """The documented user Dockerfile, FROM the CDB image this smoke built."""
         done = subprocess.run(
             ["podman", "build", "--format", "docker", "-t", STRATEGY_IMAGE,
-             "--build-arg", "CDB_IMAGE=localhost/claire-de-binaire:smoke",
+             "--build-arg", f"CDB_IMAGE={CDB_IMAGE}",
              "-f", str(STRATEGY_CONTEXT / "Dockerfile"), str(STRATEGY_CONTEXT)],
             capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
@@ -471,8 +477,7 @@ class Smoke:
             "        self.send_response(200); self.end_headers()\n"
             "http.server.HTTPServer(('0.0.0.0', 9099), H).serve_forever()\n"
         )
-        image = next(line.split("=", 1)[1] for line in ENV_FILE.read_text().splitlines()
-                     if line.startswith("CDB_IMAGE="))
+        image = CDB_IMAGE
         subprocess.run(["podman", "rm", "-f", SINK], capture_output=True, timeout=60,
                        check=False)
         subprocess.run(
@@ -592,6 +597,9 @@ class Smoke:
                 log.error("logs before teardown:\n%s", logs.stdout[-6000:])
             down = self.compose("down", "-v", "--remove-orphans", profile="replay",
                                 check=False, timeout=300)
+            # This run's tags only; layers another image uses stay.
+            subprocess.run(["podman", "rmi", STRATEGY_IMAGE, CDB_IMAGE], capture_output=True,
+                           timeout=300, check=False)
             if self.started_service:
                 subprocess.run([str(SANDBOX / "sandbox"), "stop"], capture_output=True,
                                text=True, timeout=120, check=False)
