@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import alerting, backtest, config, data, db, report, risk, run
+from services.cli import alerting, backtest, config, data, db, report, risk, run, strategy
 
 app = typer.Typer(
     help="Claire de Binaire: paper trading on crypto spot markets.",
@@ -25,6 +25,7 @@ app.add_typer(alerting.app, name="alerting")
 app.add_typer(config.app, name="config")
 app.add_typer(risk.app, name="risk")
 app.add_typer(data.app, name="data")
+app.add_typer(strategy.app, name="strategy")
 
 
 def main() -> None:

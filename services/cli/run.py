@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.cli._common import candles_or_exit, console, err, write_html, write_report
+from services.cli.strategy import ParamOption, StrategyOption, strategy_env
 from services.registry import PIPELINE, SERVICES
 from services.research.engines import profile_for
 
@@ -242,6 +243,8 @@ def up(
     html: Annotated[
         Path | None, typer.Option(help="Write the HTML report (charts) here")
     ] = None,
+    strategy: StrategyOption = None,
+    param: ParamOption = None,
 ) -> None:
     """Start Redis, PostgreSQL and the services; replay ends with the report."""
     from services.common.infra import free_port, infrastructure
@@ -259,6 +262,7 @@ def up(
     if html is not None and source != "replay":
         err.print("--html writes the report of a replay; live runs have none")
         raise typer.Exit(2)
+    chosen = strategy_env(strategy, param)
     symbols: list[str] = []
     candles = None
     if source == "replay":
@@ -273,6 +277,7 @@ def up(
         env = {k: v for k, v in os.environ.items()}
         env.update(infra.env())
         env.setdefault("RISK_ADMIN_TOKEN", _admin_token(data_dir))
+        env.update(chosen)
         if source == "replay":
             env["DATABASE_URL"] = asyncio.run(
                 _prepare_database(infra.database_url, f"cdb_replay_{stamp}")

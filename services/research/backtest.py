@@ -26,7 +26,7 @@ from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
 from services.replay.candles import Bar, CandleSet
-from services.research.report import RunRecord
+from services.research.report import RunRecord, strategy_of
 from services.research.statistics import FillRecord, slippage_cost
 from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine
@@ -69,6 +69,7 @@ class Pipeline:
         self.execution = ExecutionEngine(execution)
         self.record = RunRecord(start_equity=execution.start_equity,
                                 symbols=list(signal.whitelist))
+        self.record.strategy = strategy_of(self.signal)
         self.trace = Trace() if keep_trace else None
         self._last_tick = -1
         self._bar_ts: int | None = None

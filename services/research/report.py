@@ -54,6 +54,7 @@ class RunRecord:
         fill_records: Every fill as the statistics read it (`services.research.statistics`).
         first_prices: First price of each symbol in the run.
         last_prices: Last price of each symbol in the run.
+        strategy: The strategy that ran: `{"name": ..., "params": {...}}` (None: unknown).
     """
 
     start_equity: float
@@ -79,6 +80,34 @@ class RunRecord:
     fill_records: list[FillRecord] = field(default_factory=list)
     first_prices: dict[str, float] = field(default_factory=dict)
     last_prices: dict[str, float] = field(default_factory=dict)
+    strategy: dict[str, Any] | None = None
+
+
+def strategy_of(engine_state: dict[str, Any] | Any) -> dict[str, Any]:
+    """The report's strategy entry from a signal engine (or its committed snapshot).
+
+    Args:
+        engine_state: A `SignalEngine`, or the snapshot it commits (`SignalEngine.snapshot`).
+
+    Returns:
+        `{"name": ..., "params": {...}}` with the parameters as JSON values.
+    """
+    if isinstance(engine_state, dict):
+        return {"name": engine_state.get("strategy"), "params": engine_state.get("params", {})}
+    strategy = engine_state.strategy
+    return {"name": strategy.name, "params": strategy.params.model_dump(mode="json")}
+
+
+def strategy_text(strategy: dict[str, Any] | None) -> str:
+    """`name (param=value, ...)` for the summaries, parameters by name.
+
+    By name because a replay's parameters come back from PostgreSQL's jsonb, which keeps no
+    key order.
+    """
+    if not strategy:
+        return "unknown"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(strategy.get("params", {}).items()))
+    return f"{strategy['name']} ({params})" if params else str(strategy["name"])
 
 
 def _round(value: float, digits: int) -> float:
@@ -112,6 +141,7 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
     stats = statistics_of(record)
     return {
         "source": source,
+        "strategy": record.strategy,
         "symbols": sorted(record.symbols),
         "period": {"first": _iso(record.first_ms), "last": _iso(record.last_ms)},
         "candles": record.candles,
@@ -194,11 +224,12 @@ def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         report: A report from `build_report`.
 
     Returns:
-        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees
-        and slippage cost.
+        (label, value) rows: strategy and parameters, symbols, period, candles, orders and
+        fills, buys and sells, fees and slippage cost.
     """
     period, trades = report["period"], report["trades"]
     return [
+        ("strategy", strategy_text(report.get("strategy"))),
         ("symbols", ", ".join(report["symbols"])),
         ("period", f"{period['first']} .. {period['last']}"),
         ("candles", f"{report['candles']:,}"),
@@ -391,6 +422,10 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         risk_row = await conn.fetchval(
             "SELECT value FROM service_state WHERE service = 'risk_manager' AND key = 'snapshot'"
         )
+        signal_row = await conn.fetchval(
+            "SELECT value FROM service_state WHERE service = 'signal_engine' "
+            "AND key = 'snapshot'"
+        )
         decisions = await conn.fetch("SELECT outcome, check_name FROM risk_decisions ORDER BY seq")
         fills = await conn.fetch(
             "SELECT side, fee, realized_pnl, order_id::text, qty, price, symbol, slippage_pct, "
@@ -423,6 +458,8 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.realized_pnl = engine.realized_pnl
     record.total_fees = engine.total_fees
     record.held = {s: p.qty for s, p in engine.positions.items()}
+    if signal_row:
+        record.strategy = strategy_of(orjson.loads(signal_row))
     return record
 
 

@@ -44,7 +44,8 @@ class SignalSettings(BaseServiceSettings):
     INTERVAL: str = Field(
         default="1m",
         pattern=r"^(1m|5m|15m|30m|60m|4h|1d)$",
-        description="Ranking interval: the symbols are ranked at each interval boundary",
+        description="Bar interval: the strategy gets each symbol's closed bars of this length "
+        "(momentum ranks at each bar's end)",
     )
     TOP_N: int = Field(default=5, ge=1, le=50, description="Symbols in the buy set per ranking")
     SYMBOL_WHITELIST: WhitelistStr = Field(

@@ -105,7 +105,7 @@ class _Context:
             now = self.now
             history = self.history
             found = self._closed = tuple(
-                s for s in self.symbols if (h := history[s]) and h[-1][1] == now)
+                s for s in self.symbols if (h := history[s]) and h[-1].time == now)
         return found
 
     def bars(self, symbol: str) -> list[Bar]:
@@ -232,7 +232,7 @@ class SignalEngine:
         stale_before = self._last_close_ms - self._stale_ms
         history = self._history
         return tuple(s for s in self._symbols
-                     if not (h := history[s]) or h[-1][8] < stale_before)
+                     if not (h := history[s]) or h[-1].last_ts < stale_before)
 
     @property
     def suspended(self) -> bool:
@@ -281,8 +281,8 @@ class SignalEngine:
             bars = self._track(symbol)
             bar = None
         else:
-            bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
-            if ts <= bar[8] or not 0.0 < price < _INF:
+            bar = bars[-1]
+            if ts <= bar.last_ts or not 0.0 < price < _INF:
                 return _NO_SIGNALS
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval
@@ -297,14 +297,15 @@ class SignalEngine:
         elif end < open_end or self._closed:
             self.late_events += 1
             return signals
-        if bar is None or bar[1] != end:
+        if bar is None or bar.time != end:
             bars.append(_new_bar(Bar, (symbol, end, price, price, price, price, md.volume, ts,
                                        ts, 1)))
         else:
+            high, low = bar.high, bar.low
             bars[-1] = _new_bar(Bar, (
-                symbol, end, bar[2], price if price > bar[3] else bar[3],
-                price if price < bar[4] else bar[4], price, bar[6] + md.volume, bar[7], ts,
-                bar[9] + 1))
+                symbol, end, bar.open, price if price > high else high,
+                price if price < low else low, price, bar.volume + md.volume, bar.first_ts, ts,
+                bar.samples + 1))
         self._last_event_id = md.event_id
         if ts == end and self._n_whitelist:
             self._at_end += 1
@@ -422,6 +423,8 @@ class SignalEngine:
             return found
         except StrategyTimeout as exc:
             self._failure(name, symbol, end, f"timeout: {exc}")
+        except BadIntent as exc:
+            self._failure(name, symbol, end, str(exc))
         except (Exception, SystemExit) as exc:  # a strategy can never stop the engine
             self._failure(name, symbol, end, _describe(exc))
         return None
@@ -539,6 +542,7 @@ class SignalEngine:
         """JSON-ready state worth keeping across a restart (positions, suspension)."""
         return {
             "strategy": self.strategy.name,
+            "params": self.strategy.params.model_dump(mode="json"),
             "rankings": self._intervals,
             "top": list(self.top_set),
             "book": self.book.snapshot(),

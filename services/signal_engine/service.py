@@ -127,6 +127,7 @@ class SignalService(Service[SignalSettings]):
         if saved is not None and saved.get("strategy") == strategy.name:
             self.engine.restore(saved)  # the saved suspension state wins over the warm-up's
         self._sync_metrics()
+        await self.ledger.commit_now([])  # the snapshot names the strategy from the start
         logger.info("signal engine started", extra={
             "warm_up_events": warmed, "clock": self.settings.CLOCK,
             "strategy": strategy.name, "params": strategy.params.model_dump(mode="json"),

@@ -160,12 +160,12 @@ class Momentum(Strategy[MomentumParams]):
             top.append(symbol)
             if symbol not in previous_top:
                 intents.append(Buy(
-                    symbol, strength(momentum, buy_threshold),
-                    reason=f"momentum {momentum * 100:.2f}% rank {rank}/{n_candidates}"))
+                    symbol, strength(momentum, buy_threshold), None,
+                    f"momentum {momentum * 100:.2f}% rank {rank}/{n_candidates}"))
         self.top = tuple(top)
         sell_pct = self.params.sell_momentum_pct
         for symbol, momentum in sells:
             intents.append(Sell(
-                symbol, strength=strength(momentum, -sell_threshold),
-                reason=f"momentum {momentum * 100:.2f}% below {sell_pct:.2f}%"))
+                symbol, 1.0, strength(momentum, -sell_threshold),
+                f"momentum {momentum * 100:.2f}% below {sell_pct:.2f}%"))
         return intents

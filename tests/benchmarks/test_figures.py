@@ -41,13 +41,18 @@ def test_the_pipeline_benchmark_reports_every_hop(infra: Infrastructure) -> None
         assert float(out[f"{hop}_p50_ms"]) <= float(out[f"{hop}_max_ms"]), hop
 
 
-def test_the_backtest_benchmark_times_the_plain_run_and_the_protective_exits(
+def test_the_backtest_benchmark_prints_candles_per_second_for_every_builtin_strategy(
     infra: Infrastructure,
 ) -> None:
-    from services.replay.config import SAMPLE_DIR
+    from services.strategies.loader import BUILTINS
 
-    out = figures(infra, "benchmarks.backtest", str(SAMPLE_DIR))
+    out = figures(infra, "benchmarks.backtest", "services/replay/sample")
     assert float(out["backtest_candles_per_s"]) > 0
+    for name in BUILTINS:
+        assert float(out[f"strategy_{name}_candles_per_s"]) > 0, name
+        assert int(out[f"strategy_{name}_orders"]) >= 0, name
+    assert out["strategy_momentum_orders"] == out["backtest_orders"]
+    # The same run with every protective exit on: their cost, and they fire.
     assert float(out["backtest_exits_candles_per_s"]) > 0
     assert int(out["backtest_exits_protective_decisions"]) > 0
     assert out["backtest_exits_orders"] != out["backtest_orders"]

@@ -160,7 +160,7 @@ def test_a_strategy_or_exit_outside_the_schema_is_refused(raw: dict[str, Any]) -
 
 @pytest.mark.parametrize("params", [{"top_n": 0}, {"top_n": "five"}, {"no_such": 1}])
 def test_a_built_ins_parameters_are_checked_against_its_model(params: dict[str, Any]) -> None:
-    with pytest.raises(SpecError, match="strategy.params") as exc:
+    with pytest.raises(SpecError, match=r"strategy\.params") as exc:
         parse_spec({"strategy": {"name": "momentum", "params": params}})
     assert "momentum" in str(exc.value)
 
