@@ -169,7 +169,7 @@ class Pipeline:
                 signals.extend(found)
         record.candles += len(events)
         record.last_ms = timestamp
-        if signal.has_alerts:
+        if signal.pending_alerts:
             self._signal_alerts()
         if exits:
             self._execute(exits)

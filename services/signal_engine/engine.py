@@ -181,7 +181,8 @@ class SignalEngine:
         self.book = PositionBook()
         self._pending = self.book.pending_results
         self._ctx = _Context(self._interval, self._history, self.book.view)
-        self._alerts: list[Alert] = []
+        self.pending_alerts: list[Alert] = []
+        """Alerts raised and not taken yet (`take_alerts`); read it, never change it."""
         self._failing = 0
         self._suspended = False
         self._errors_in_interval = 0
@@ -347,11 +348,11 @@ class SignalEngine:
     @property
     def has_alerts(self) -> bool:
         """True when alerts wait for `take_alerts`."""
-        return bool(self._alerts)
+        return bool(self.pending_alerts)
 
     def take_alerts(self) -> list[Alert]:
         """Hand over (and forget) the alerts raised since the last call."""
-        alerts, self._alerts = self._alerts, []
+        alerts, self.pending_alerts = self.pending_alerts, []
         return alerts
 
     # ------------------------------------------------------------------ closing an interval
@@ -407,9 +408,10 @@ class SignalEngine:
             result = hook(*args) if runner is None else runner(lambda: hook(*args))
             kind = type(result)
             if kind is list or kind is tuple:
+                check = self._check
                 for item in result:
-                    self._check(item)
-                return list(result)
+                    check(item)
+                return result if kind is list else list(result)
             if result is None:
                 return _NO_INTENTS
             if kind is Buy or kind is Sell:
@@ -487,7 +489,7 @@ class SignalEngine:
 
     def _alert(self, code: str, level: AlertLevel, key: str, end: int, message: str,
                context: dict[str, Any]) -> None:
-        self._alerts.append(Alert(
+        self.pending_alerts.append(Alert(
             event_id=fast_derive_id("strategy-alert|" + key), timestamp=end, code=code,
             level=level, message=message[:1000], source=SOURCE, context=context,
         ))

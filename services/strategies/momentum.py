@@ -109,28 +109,34 @@ class Momentum(Strategy[MomentumParams]):
                     below.add(symbol)
                 continue
             n = len(bars)
-            # where the bar ending at the cutoff sits when no bar is missing
-            i = n - steps if steps else -1
-            if i < 0 or bars[i].time != cutoff:
+            i = n - steps  # the bar ending at the cutoff sits here when no bar is missing
+            if (steps and i >= 0 and (first := bars[i]).last_ts == cutoff
+                    and first.time == cutoff and i + 1 < n):
+                # The usual case: the window opens with that bar's close, and at least one
+                # more bar (one more sample) follows.
+                boundary = True
+                start = first.close
+                i += 1
+            else:
                 i = 0
                 while i < n and bars[i].time < cutoff:
                     i += 1
                 if i == n:
                     continue
-            first = bars[i]
-            if first.time == cutoff:  # only its close (if stamped at the cutoff) is inside
-                boundary = first.last_ts == cutoff
-                i += 1
-                if i == n:
+                first = bars[i]
+                if first.time == cutoff:  # only its close (if stamped at the cutoff) is inside
+                    boundary = first.last_ts == cutoff
+                    i += 1
+                    if i == n:
+                        continue
+                    start = first.close if boundary else bars[i].open
+                    samples = boundary + bars[i].samples + (n - i - 1)
+                else:
+                    boundary = False
+                    start = first.open
+                    samples = first.samples + (n - i - 1)
+                if samples < 2:
                     continue
-                start = first.close if boundary else bars[i].open
-                samples = boundary + bars[i].samples + (n - i - 1)
-            else:
-                boundary = False
-                start = first.open
-                samples = first.samples + (n - i - 1)
-            if samples < 2:
-                continue
             momentum = last.close / start - 1.0
             if momentum < sell_threshold:
                 below.add(symbol)
