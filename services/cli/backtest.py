@@ -50,8 +50,12 @@ def backtest(
         sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers, chosen)
         return
     candles = candles_or_exit(data_dir, wanted, minutes)
-    with patched_env(chosen):
+    from services.common.settings import collect_fallbacks
+
+    with patched_env(chosen), collect_fallbacks(quiet=True) as fallbacks:
         configs = engine_configs(list(candles.symbols))
+    for fb in {fb.variable: fb for fb in fallbacks}.values():
+        err.print(f"warning: {fb.message()}", style="yellow")
     pipeline = Pipeline(*configs, keep_trace=html is not None)
     timeline = None
     started = time.perf_counter()

@@ -192,6 +192,8 @@ class SignalEngine:
         """Strategy calls dropped so far."""
         self.dropped_buys = 0
         """Buys dropped while the strategy was suspended."""
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
 
     # ------------------------------------------------------------------ properties (metrics)
 
@@ -261,6 +263,10 @@ class SignalEngine:
     def on_market_data(self, md: MarketData) -> list[Signal]:
         """Apply one market data event; close the interval when it is complete.
 
+        Events of symbols outside a configured whitelist, events not newer than the symbol's
+        last one (redelivery, out of order) and events with a non-finite price are ignored;
+        the older ones (late) are counted in `late_market_data`.
+
         Args:
             md: The market data event.
 
@@ -284,6 +290,8 @@ class SignalEngine:
         else:
             bar = bars[-1]
             if ts <= bar.last_ts or not 0.0 < price < _INF:
+                if ts < bar.last_ts:
+                    self.late_market_data += 1
                 return _NO_SIGNALS
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval

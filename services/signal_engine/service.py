@@ -30,6 +30,7 @@ from services.common.bus import Consumer, HandlerResult, Outgoing, counted_alert
 from services.common.events import EventBase, MarketData, OrderResult, Signal
 from services.common.history import acked_history
 from services.common.ledger import Ledger
+from services.common.metrics import count_late_market_data
 from services.common.runtime import Service, Task
 from services.common.settings import SettingsError
 from services.signal_engine.config import SignalConfig, SignalSettings, build_strategy
@@ -111,6 +112,7 @@ class SignalService(Service[SignalSettings]):
         self.runner = (ThreadRunner(self.settings.STRATEGY_TIMEOUT_MS)
                        if self.settings.CLOCK == "wall" else None)
         self.engine = SignalEngine(config, strategy, self.runner)
+        count_late_market_data(self.name, lambda: self.engine.late_market_data)
         self._strategy = strategy.name
         self._errors = 0
         self._dropped = 0

@@ -52,7 +52,7 @@ def test_cdb_up_replays_the_sample_and_reports_what_cdb_backtest_reports(
 def test_cdb_backtest_names_a_missing_data_directory(tmp_path: Path) -> None:
     result = cdb("backtest", str(tmp_path / "nowhere"), env=dict(os.environ))
     assert result.returncode == 1
-    assert "nowhere" in result.stderr and "not a directory" in result.stderr
+    assert "nowhere" in result.stderr and "does not exist" in result.stderr
 
 
 def test_cdb_run_refuses_an_unknown_service() -> None:

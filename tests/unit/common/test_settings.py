@@ -78,3 +78,30 @@ def test_service_process_without_redis_url_exits_1_with_a_message_naming_it() ->
     )
     assert proc.returncode == 1
     assert "REDIS_URL" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["worker\u0000one", os.fsdecode(b"worker-\xff")],
+                         ids=["nul", "undecodable-byte"])
+def test_text_no_store_could_hold_is_refused_naming_the_variable_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, value: str,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@localhost/db")
+    with pytest.raises(SettingsError) as info:
+        load_settings(DemoSettings, CONSUMER_NAME=value)
+    assert "variable CONSUMER_NAME is invalid" in info.value.message
+    assert "worker" not in info.value.message
+
+
+def test_service_process_with_an_undecodable_environment_value_exits_1_naming_it() -> None:
+    env: dict[bytes, bytes] = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    env.update({b"PYTHONPATH": os.fsencode(ROOT), b"REDIS_URL": b"redis://127.0.0.1:1/0",
+                b"DATABASE_URL": b"postgresql://x@127.0.0.1:1/db",
+                b"CONSUMER_NAME": b"counter-\xff\xfe"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.support.counting_service"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "variable CONSUMER_NAME is invalid" in proc.stderr
+    assert "lone surrogate" in proc.stderr

@@ -33,7 +33,7 @@ def test_render_html_when_names_hold_markup_then_they_are_escaped() -> None:
         "decisions": {"total": 0, "by_outcome_and_check": {}},
     }
     timeline = Timeline(equity=[(60_000, 1.0), (120_000, 1.0)],
-                        periods=[Period(60_000, None, "HALTED", "manual")])
+                        periods=[Period(60_000, None, "HALTED", "manual_halt")])
     page = render_html(report, timeline)
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "A&amp;B" in page and "<b>x</b>" not in page
     assert "HALT: manual" in page

@@ -441,6 +441,7 @@ def test_duplicates_and_out_of_order_events_are_ignored() -> None:
     got = feed(noisy, noisy_events) + noisy.flush(T0 + 10_000 * MIN)
     assert got == expected
     assert len(expected) > 5
+    assert noisy.late_market_data == len(events) - 12  # the late ones, not the repeats
 
 
 def test_redelivered_event_returns_no_signals() -> None:
