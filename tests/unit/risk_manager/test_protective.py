@@ -460,3 +460,15 @@ def test_config_when_the_strategy_cannot_be_loaded_then_stops_naming_it(
     s = settings_of(STRATEGY="no_such_strategy", TAKE_PROFIT_PCT="0", TIME_LIMIT_MINUTES="0",
                     TRAILING_ACTIVATION_PCT="0", TRAILING_DISTANCE_PCT="0")
     assert RiskConfig.from_settings(s) == RiskConfig()
+
+
+def test_a_protective_exit_whose_result_is_lost_is_reissued_under_its_own_check() -> None:
+    engine = engine_with_position(take_profit_pct=0.05)
+    first = price_at(engine, 106.0, T0 + SEC).orders[0]
+    out = engine.order_timed_out(first.order_id, T0 + 200 * SEC, None)
+    (order,) = out.orders
+    assert (order.reason, order.quantity) == ("take_profit", pytest.approx(5.0))
+    assert order.risk_checks["take_profit"] == "trigger"
+    (decision,) = out.decisions
+    assert decision.check == "take_profit"
+    assert decision.values["reissue_of"] == first.order_id
