@@ -27,6 +27,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -148,8 +149,6 @@ class DataDirLock:
 
 
 def _command_name() -> str:
-    import sys
-
     argv = [Path(sys.argv[0]).name, *sys.argv[1:2]] if sys.argv else ["python"]
     return " ".join(argv)
 

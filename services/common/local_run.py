@@ -14,6 +14,7 @@ which otherwise keeps every deleted entry and is read back whole at each start.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -84,7 +85,7 @@ def write_run(data_dir: Path, run: RunInfo) -> Path:
     """Write the run file atomically (mode 0600) and return its path."""
     path = data_dir / RUN_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(run.__dict__, indent=1))
+    tmp.write_text(json.dumps(dataclasses.asdict(run), indent=1))
     tmp.chmod(0o600)
     os.replace(tmp, path)
     return path

@@ -547,6 +547,39 @@ class CandleSet:
                 found[symbol] = (closes[first], closes[present.rfind(1)])
         return found
 
+    def window(self, first: int, minutes: int) -> CandleSet:
+        """The candles of `minutes` minutes of the grid from minute `first` (0: the start).
+
+        A window is read as if its files began at its first minute: `pct_change` restarts
+        from 0.0 there (no engine decides on it), everything else is the same candle.
+
+        Args:
+            first: Index of the window's first minute in the grid.
+            minutes: The window's length in minutes (cut at the end of the grid).
+
+        Returns:
+            The window's candles.
+
+        Raises:
+            ValueError: The window starts outside the grid, is empty, or holds no candle.
+        """
+        if first < 0 or minutes < 1 or first >= self.minutes:
+            raise ValueError(f"window of {minutes} minutes from minute {first} is outside the "
+                             f"{self.minutes} minutes of the data")
+        stop = min(self.minutes, first + minutes)
+        cut = CandleSet(
+            self.symbols,
+            self.start_ms + first * MINUTE_MS,
+            [c[first:stop] for c in self._closes],
+            [v[first:stop] for v in self._volumes],
+            self.pct_change_minutes,
+            [p[first:stop] for p in self._present],
+        )
+        if not cut.candles:
+            raise ValueError(f"the window of {stop - first} minutes from "
+                             f"{_utc(cut.start_ms)} holds no candle")
+        return cut
+
     def __len__(self) -> int:
         """Return the number of bars (minutes with at least one candle)."""
         return self._bars

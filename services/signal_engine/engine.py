@@ -56,7 +56,7 @@ from services.common.events import (
 )
 from services.signal_engine.config import SignalConfig
 from services.signal_engine.positions import PositionBook
-from services.strategies.api import Bar, Buy, Position, Sell, Strategy
+from services.strategies.api import Bar, Buy, Position, RawBar, Sell, Strategy
 
 SOURCE = "signal_engine"
 """Source of the alerts this engine raises."""
@@ -70,7 +70,7 @@ _NO_SIGNALS: list[Signal] = []
 """Returned by the many calls that emit nothing (shared: callers never mutate results)."""
 
 _new_bar = tuple.__new__
-"""Builds a `Bar` from a tuple in C (the NamedTuple constructor is a Python function)."""
+"""Builds a `Bar` from a `RawBar` in C (the NamedTuple constructor is a Python function)."""
 
 Runner = Callable[[Callable[[], Any]], Any]
 """Runs one strategy call; may raise `StrategyTimeout` (the live service's time budget)."""
@@ -87,29 +87,29 @@ class BadIntent(Exception):
 class _Context:
     """What the hooks see (the `Context` protocol); updated in place per interval."""
 
-    __slots__ = ("_closed", "history", "interval_ms", "now", "positions", "symbols")
+    __slots__ = ("_closed", "interval_ms", "now", "positions", "series", "symbols")
 
-    def __init__(self, interval_ms: int, history: Mapping[str, Sequence[Bar]],
+    def __init__(self, interval_ms: int, series: Mapping[str, Sequence[RawBar]],
                  positions: Mapping[str, Position]) -> None:
         self.now = 0
         self.interval_ms = interval_ms
         self.symbols: Sequence[str] = ()
         self._closed: Sequence[str] | None = None
         self.positions = positions
-        self.history = history
+        self.series = series
 
     @property
     def closed(self) -> Sequence[str]:
         found = self._closed
         if found is None:
             now = self.now
-            history = self.history
+            series = self.series
             found = self._closed = tuple(
-                s for s in self.symbols if (h := history[s]) and h[-1].time == now)
+                s for s in self.symbols if (h := series[s]) and h[-1][1] == now)
         return found
 
     def bars(self, symbol: str) -> list[Bar]:
-        return list(self.history.get(symbol, ()))
+        return [_new_bar(Bar, raw) for raw in self.series.get(symbol, ())]
 
     def position(self, symbol: str) -> Position | None:
         return self.positions.get(symbol)
@@ -170,7 +170,7 @@ class SignalEngine:
         self._on_bar = strategy.on_bar if cls.on_bar is not Strategy.on_bar else None
         self._on_interval = (strategy.on_interval
                              if cls.on_interval is not Strategy.on_interval else None)
-        self._history: dict[str, deque[Bar]] = {}
+        self._history: dict[str, deque[RawBar]] = {}
         self._symbols: tuple[str, ...] = ()
         self._open_end: int | None = None
         self._closed = False
@@ -188,12 +188,12 @@ class SignalEngine:
         self._errors_in_interval = 0
         self.late_events = 0
         """Events of an already closed interval (left out of the bars)."""
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
         self.errors = 0
         """Strategy calls dropped so far."""
         self.dropped_buys = 0
         """Buys dropped while the strategy was suspended."""
-        self.late_market_data = 0
-        """Market data ignored because it was older than its symbol's newest (a metric)."""
 
     # ------------------------------------------------------------------ properties (metrics)
 
@@ -235,7 +235,7 @@ class SignalEngine:
         stale_before = self._last_close_ms - self._stale_ms
         history = self._history
         return tuple(s for s in self._symbols
-                     if not (h := history[s]) or h[-1].last_ts < stale_before)
+                     if not (h := history[s]) or h[-1][8] < stale_before)
 
     @property
     def suspended(self) -> bool:
@@ -244,7 +244,7 @@ class SignalEngine:
 
     def bars(self, symbol: str) -> list[Bar]:
         """The symbol's closed bars kept for the strategy, oldest first."""
-        bars = list(self._history.get(symbol, ()))
+        bars = [_new_bar(Bar, raw) for raw in self._history.get(symbol, ())]
         if bars and bars[-1].time == self._open_end and not self._closed:
             bars.pop()  # the open bar
         return bars
@@ -263,10 +263,6 @@ class SignalEngine:
     def on_market_data(self, md: MarketData) -> list[Signal]:
         """Apply one market data event; close the interval when it is complete.
 
-        Events of symbols outside a configured whitelist, events not newer than the symbol's
-        last one (redelivery, out of order) and events with a non-finite price are ignored;
-        the older ones (late) are counted in `late_market_data`.
-
         Args:
             md: The market data event.
 
@@ -277,8 +273,9 @@ class SignalEngine:
         symbol = md.symbol
         ts = md.timestamp
         price = md.price
-        # The open bar is the newest entry of the symbol's history between two closes (no
+        # The open bar is the newest entry of the symbol's series between two closes (no
         # strategy code runs then); a close hands over only bars of the interval it closes.
+        # Bars are kept as plain tuples (`RawBar`): a `Bar` is built only for `on_bar`.
         bars = self._history.get(symbol)
         if bars is None:
             if self._n_whitelist and symbol not in self._whitelist:
@@ -288,9 +285,9 @@ class SignalEngine:
             bars = self._track(symbol)
             bar = None
         else:
-            bar = bars[-1]
-            if ts <= bar.last_ts or not 0.0 < price < _INF:
-                if ts < bar.last_ts:
+            bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
+            if ts <= bar[8] or not 0.0 < price < _INF:
+                if ts < bar[8]:
                     self.late_market_data += 1
                 return _NO_SIGNALS
         interval = self._interval
@@ -306,15 +303,13 @@ class SignalEngine:
         elif end < open_end or self._closed:
             self.late_events += 1
             return signals
-        if bar is None or bar.time != end:
-            bars.append(_new_bar(Bar, (symbol, end, price, price, price, price, md.volume, ts,
-                                       ts, 1)))
+        if bar is None or bar[1] != end:
+            bars.append((symbol, end, price, price, price, price, md.volume, ts, ts, 1))
         else:
-            high, low = bar.high, bar.low
-            bars[-1] = _new_bar(Bar, (
-                symbol, end, bar.open, price if price > high else high,
-                price if price < low else low, price, bar.volume + md.volume, bar.first_ts, ts,
-                bar.samples + 1))
+            high, low = bar[3], bar[4]
+            bars[-1] = (symbol, end, bar[2], price if price > high else high,
+                        price if price < low else low, price, bar[6] + md.volume, bar[7], ts,
+                        bar[9] + 1)
         self._last_event_id = md.event_id
         if ts == end and self._n_whitelist:
             self._at_end += 1
@@ -365,7 +360,7 @@ class SignalEngine:
 
     # ------------------------------------------------------------------ closing an interval
 
-    def _track(self, symbol: str) -> deque[Bar]:
+    def _track(self, symbol: str) -> deque[RawBar]:
         bars = self._history[symbol] = deque(maxlen=self._history_len)
         self._symbols = tuple(sorted((*self._symbols, symbol)))
         return bars
@@ -388,15 +383,19 @@ class SignalEngine:
         if on_bar is not None:
             history = self._history
             for symbol in ctx.closed:
-                got = self._call(on_bar, (history[symbol][-1], ctx), "on_bar", symbol, end)
+                bar = _new_bar(Bar, history[symbol][-1])
+                got = self._call(on_bar, (bar, ctx), "on_bar", symbol, end)
                 if got is None:
                     failed = True
                 elif got:
                     intents.extend(got)
-        if self._on_interval is not None:
-            got = self._call(self._on_interval, (ctx,), "on_interval", "", end)
+        on_interval = self._on_interval
+        if on_interval is not None:
+            got = self._call(on_interval, (ctx,), "on_interval", "", end)
             if got is None:
                 failed = True
+            elif not intents:
+                intents = got
             elif got:
                 intents.extend(got)
         if failed or self._suspended:

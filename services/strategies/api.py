@@ -38,11 +38,31 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar, get_args, get_origin
+from typing import (
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    get_args,
+    get_origin,
+)
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "CLOSE",
+    "FIRST_TS",
+    "HIGH",
+    "LAST_TS",
+    "LOW",
+    "OPEN",
+    "SAMPLES",
+    "SYMBOL",
+    "TIME",
+    "VOLUME",
     "Bar",
     "Buy",
     "Context",
@@ -52,6 +72,7 @@ __all__ = [
     "Intents",
     "NoParams",
     "Position",
+    "RawBar",
     "Sell",
     "Strategy",
 ]
@@ -128,6 +149,22 @@ class Bar(NamedTuple):
     samples: int
 
 
+RawBar = tuple[str, int, float, float, float, float, float, int, int, int]
+"""A bar as a plain tuple in `Bar`'s field order (`ctx.series`: cheap to build and index)."""
+
+# Positions of `Bar`'s fields in a `RawBar` (`raw[CLOSE]`).
+SYMBOL: Final = 0
+TIME: Final = 1
+OPEN: Final = 2
+HIGH: Final = 3
+LOW: Final = 4
+CLOSE: Final = 5
+VOLUME: Final = 6
+FIRST_TS: Final = 7
+LAST_TS: Final = 8
+SAMPLES: Final = 9
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     """An open position as the execution reported it (fills only, fees aside).
@@ -192,7 +229,9 @@ class Context(Protocol):
         symbols: Every symbol the engine tracks, sorted.
         closed: Symbols whose bar closed in this interval (had market data in it), sorted.
         positions: Open positions by symbol.
-        history: Closed bars of every tracked symbol, oldest first (as `bars(symbol)`).
+        series: Closed bars of every tracked symbol, oldest first, as plain tuples
+            (`RawBar`: index them with `TIME`, `CLOSE`, ...): the fast path for strategies
+            that scan many symbols per interval.
     """
 
     @property
@@ -221,18 +260,20 @@ class Context(Protocol):
         ...
 
     @property
-    def history(self) -> Mapping[str, Sequence[Bar]]:
-        """Every tracked symbol's closed bars, live and read-only.
+    def series(self) -> Mapping[str, Sequence[RawBar]]:
+        """Every tracked symbol's closed bars as plain tuples, live and read-only.
 
-        Index and iterate them (no slicing); never keep them past the call.
+        The same bars as `bars(symbol)` without building a `Bar` each: index a bar with the
+        field positions (`raw[CLOSE]`, `raw[LAST_TS]`), index and iterate the sequence (no
+        slicing), never keep it past the call.
         """
         ...
 
     def bars(self, symbol: str) -> list[Bar]:
         """The symbol's closed bars, oldest first, at most `Strategy.history` of them.
 
-        A new list each call: slice it freely (`ctx.bars(s)[-20:]`). `history` gives the
-        same bars without the copy.
+        A new list each call: slice it freely (`ctx.bars(s)[-20:]`). `series` gives the
+        same bars as plain tuples without the copy.
         """
         ...
 

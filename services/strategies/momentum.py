@@ -27,7 +27,19 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.strategies.api import Buy, Context, Intents, Sell, Strategy
+from services.strategies.api import (
+    CLOSE,
+    LAST_TS,
+    OPEN,
+    SAMPLES,
+    TIME,
+    VOLUME,
+    Buy,
+    Context,
+    Intents,
+    Sell,
+    Strategy,
+)
 
 _DEFAULT_STRENGTH_SCALE = 0.02
 """Momentum (fraction) that gives full strength when the threshold is zero."""
@@ -96,58 +108,58 @@ class Momentum(Strategy[MomentumParams]):
         below: set[str] = set()
         sells: list[tuple[str, float]] = []
         candidates: list[tuple[float, str]] = []
-        history = ctx.history
+        series = ctx.series  # plain tuples: this loop runs for every symbol every interval
         interval = ctx.interval_ms
         steps = self._lookback_ms // interval + 1 if self._lookback_ms % interval == 0 else 0
         for symbol in ctx.symbols:  # sorted: sells come out sorted
-            bars = history[symbol]
+            bars = series[symbol]
             if not bars:
                 continue
             last = bars[-1]
-            if last.last_ts < stale_before:
+            if last[LAST_TS] < stale_before:
                 if symbol in previous_below:
                     below.add(symbol)
                 continue
             n = len(bars)
             i = n - steps  # the bar ending at the cutoff sits here when no bar is missing
-            if (steps and i >= 0 and (first := bars[i]).last_ts == cutoff
-                    and first.time == cutoff and i + 1 < n):
+            if (steps and i >= 0 and (first := bars[i])[LAST_TS] == cutoff
+                    and first[TIME] == cutoff and i + 1 < n):
                 # The usual case: the window opens with that bar's close, and at least one
                 # more bar (one more sample) follows.
                 boundary = True
-                start = first.close
+                start = first[CLOSE]
                 i += 1
             else:
                 i = 0
-                while i < n and bars[i].time < cutoff:
+                while i < n and bars[i][TIME] < cutoff:
                     i += 1
                 if i == n:
                     continue
                 first = bars[i]
-                if first.time == cutoff:  # only its close (if stamped at the cutoff) is inside
-                    boundary = first.last_ts == cutoff
+                if first[TIME] == cutoff:  # only its close (if stamped at the cutoff) is inside
+                    boundary = first[LAST_TS] == cutoff
                     i += 1
                     if i == n:
                         continue
-                    start = first.close if boundary else bars[i].open
-                    samples = boundary + bars[i].samples + (n - i - 1)
+                    start = first[CLOSE] if boundary else bars[i][OPEN]
+                    samples = boundary + bars[i][SAMPLES] + (n - i - 1)
                 else:
                     boundary = False
-                    start = first.open
-                    samples = first.samples + (n - i - 1)
+                    start = first[OPEN]
+                    samples = first[SAMPLES] + (n - i - 1)
                 if samples < 2:
                     continue
-            momentum = last.close / start - 1.0
+            momentum = last[CLOSE] / start - 1.0
             if momentum < sell_threshold:
                 below.add(symbol)
                 if symbol not in previous_below:
                     sells.append((symbol, momentum))
             if min_volume > 0.0:
-                volume = first.volume if boundary else 0.0
+                volume = first[VOLUME] if boundary else 0.0
                 for k in range(i, n):
-                    volume += bars[k].volume
+                    volume += bars[k][VOLUME]
                 if boundary:
-                    volume -= first.volume
+                    volume -= first[VOLUME]
                 if volume < min_volume:
                     continue
             candidates.append((-momentum, symbol))

@@ -56,3 +56,16 @@ def test_the_backtest_benchmark_prints_candles_per_second_for_every_builtin_stra
     assert float(out["backtest_exits_candles_per_s"]) > 0
     assert int(out["backtest_exits_protective_decisions"]) > 0
     assert out["backtest_exits_orders"] != out["backtest_orders"]
+
+
+def test_the_optimize_benchmark_reports_throughput_memory_and_digest_equality(
+    infra: Infrastructure,
+) -> None:
+    out = figures(infra, "benchmarks.optimize", "services/replay/sample", "--trials", "4",
+                  "--workers", "2", "--minutes", "300")
+    assert out["optimize_trials"] == "4" and out["optimize_errors"] == "0"
+    assert float(out["optimize_trials_per_s"]) > 0
+    assert int(out["optimize_candles_per_s_per_trial"]) > 0
+    assert 0.0 <= float(out["optimize_outside_engines_in_trials"]) <= 1.0
+    assert 0.0 < float(out["optimize_peak_rss_mb_per_worker"]) < 1024
+    assert out["optimize_best_equals_plain_backtest"] == "True"

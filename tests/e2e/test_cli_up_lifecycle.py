@@ -30,6 +30,7 @@ import pytest
 
 from services.common.infra import EmbeddedPostgres, Infrastructure, same_process
 from services.common.redis_client import sync_client
+from services.research.report import comparable
 from tests.conftest import fresh_database
 from tests.support.processes import stop_process
 from tests.support.waiting import wait_for
@@ -50,7 +51,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def cdb(*args: str, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT,
                           env=env or _env(), text=True, capture_output=True, timeout=timeout,
                           check=False)
@@ -58,26 +59,38 @@ def cdb(*args: str, env: dict[str, str] | None = None,
 
 def start_up(data_dir: Path, *args: str, env: dict[str, str] | None = None,
              **popen: Any) -> subprocess.Popen[bytes]:
-    options: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    """Start `cdb up`; its stderr goes to `<data dir>.stderr` unless `popen` says otherwise."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"stdout": subprocess.DEVNULL}
+    if "stderr" not in popen:
+        options["stderr"] = data_dir.with_suffix(".stderr").open("wb")
     options.update(popen)
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--data-dir", str(data_dir), *args],
         cwd=ROOT, env=env or _env(), **options)
 
 
+def stderr_of(data_dir: Path) -> str:
+    path = data_dir.with_suffix(".stderr")
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def run_file(data_dir: Path) -> dict[str, Any]:
     return dict(json.loads((data_dir / "run.json").read_text()))
 
 
-def started_processes(data_dir: Path) -> dict[str, tuple[int, float]]:
+def started_processes(data_dir: Path,
+                      up: subprocess.Popen[bytes]) -> dict[str, tuple[int, float]]:
     """Every process the running `cdb up` started: services and servers, with identities."""
     def complete() -> dict[str, Any] | None:
+        if up.poll() is not None:
+            pytest.fail(f"cdb up exited with {up.returncode}: {stderr_of(data_dir)[-3000:]}")
         if not (data_dir / "run.json").exists():
             return None
         recorded = json.loads((data_dir / "processes.json").read_text())
         return recorded if {"redis", "postgres", "risk_manager"} <= set(recorded) else None
 
-    recorded = wait_for(complete, 120, "cdb up recorded its processes")
+    recorded = wait_for(complete, 300, "cdb up recorded its processes")
     return {name: (int(e["pid"]), float(e["created"])) for name, e in recorded.items()}
 
 
@@ -87,7 +100,7 @@ def assert_all_gone(processes: dict[str, tuple[int, float]]) -> None:
         assert not alive, alive
         return True
 
-    wait_for(gone, 30, "every process of the stopped cdb up ended")
+    wait_for(gone, 120, "every process of the stopped cdb up ended")
 
 
 def risk_state(data_dir: Path) -> dict[str, Any]:
@@ -107,13 +120,13 @@ def test_sigterm_stops_everything_after_the_risk_manager_acted_at_replay_time(
     data = tmp_path / "cdb"
     up = start_up(data, *SLOW, env=_env(MAX_POSITION_PCT="0.9"))
     try:
-        processes = started_processes(data)
+        processes = started_processes(data, up)
         # A second cdb up on the same directory is refused in one line naming the first.
         second = cdb("up", "--data-dir", str(data), "--minutes", "5")
         assert second.returncode == 1
         assert "is in use by" in second.stderr and f"pid {up.pid}" in second.stderr
         assert "Traceback" not in second.stderr
-        state = wait_for(lambda: applied_a_bar(data), 120, "the replay applied a bar")
+        state = wait_for(lambda: applied_a_bar(data), 300, "the replay applied a bar")
         assert state["clock"] == "event" and state["last_data_ms"] <= SAMPLE_END_MS
         shown = cdb("risk", "status", "--data-dir", str(data))
         assert shown.returncode == 0, shown.stderr
@@ -135,10 +148,10 @@ def test_sigterm_stops_everything_after_the_risk_manager_acted_at_replay_time(
         assert len(after["stale_symbols"]) < SAMPLE_SYMBOLS  # not every symbol at once
         assert after["last_data_ms"] <= SAMPLE_END_MS
         up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
+        code = up.wait(180)
     finally:
         stop_process(up)
-    stderr = up.stderr.read().decode() if up.stderr else ""
+    stderr = stderr_of(data)
     assert code == 128 + signal.SIGTERM, stderr[-2000:]
     assert "MAX_POSITION_PCT=0.9 is out of range (0.01..0.25)" in stderr
     assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
@@ -187,11 +200,11 @@ def test_closing_its_terminal_stops_everything_and_a_killed_cdb_up_is_cleaned_up
     up = start_up(data, *SLOW, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
                   preexec_fn=controlling_terminal)
     try:
-        processes = started_processes(data)
-        wait_for(lambda: applied_a_bar(data), 120, "the replay runs")
+        processes = started_processes(data, up)
+        wait_for(lambda: applied_a_bar(data), 300, "the replay runs")
         os.close(slave)
         os.close(master)  # the terminal hangs up: SIGHUP to cdb up
-        code = up.wait(60)
+        code = up.wait(180)
     finally:
         stop_process(up)
     assert code == 128 + signal.SIGHUP
@@ -201,7 +214,7 @@ def test_closing_its_terminal_stops_everything_and_a_killed_cdb_up_is_cleaned_up
     # Killed outright, cdb up leaves its servers and services running ...
     killed = start_up(data, *SLOW)
     try:
-        processes = started_processes(data)
+        processes = started_processes(data, killed)
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
     finally:
@@ -248,8 +261,9 @@ def test_each_replay_drops_the_streams_of_the_run_before_and_the_aof_stays_bound
     aof = data / "redis" / "appendonly.aof"
     sizes: list[int] = []
     seen: list[set[bytes]] = []
-    for _ in range(3):
-        done = cdb("up", "--data-dir", str(data), "--minutes", "60")
+    for minutes in (60, 60, 620):
+        done = cdb("up", "--data-dir", str(data), "--minutes", str(minutes), "--report",
+                   str(tmp_path / f"up-{minutes}.json"))
         assert done.returncode == 0, done.stderr[-3000:]
         sizes.append(aof.stat().st_size)
         seen.append(_prefixes(aof))
@@ -257,7 +271,18 @@ def test_each_replay_drops_the_streams_of_the_run_before_and_the_aof_stays_bound
     assert len(seen[0]) == 1
     for before, now in itertools.pairwise(seen):
         assert len(now) == 1 and now != before, (before, now)
-    assert max(sizes) < 1.5 * sizes[0] + 100_000, sizes
+    assert sizes[1] < 1.5 * sizes[0] + 100_000, sizes
+    # The longer last run halts on the circuit breaker: its report explains the halt as the
+    # backtest's does, from what the services recorded.
+    backtest = cdb("backtest", "--minutes", "620", "--report", str(tmp_path / "bt.json"))
+    assert backtest.returncode == 0, backtest.stderr[-3000:]
+    replayed = json.loads((tmp_path / "up-620.json").read_text())
+    backtested = json.loads((tmp_path / "bt.json").read_text())
+    [halt] = replayed["halts"]
+    assert halt["check"] == "circuit_breaker" and "10 re-tests" in halt["detail"]
+    assert halt["buys_refused"] > 0 and halt["released"] is None
+    assert replayed["halts"] == backtested["halts"]
+    assert comparable(replayed) == comparable(backtested)
 
 
 def test_a_replay_on_an_external_redis_drops_older_replays_keys_only(
@@ -290,12 +315,12 @@ def test_live_data_that_cannot_be_reached_is_named_with_its_variable_and_sigterm
                MEXC_WS_URL="ws://127.0.0.1:1/ws")
     up = start_up(tmp_path / "cdb", "--source", "mexc", env=env)
     try:
-        processes = started_processes_external(tmp_path / "cdb")
+        processes = started_processes_external(tmp_path / "cdb", up)
         up.send_signal(signal.SIGTERM)
-        code = up.wait(60)
+        code = up.wait(180)
     finally:
         stop_process(up)
-    stderr = up.stderr.read().decode() if up.stderr else ""
+    stderr = stderr_of(tmp_path / "cdb")
     assert code == 0, stderr[-2000:]  # a live run ends when it is told to
     assert "cannot reach 127.0.0.1:1" in stderr
     assert "MEXC_REST_URL points them at another server" in stderr
@@ -303,10 +328,15 @@ def test_live_data_that_cannot_be_reached_is_named_with_its_variable_and_sigterm
     assert_all_gone(processes)
 
 
-def started_processes_external(data_dir: Path) -> dict[str, tuple[int, float]]:
+def started_processes_external(data_dir: Path,
+                               up: subprocess.Popen[bytes]) -> dict[str, tuple[int, float]]:
     """The services of a running `cdb up` on external servers (it starts no server)."""
-    run = wait_for(lambda: (data_dir / "run.json").exists() and run_file(data_dir), 120,
-                   "cdb up wrote its run file")
+    def written() -> dict[str, Any] | None:
+        if up.poll() is not None:
+            pytest.fail(f"cdb up exited with {up.returncode}: {stderr_of(data_dir)[-3000:]}")
+        return run_file(data_dir) if (data_dir / "run.json").exists() else None
+
+    run = wait_for(written, 300, "cdb up wrote its run file")
     recorded = json.loads((data_dir / "processes.json").read_text())
     assert set(recorded) == set(run["services"])
     return {name: (int(e["pid"]), float(e["created"])) for name, e in recorded.items()}

@@ -30,6 +30,8 @@ from tests.support.processes import stop_process
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = 15_000
 LOAD_DELAY_US = 1_000
+WAIT_S = 300.0
+"""A generous wait for the clients here: a loaded machine stretches the load."""
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +70,19 @@ def test_while_redis_loads_a_bare_client_fails_and_the_product_clients_wait(
         got: dict[str, object] = {}
 
         def blocking() -> None:
-            client = sync_client(server.url)
+            client = sync_client(server.url, loading_wait_s=WAIT_S)
             got["sync"] = client.get("key:1")
             client.close()
 
         async def asynchronous() -> None:
-            client = async_client(server.url)
+            client = async_client(server.url, loading_wait_s=WAIT_S)
             got["async"] = await client.get("key:2")
             await client.aclose()
 
         thread = threading.Thread(target=blocking)
         thread.start()
         asyncio.run(asynchronous())
-        thread.join(120)
+        thread.join(WAIT_S)
         loaded_after = time.monotonic() - started
     finally:
         server.stop()
@@ -99,7 +101,7 @@ def test_the_replay_started_while_redis_loads_publishes_every_bar(big_aof: Path)
     replay = subprocess.Popen([sys.executable, "-m", "services.replay"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        code = replay.wait(180)
+        code = replay.wait(WAIT_S)
         log = replay.stdout.read().decode() if replay.stdout else ""
         assert code == 0, log[-3000:]
         client = sync_client(server.url)

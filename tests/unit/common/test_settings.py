@@ -12,7 +12,13 @@ from typing import ClassVar
 import pytest
 from pydantic import Field
 
-from services.common.settings import BaseServiceSettings, SettingsError, load_settings
+from services.common.settings import (
+    BaseServiceSettings,
+    SettingsError,
+    collect_fallbacks,
+    load_settings,
+    settings_fallbacks,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -44,6 +50,32 @@ def test_out_of_range_value_logs_warning_and_falls_back_to_default(
     assert settings.TOP_N == 5
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "TOP_N" in warning.getMessage() and "5" in warning.getMessage()
+
+
+def test_fallbacks_are_collected_with_their_range_and_silenced_when_shown_to_the_user(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://localhost:6379/0")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://x@localhost/db")
+    monkeypatch.setenv("TOP_N", "500")
+    with caplog.at_level(logging.WARNING, logger="cdb.settings"), \
+            collect_fallbacks(quiet=True) as found:
+        assert load_settings(DemoSettings).TOP_N == 5
+    assert [(f.variable, f.value, f.default, f.allowed) for f in found] == [
+        ("TOP_N", "500", 5, "1..50")]
+    assert found[0].message() == "TOP_N=500 is out of range (1..50); using the default 5"
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_settings_fallbacks_read_the_given_environment_and_leave_this_one_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TOP_N", "7")
+    found = settings_fallbacks(DemoSettings, {"TOP_N": "0"}, REDIS_URL="redis://x",
+                               DATABASE_URL="postgresql://x")
+    assert [f.variable for f in found] == ["TOP_N"]
+    assert os.environ["TOP_N"] == "7"
+    assert settings_fallbacks(DemoSettings, {"TOP_N": "not a number"}) == []
 
 
 def test_unparsable_value_is_an_error_naming_the_variable(

@@ -77,7 +77,7 @@ class Peeker(Strategy[NoParams]):
 
     def on_interval(self, ctx: Context) -> Intents:
         for symbol in ctx.symbols:
-            for view in (ctx.bars(symbol), list(ctx.history[symbol])):
+            for view in (ctx.bars(symbol), [Bar(*raw) for raw in ctx.series[symbol]]):
                 for bar in view:
                     self.newest.append((ctx.now, bar.close, bar.last_ts))
         return None
