@@ -7,7 +7,8 @@ statistics take (`services.research.statistics.statistics_of`, once per report).
 `strategy_<name>_orders` follow for every built-in strategy with its default parameters.
 
 Targets: at least 200,000 candles/s and under 300 MB peak RSS on the full ten-symbol,
-ten-day set (about 144,000 candles).
+ten-day set (about 144,000 candles). The same run with every protective exit on (take-profit,
+trailing stop, time limit) prints `backtest_exits_*`: their cost on the market-data path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from services.execution.config import ExecutionConfig
 from services.replay.candles import CandleSet, read_candles
@@ -31,13 +33,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "replay"
 
 
-def timed(candles: CandleSet, strategy: str = "momentum") -> tuple[float, RunRecord]:
-    """Best of three runs of one strategy (default parameters) over the candles."""
+EXITS: dict[str, Any] = {"take_profit_pct": 0.004, "trailing_activation_pct": 0.002,
+                         "trailing_distance_pct": 0.002, "time_limit_minutes": 20}
+"""Protective exits that all fire on the bundled sample."""
+
+
+def timed(
+    candles: CandleSet, strategy: str = "momentum", **risk: Any
+) -> tuple[float, RunRecord]:
+    """Best of three runs of one strategy (default parameters, `risk` on top) over the
+    candles."""
     best = float("inf")
     for _ in range(3):
         pipeline = Pipeline(
             SignalConfig(whitelist=candles.symbols, signal_notional=0.02, strategy=strategy),
-            RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001),
+            RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001, **risk),
             ExecutionConfig(start_equity=1.0),
             keep_trace=False,
         )
@@ -75,6 +85,14 @@ def main() -> None:
         seconds, run = timed(candles, name)
         out(f"strategy_{name}_candles_per_s={n / seconds:.0f}\n")
         out(f"strategy_{name}_orders={run.orders}\n")
+    exits_s, exits_record = timed(candles, "momentum", **EXITS)
+    protective = sum(check in ("take_profit", "trailing_stop", "time_limit")
+                     for _, check in exits_record.decisions)
+    out(f"backtest_exits_run_s={exits_s:.3f}\n")
+    out(f"backtest_exits_candles_per_s={n / exits_s:.0f}\n")
+    out(f"backtest_exits_vs_plain={best / exits_s:.2f}\n")
+    out(f"backtest_exits_orders={exits_record.orders}\n")
+    out(f"backtest_exits_protective_decisions={protective}\n")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 `PARAMETERS` is the one table of what a TradingSystem configures: the spec path, the
 environment variable of the services' settings, the seed's range and default, and the services
-that read it. The CRD's openAPIV3Schema, the chart's `values.schema.json` and the services'
-settings classes carry the same ranges; tests keep them equal.
+that read it. `EXIT_PARAMETERS` are the protective exits of `spec.exits` (no default: the
+strategy's), `spec.strategy` names the strategy the signal engine hosts and its parameters.
+The CRD's openAPIV3Schema, the chart's `values.schema.json` and the services' settings classes
+carry the same ranges; tests keep them equal.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -30,6 +33,21 @@ MAX_REASON = 500
 """Longest `release.reason` (the risk manager's limit)."""
 MAX_RESTART_REQUEST = 100
 """Longest `restartRequest` value (it becomes an annotation value)."""
+STRATEGY_NAME = re.compile(
+    r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}|[A-Za-z0-9_./-]{1,250}:[A-Za-z_][A-Za-z0-9_]{0,99})$"
+)
+"""`spec.strategy.name`: a built-in or entry point name (`ema_cross`), `package.module:Class`
+or `path/to/file.py:Class` (STRATEGY)."""
+DEFAULT_STRATEGY = "momentum"
+"""The signal engine's default strategy."""
+MAX_STRATEGY_PARAMS = 100
+"""Most parameters `spec.strategy.params` may hold."""
+MAX_STRATEGY_PARAMS_JSON = 16_384
+"""Longest STRATEGY_PARAMS (canonical JSON) the operator writes into a ConfigMap."""
+STRATEGY_ENV = "STRATEGY"
+"""Environment variable of `spec.strategy.name`."""
+STRATEGY_PARAMS_ENV = "STRATEGY_PARAMS"
+"""Environment variable of `spec.strategy.params` (a JSON object)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +140,21 @@ PARAMETERS: tuple[Parameter, ...] = (
 )
 """Every numeric or enumerated parameter of a TradingSystem."""
 
+EXIT_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("exits", "takeProfitPct", "TAKE_PROFIT_PCT", "float", 0.0, 0.0, 5.0,
+              ("risk_manager",), "Gain above the average entry that takes profit (0: off)"),
+    Parameter("exits", "trailingActivationPct", "TRAILING_ACTIVATION_PCT", "float", 0.0, 0.0,
+              1.0, ("risk_manager",),
+              "Gain above the average entry that activates the trailing stop (0: at once)"),
+    Parameter("exits", "trailingDistancePct", "TRAILING_DISTANCE_PCT", "float", 0.0, 0.0, 0.5,
+              ("risk_manager",),
+              "Fall below the high since the entry that exits once active (0: off)"),
+    Parameter("exits", "timeLimitMinutes", "TIME_LIMIT_MINUTES", "int", 0, 0, 43_200,
+              ("risk_manager",), "Minutes after the entry at which a position exits (0: off)"),
+)
+"""The protective exits of `spec.exits`. They have no default in the spec: an exit left out
+takes the strategy's declared default, else it is off (the `default` here, 0, is "off")."""
+
 SYMBOLS_ENV = "SYMBOL_WHITELIST"
 """Environment variable of `spec.symbols`."""
 SYMBOLS_SERVICES = ("signal_engine", "ws_screener", "rest_screener")
@@ -148,6 +181,19 @@ class ReleaseRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StrategySpec:
+    """`spec.strategy`: the strategy the signal engine hosts.
+
+    Attributes:
+        name: STRATEGY (a built-in, an entry point, `module:Class` or `file.py:Class`).
+        params: STRATEGY_PARAMS: the parameters as canonical JSON (sorted keys, compact).
+    """
+
+    name: str = DEFAULT_STRATEGY
+    params: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
 class TradingSystemSpec:
     """The desired state of one TradingSystem.
 
@@ -157,6 +203,9 @@ class TradingSystemSpec:
         values: Parameter values by path (`risk.maxPositionPct`), defaults filled in.
         release: The current release request.
         restart_request: A value whose change restarts every service.
+        strategy: The strategy and its parameters.
+        exits: The protective exits set in `spec.exits` by key (`takeProfitPct`); an exit
+            left out takes the strategy's default.
     """
 
     paused: bool = False
@@ -164,6 +213,8 @@ class TradingSystemSpec:
     values: Mapping[str, float | int | str] = field(default_factory=dict)
     release: ReleaseRequest = ReleaseRequest()
     restart_request: str = ""
+    strategy: StrategySpec = StrategySpec()
+    exits: Mapping[str, float | int] = field(default_factory=dict)
 
     def value(self, path: str) -> float | int | str:
         """Return a parameter's value by its path, the default when unset.
@@ -215,11 +266,48 @@ def _text(raw: Mapping[str, Any], key: str, limit: int, where: str) -> str:
     return value
 
 
+def _strategy(raw: Mapping[str, Any]) -> StrategySpec:
+    section = _section(raw, "strategy")
+    name = section.get("name")
+    if name is None:
+        name = DEFAULT_STRATEGY
+    if not isinstance(name, str) or not STRATEGY_NAME.match(name):
+        raise SpecError("strategy.name must be a strategy name (momentum), package.module:Class "
+                        "or path/to/file.py:Class")
+    params = section.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping) or len(params) > MAX_STRATEGY_PARAMS:
+        raise SpecError(f"strategy.params must be an object of at most {MAX_STRATEGY_PARAMS} "
+                        "parameters")
+    try:
+        text = json.dumps(params, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"strategy.params must be plain JSON: {exc}") from None
+    if len(text) > MAX_STRATEGY_PARAMS_JSON:
+        raise SpecError(f"strategy.params must fit in {MAX_STRATEGY_PARAMS_JSON} characters "
+                        "of JSON")
+    return StrategySpec(name=name, params=text)
+
+
+def _exits(raw: Mapping[str, Any]) -> dict[str, float | int]:
+    section = _section(raw, "exits")
+    exits: dict[str, float | int] = {}
+    for param in EXIT_PARAMETERS:
+        value = section.get(param.key)
+        if value is not None:
+            parsed = _parameter(param, value)
+            assert not isinstance(parsed, str)
+            exits[param.key] = parsed
+    return exits
+
+
 def parse_spec(raw: Mapping[str, Any]) -> TradingSystemSpec:
     """Validate a resource's `spec` and fill in the defaults.
 
     The API server applies the CRD's schema first; this repeats its checks so that an object
-    written around the schema (an old CRD, a test) cannot reach the services.
+    written around the schema (an old CRD, a test) cannot reach the services. The parameters
+    of a built-in strategy are checked against its parameters model as well.
 
     Args:
         raw: The `spec` mapping of the resource.
@@ -253,10 +341,16 @@ def parse_spec(raw: Mapping[str, Any]) -> TradingSystemSpec:
     restart = raw.get("restartRequest") or ""
     if not isinstance(restart, str) or len(restart) > MAX_RESTART_REQUEST:
         raise SpecError(f"restartRequest must be a string of at most {MAX_RESTART_REQUEST}")
+    from cdb_operator.strategy import check_params
+
+    strategy = _strategy(raw)
+    check_params(strategy)
     return TradingSystemSpec(
         paused=paused,
         symbols=tuple(sorted(set(symbols_raw))),
         values=values,
         release=release,
         restart_request=restart,
+        strategy=strategy,
+        exits=_exits(raw),
     )

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from cdb_operator.model import (
+    EXIT_PARAMETERS,
     PARAMETERS,
     SERVICE_NAMES,
+    STRATEGY_ENV,
+    STRATEGY_PARAMS_ENV,
     SYMBOLS_ENV,
     SYMBOLS_SERVICES,
     ReleaseRequest,
     TradingSystemSpec,
 )
+from cdb_operator.strategy import DeclaredExits, builtin_exits
 
 ANNOTATION_CONFIG_HASH = "clairedebinaire.dev/config-hash"
 """Pod template annotation holding the hash of the service's parameters."""
@@ -49,15 +53,24 @@ def _format(value: float | int | str) -> str:
     return str(value)
 
 
-def render_config(spec: TradingSystemSpec) -> dict[str, dict[str, str]]:
+def render_config(
+    spec: TradingSystemSpec,
+    declared: Callable[[str], DeclaredExits | None] = builtin_exits,
+) -> dict[str, dict[str, str]]:
     """Render the environment each service reads from its ConfigMap.
 
     Each service gets only the variables its settings class reads, so a change restarts only
     the services it concerns (a new stop-loss restarts the risk manager, new symbols the
-    signal engine and the screeners).
+    signal engine and the screeners, a new strategy or parameters the signal engine).
+
+    The risk manager gets its protective exits resolved: those of `spec.exits`, the others
+    from the exits a built-in strategy declares (0: off), so it restarts on a change of
+    strategy only when its exits change. For a strategy the operator cannot read (user code)
+    it gets STRATEGY as well and reads the declared exits itself at start.
 
     Args:
         spec: The desired state.
+        declared: A strategy name -> its declared exits, None when unknown (user code).
 
     Returns:
         Service name -> ConfigMap data (variable -> value), for all five services.
@@ -68,6 +81,20 @@ def render_config(spec: TradingSystemSpec) -> dict[str, dict[str, str]]:
             rendered[service][param.env] = _format(spec.value(param.path))
     for service in SYMBOLS_SERVICES:
         rendered[service][SYMBOLS_ENV] = ",".join(spec.symbols)
+    signal = rendered["signal_engine"]
+    signal[STRATEGY_ENV] = spec.strategy.name
+    signal[STRATEGY_PARAMS_ENV] = spec.strategy.params
+    risk = rendered["risk_manager"]
+    defaults = (declared(spec.strategy.name)
+                if any(p.key not in spec.exits for p in EXIT_PARAMETERS) else {})
+    for param in EXIT_PARAMETERS:
+        if param.key in spec.exits:
+            risk[param.env] = _format(spec.exits[param.key])
+        elif defaults is not None:
+            value = defaults.get(param.env)
+            risk[param.env] = _format(param.default if value is None else value)
+    if defaults is None:
+        risk[STRATEGY_ENV] = spec.strategy.name
     return {name: dict(sorted(data.items())) for name, data in rendered.items()}
 
 

@@ -68,7 +68,7 @@ refuses lone surrogates by itself)."""
 
 Source = Literal["mexc_ws", "mexc_rest", "replay"]
 Direction = Literal["buy", "sell"]
-OrderReason = Literal["signal", "stop_loss"]
+OrderReason = Literal["signal", "stop_loss", "take_profit", "trailing_stop", "time_limit"]
 OrderStatus = Literal["filled", "partially_filled", "rejected"]
 AlertLevel = Literal["INFO", "WARNING", "CRITICAL"]
 

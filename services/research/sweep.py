@@ -86,6 +86,10 @@ class Parameter:
         return f"{fmt(self.minimum)}..{fmt(self.maximum)}"
 
 
+_NUMBERS: dict[object, type] = {int: int, float: float, int | None: int, float | None: float}
+"""Annotations of the sweepable settings and the kind of number they take."""
+
+
 def parameters() -> dict[str, Parameter]:
     """The numeric engine variables (risk manager, signal engine, execution) and their ranges."""
     from services.execution.config import ExecutionSettings
@@ -97,7 +101,9 @@ def parameters() -> dict[str, Parameter]:
                    "BUS_CLAIM_INTERVAL_MS", "BUS_BATCH", "HTTP_PORT"}
     for cls in (RiskSettings, SignalSettings, ExecutionSettings):
         for name, info in cls.model_fields.items():
-            if name in base_fields or info.annotation not in (int, float):
+            # An optional number (a protective exit: unset = the strategy's) sweeps as one.
+            kind = _NUMBERS.get(info.annotation)
+            if name in base_fields or kind is None:
                 continue
             found.setdefault(name, _parameter(name, info))
     return dict(sorted(found.items()))
@@ -116,7 +122,7 @@ def _parameter(name: str, info: Any) -> Parameter:
             hi = float(meta.le)  # type: ignore[arg-type]
         elif isinstance(meta, Lt):
             hi, ex_hi = float(meta.lt), True  # type: ignore[arg-type]
-    kind = int if info.annotation is int else float
+    kind = _NUMBERS.get(info.annotation, float)
     return Parameter(name, kind, lo, hi, ex_lo, ex_hi)
 
 

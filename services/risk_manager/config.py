@@ -8,12 +8,18 @@ build one directly without touching the environment.
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from pydantic import Field, SecretStr, field_validator
 
-from services.common.settings import BaseServiceSettings
+from services.common.settings import BaseServiceSettings, SettingsError
+
+logger = logging.getLogger("cdb.risk_manager")
 
 EXPOSURE_HALT_PCT = 0.80
 """Exposure (fraction of equity) above which the risk manager halts trading."""
@@ -79,6 +85,41 @@ class RiskSettings(BaseServiceSettings):
         le=0.10,
         description="Fall below the average entry price that triggers a stop-loss exit",
     )
+    TAKE_PROFIT_PCT: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=5.0,
+        description="Gain above the average entry price that takes profit (fraction; 0: off; "
+        "unset: the strategy's default, else off)",
+    )
+    TRAILING_ACTIVATION_PCT: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Gain above the average entry price that activates the trailing stop "
+        "(fraction; 0: from the entry; unset: the strategy's default, else 0)",
+    )
+    TRAILING_DISTANCE_PCT: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=0.5,
+        description="Fall below the highest price since the entry that exits once the "
+        "trailing stop is active (fraction; 0: off; unset: the strategy's default, else off)",
+    )
+    TIME_LIMIT_MINUTES: int | None = Field(
+        default=None,
+        ge=0,
+        le=43_200,
+        description="Minutes after the entry at which a position is closed (0: off; unset: "
+        "the strategy's default, else off)",
+    )
+    STRATEGY: str = Field(
+        default="momentum",
+        min_length=1,
+        max_length=300,
+        description="The signal engine's strategy, read here only for the default protective "
+        "exits it declares (used where the four exit variables are unset)",
+    )
     PAPER_START_EQUITY: float = Field(
         default=10_000.0, gt=0, description="Start equity of the paper account (quote currency)"
     )
@@ -115,6 +156,17 @@ class RiskSettings(BaseServiceSettings):
         description="Bearer token required by POST /risk/halt and /risk/release "
         "(printable ASCII: it travels in an HTTP header)",
     )
+
+    @field_validator(
+        "TAKE_PROFIT_PCT", "TRAILING_ACTIVATION_PCT", "TRAILING_DISTANCE_PCT",
+        "TIME_LIMIT_MINUTES", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty variable (`TAKE_PROFIT_PCT=`, as Compose passes an unset one) is unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("RISK_ADMIN_TOKEN")
     @classmethod
@@ -160,6 +212,12 @@ class RiskConfig:
             length in a replay; silence counts from when the next data was due.
         exit_retry_sec: Wait before an exit that filled nothing is tried again (doubling).
         exit_retry_max_sec: Longest wait between attempts of such an exit.
+        take_profit_pct: Gain above the average entry that exits (None: off).
+        trailing_activation_pct: Gain above the average entry that activates the trailing
+            stop (None: 0, active from the entry).
+        trailing_distance_pct: Fall below the high since the entry that exits once the
+            trailing stop is active (None: no trailing stop).
+        time_limit_minutes: Minutes after the entry at which a position exits (None: off).
     """
 
     max_daily_drawdown_pct: float = 0.05
@@ -179,6 +237,10 @@ class RiskConfig:
     data_interval_sec: int = 0
     exit_retry_sec: int = EXIT_RETRY_SEC
     exit_retry_max_sec: int = EXIT_RETRY_MAX_SEC
+    take_profit_pct: float | None = None
+    trailing_activation_pct: float | None = None
+    trailing_distance_pct: float | None = None
+    time_limit_minutes: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse values the engine cannot work with (the settings enforce the real ranges)."""
@@ -204,19 +266,33 @@ class RiskConfig:
         )
         if any(not 0 < f <= 1 for f in fractions):
             raise ValueError("risk fractions must be in (0, 1]")
+        tp, act = self.take_profit_pct, self.trailing_activation_pct
+        dist, minutes = self.trailing_distance_pct, self.time_limit_minutes
+        if tp is not None and not 0 < tp < math.inf:
+            raise ValueError("take_profit_pct must be positive and finite (None: off)")
+        if act is not None and not 0 <= act < math.inf:
+            raise ValueError("trailing_activation_pct must be >= 0 and finite")
+        if dist is not None and not 0 < dist < 1:
+            raise ValueError("trailing_distance_pct must be in (0, 1) (None: off)")
+        if minutes is not None and minutes < 1:
+            raise ValueError("time_limit_minutes must be at least 1 (None: off)")
 
     @classmethod
     def from_settings(cls, s: RiskSettings) -> RiskConfig:
         """Build the engine configuration from the service settings.
 
         With CLOCK=event (a replay of 1-minute candles) a symbol's data is due every
-        `REPLAY_DATA_INTERVAL_SEC`, as in `cdb backtest`.
+        `REPLAY_DATA_INTERVAL_SEC`, as in `cdb backtest`. The protective exits come from
+        `exit_rules`: the variables where set, else the strategy's defaults.
 
         Args:
             s: The validated settings.
 
         Returns:
             The same values under the engine's names.
+
+        Raises:
+            SettingsError: An exit variable is unset and STRATEGY cannot be loaded.
         """
         return cls(
             max_daily_drawdown_pct=s.MAX_DAILY_DRAWDOWN_PCT,
@@ -232,4 +308,78 @@ class RiskConfig:
             spread_window=s.SPREAD_WINDOW,
             min_order_notional=s.MIN_ORDER_NOTIONAL,
             data_interval_sec=REPLAY_DATA_INTERVAL_SEC if s.CLOCK == "event" else 0,
+            **exit_rules(s),
         )
+
+
+EXIT_VARIABLES: dict[str, str] = {
+    "TAKE_PROFIT_PCT": "take_profit_pct",
+    "TRAILING_ACTIVATION_PCT": "trailing_activation_pct",
+    "TRAILING_DISTANCE_PCT": "trailing_distance_pct",
+    "TIME_LIMIT_MINUTES": "time_limit_minutes",
+}
+"""The protective exits' variables and their names in `RiskConfig` (and in a strategy's
+`ExitDefaults`)."""
+
+
+class ExitDefaultsLike(Protocol):
+    """What the risk manager reads of a strategy's declared exits (`ExitDefaults`)."""
+
+    @property
+    def take_profit_pct(self) -> float | None: ...  # noqa: D102
+    @property
+    def trailing_activation_pct(self) -> float | None: ...  # noqa: D102
+    @property
+    def trailing_distance_pct(self) -> float | None: ...  # noqa: D102
+    @property
+    def time_limit_minutes(self) -> int | None: ...  # noqa: D102
+
+
+def strategy_exits(name: str) -> ExitDefaultsLike:
+    """The protective exits the strategy `name` declares as its defaults.
+
+    Args:
+        name: A STRATEGY value (built-in name, entry point, `module:Class`, `file.py:Class`).
+
+    Returns:
+        The strategy class's `exits`.
+
+    Raises:
+        SettingsError: The strategy cannot be loaded (exit code 1, the message names it).
+    """
+    from services.strategies.loader import resolve_class
+
+    try:
+        return resolve_class(name).exits
+    except ValueError as exc:
+        message = f"risk_manager: STRATEGY {name!r} (for its default exits): {exc}"
+        logger.error(message)
+        sys.stderr.write(message + "\n")
+        raise SettingsError(message) from None
+
+
+def exit_rules(
+    s: RiskSettings, defaults: Callable[[str], ExitDefaultsLike] = strategy_exits
+) -> dict[str, Any]:
+    """Resolve the protective exits: each variable where set, else the strategy's default.
+
+    0 turns an exit off whatever the strategy declares (for TRAILING_ACTIVATION_PCT, 0 means
+    active from the entry, as None does). The strategy is loaded only when a variable is unset.
+
+    Args:
+        s: The validated settings.
+        defaults: Reads a strategy's declared exits by name (`strategy_exits`).
+
+    Returns:
+        `RiskConfig` keyword arguments (None: off).
+    """
+    explicit = {name: getattr(s, env) for env, name in EXIT_VARIABLES.items()}
+    declared = defaults(s.STRATEGY) if any(v is None for v in explicit.values()) else None
+    rules: dict[str, Any] = {}
+    for name, value in explicit.items():
+        if value is None and declared is not None:
+            value = getattr(declared, name)
+        if value == 0:  # off (an activation of 0, "from the entry", is what None means)
+            value = None
+        rules[name] = value
+    return rules

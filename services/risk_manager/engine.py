@@ -17,7 +17,8 @@ first failing layer decides a buy):
 4. and 5. `limits`: a buy is trimmed to the position limit, then to the exposure headroom;
    rejected when no headroom is left; exposure above 80 % after any move -> HALTED.
 6. `exits`: a price STOP_LOSS_PCT below the average entry -> one working exit order, retried
-   at a bounded rate while it fills nothing.
+   at a bounded rate while it fills nothing; `protective` adds take-profit, trailing stop and
+   a time limit per position (off unless configured) under the same rules.
 
 Time is event time: every call first fires the timers due up to its `now` (the 00:00 UTC
 baseline, breaker re-tests, stale-data deadlines) in time order, each at its own due time, so a
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.common.events import MarketData, OrderResult, Signal, derive_id
+from services.common.events import MarketData, OrderReason, OrderResult, Signal, derive_id
 from services.risk_manager.config import RiskConfig
 from services.risk_manager.limits import Sized, exposure_halt_due, size_buy
 from services.risk_manager.models import (
@@ -57,12 +58,19 @@ from services.risk_manager.output import (
     Out,
 )
 from services.risk_manager.portfolio import Holding
+from services.risk_manager.protective import ExitKind
 from services.risk_manager.view import RiskView
 
 __all__ = ["SOURCE", "RiskEngine"]
 
 LOST_KEPT = 1_000
 """Lost orders remembered so that their late results still apply (the oldest go first)."""
+_EXIT_REASONS: dict[str, OrderReason] = {
+    "signal": "signal", "stop_loss": "stop_loss", "take_profit": "take_profit",
+    "trailing_stop": "trailing_stop", "time_limit": "time_limit",
+}
+"""An outstanding order's reason (a string in the snapshot) as an order reason."""
+
 _NEVER = 1 << 62
 _INF = float("inf")
 _CB = PauseReason.CIRCUIT_BREAKER.value
@@ -215,8 +223,16 @@ class RiskEngine(RiskView):
                 if exits.may_exit(sym, now_ms):
                     out = out or Out(now_ms)
                     self._stop_loss(out, md, holding)
-            elif exits.episodes and sym in exits.episodes and sym not in exits.working:
-                exits.end(sym)
+            else:
+                protect = self._protect
+                kind = protect.triggered(sym, price, holding.avg, now_ms) if protect.on else None
+                if exits.episodes and sym in exits.episodes and sym not in exits.working:
+                    if kind is None:
+                        exits.end(sym)
+                    else:  # the stop-loss episode is over; the retry wait goes on
+                        del exits.episodes[sym]
+                if protect.on:
+                    out = self._protective(out, md, holding, kind, now_ms)
         return EMPTY_OUTPUT if out is None else out.result()
 
     def _check_account(self, out: Out | None, now: int, trigger: str) -> Out | None:
@@ -259,6 +275,33 @@ class RiskEngine(RiskView):
             self._emit_order(out, md.symbol, "sell", size, holding.qty, order_id, None, (),
                              "stop_loss")
             self._exits.stop_loss(out, md.symbol, md.price, holding.qty, holding.avg, order_id)
+
+    def _protective(self, out: Out | None, md: MarketData, holding: Holding,
+                    kind: ExitKind | None, now: int) -> Out | None:
+        """Take-profit, trailing stop, time limit: one working exit, like the stop-loss.
+
+        An exit that filled nothing waits before the next attempt as long as any exit
+        condition holds; the wait ends with the last of them (or a fill).
+        """
+        sym = md.symbol
+        protect = self._protect
+        exits = self._exits
+        if kind is None:
+            if sym in protect.episodes and sym not in exits.working:
+                del protect.episodes[sym]
+                if sym not in exits.episodes:
+                    exits.retry_at.pop(sym, None)
+                    exits.attempts.pop(sym, None)
+            return out
+        size = holding.qty * md.price
+        if not exits.may_exit(sym, now) or not size > 0:  # dust never gets here
+            return out
+        out = out or Out(now)
+        order_id = derive_id(kind, md.event_id, sym)
+        self._emit_order(out, sym, "sell", size, holding.qty, order_id, None, (), kind)
+        protect.decide(out, kind, sym, md.price, holding.qty, holding.avg, order_id,
+                       exits.attempts.get(sym, 0) + 1, now)
+        return out
 
     # ------------------------------------------------------------------ signals
 
@@ -409,6 +452,8 @@ class RiskEngine(RiskView):
                                   f"{res.fees!r})", res.order_id)
         if rec.side == "sell":
             self._exits.on_result(sym, rec.order_id, applied, self._closed(sym), now_ms)
+        if applied:
+            self._protect.on_fill(rec.side, sym, not self._closed(sym), now_ms)
         if applied and not self._halted and self._cb.on_fill(out, sym, res.slippage_pct,
                                                              res.order_id):
             self._changed(out, f"circuit breaker: slippage on {sym}")
@@ -490,10 +535,11 @@ class RiskEngine(RiskView):
         if not size > 0 or self._exits.dust(qty, price):
             return None
         order_id = derive_id("reissue", lost.order_id)
-        stop = lost.reason == "stop_loss"
-        self._emit_order(out, sym, "sell", size, qty, order_id, None, (), lost.reason)
-        out.decide(order_id, None, order_id, sym, "sell", "approved",
-                   (Check.STOP_LOSS if stop else Check.EXIT).value, size, size,
+        reason = _EXIT_REASONS.get(lost.reason, "signal")
+        self._emit_order(out, sym, "sell", size, qty, order_id, None, (), reason)
+        # A stop-loss or protective exit keeps its own check; a sell signal's is `exit`.
+        check = Check.EXIT.value if reason == "signal" else Check(reason).value
+        out.decide(order_id, None, order_id, sym, "sell", "approved", check, size, size,
                    {"quantity": qty, "price": price, "reissue_of": lost.order_id})
         return order_id
 
@@ -605,6 +651,7 @@ class RiskEngine(RiskView):
         eng._outstanding = dict(snapshot.outstanding)
         eng._lost = dict(snapshot.lost_orders)
         eng._exits.load(snapshot)
+        eng._protect.load(snapshot)
         return eng
 
     def rolled_back(self, snapshot: RiskSnapshot) -> RiskEngine:
@@ -653,7 +700,7 @@ class RiskEngine(RiskView):
         order_id: str,
         signal_id: str | None,
         trims: tuple[str, ...],
-        reason: str,
+        reason: OrderReason,
     ) -> None:
         exempt = {
             Check.DRAWDOWN.value: self._halted,

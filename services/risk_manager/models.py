@@ -55,6 +55,9 @@ class Check(StrEnum):
     NO_POSITION = "no_position"
     MIN_NOTIONAL = "min_notional"
     EXIT = "exit"
+    TAKE_PROFIT = "take_profit"
+    TRAILING_STOP = "trailing_stop"
+    TIME_LIMIT = "time_limit"
 
 
 LAYERS: tuple[Check, ...] = (
@@ -70,11 +73,11 @@ LAYERS: tuple[Check, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """One risk decision about a signal or a stop-loss exit.
+    """One risk decision about a signal, a stop-loss or a protective exit.
 
     Attributes:
         decision_id: Deterministic id (UUIDv5 of the signal id, or of the order id).
-        signal_id: The signal decided, None for a stop-loss exit.
+        signal_id: The signal decided, None for a stop-loss or protective exit.
         order_id: The emitted order, None when rejected.
         symbol: Exchange symbol.
         side: "buy" or "sell".
@@ -179,7 +182,7 @@ class OutstandingOrder:
         side: "buy" or "sell".
         size: Notional of the order.
         quantity: Base quantity for exits, None for buys.
-        reason: "signal" or "stop_loss".
+        reason: The order's reason: "signal", "stop_loss" or a protective exit.
         ts_ms: Emission time, Unix epoch milliseconds UTC.
     """
 
@@ -225,6 +228,9 @@ class RiskSnapshot:
         exit_episodes: Symbols in a stop-loss episode (already alerted).
         price_ms: Timestamp of the market data each last price came from.
         lost_orders: Orders given up after the result timeout, whose late results still apply.
+        exit_entry_ms: Symbol -> time of the fill that opened the position held now.
+        exit_peak: Symbol -> highest price since the entry (kept for a trailing stop).
+        exit_protective_episodes: Symbol -> the protective exit of its episode (alerted).
     """
 
     state: TradingState
@@ -253,6 +259,9 @@ class RiskSnapshot:
     exit_episodes: tuple[str, ...] = ()
     price_ms: dict[str, int] = field(default_factory=dict)
     lost_orders: dict[str, OutstandingOrder] = field(default_factory=dict)
+    exit_entry_ms: dict[str, int] = field(default_factory=dict)
+    exit_peak: dict[str, float] = field(default_factory=dict)
+    exit_protective_episodes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the snapshot as JSON-compatible values."""
@@ -286,6 +295,9 @@ class RiskSnapshot:
             "exit_episodes": list(self.exit_episodes),
             "price_ms": dict(self.price_ms),
             "lost_orders": _orders_dict(self.lost_orders),
+            "exit_entry_ms": dict(self.exit_entry_ms),
+            "exit_peak": dict(self.exit_peak),
+            "exit_protective_episodes": dict(self.exit_protective_episodes),
         }
 
     @classmethod
@@ -340,6 +352,11 @@ class RiskSnapshot:
             exit_episodes=tuple(data.get("exit_episodes", ())),
             price_ms={s: int(t) for s, t in data.get("price_ms", {}).items()},
             lost_orders=_orders_from(data.get("lost_orders", {})),
+            exit_entry_ms={s: int(t) for s, t in data.get("exit_entry_ms", {}).items()},
+            exit_peak={s: float(p) for s, p in data.get("exit_peak", {}).items()},
+            exit_protective_episodes={
+                s: str(k) for s, k in data.get("exit_protective_episodes", {}).items()
+            },
         )
 
 

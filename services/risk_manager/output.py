@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.events import Alert, AlertLevel, Order, derive_id
+from services.common.events import Alert, AlertLevel, Order, OrderReason, derive_id
 from services.risk_manager.models import (
     LAYERS,
-    Check,
     Decision,
     Outcome,
     RiskOutput,
@@ -111,7 +110,7 @@ class Out:
         order_id: str,
         signal_id: str | None,
         trims: tuple[str, ...],
-        reason: str,
+        reason: OrderReason,
         exempt: dict[str, bool],
     ) -> Order:
         """Add an order stamped `now`; `risk_checks` holds every layer's outcome for it.
@@ -122,23 +121,23 @@ class Out:
             size: Notional.
             qty: Base quantity of an exit, None for a buy.
             order_id: The order id.
-            signal_id: The signal decided, None for a stop-loss.
+            signal_id: The signal decided, None for a stop-loss or protective exit.
             trims: The layers that trimmed it.
-            reason: "signal" or "stop_loss".
+            reason: "signal", "stop_loss" or a protective exit (`take_profit`,
+                `trailing_stop`, `time_limit`): the exit's own check is marked "trigger".
             exempt: Layer -> True when it would block a buy but the order is an exit.
 
         Returns:
             The order.
         """
-        stop = reason == "stop_loss"
         checks = dict.fromkeys((c.value for c in LAYERS), "pass")
         for trim in trims:
             checks[trim] = "trim"
         for layer, holds in exempt.items():
             if holds:
                 checks[layer] = "exempt"
-        if stop:
-            checks[Check.STOP_LOSS.value] = "trigger"
+        if reason != "signal":
+            checks[reason] = "trigger"
         order = Order(
             event_id=derive_id("orders", order_id),
             timestamp=self.now,
@@ -151,7 +150,7 @@ class Out:
             order_id=order_id,
             signal_id=signal_id,
             trimmed=bool(trims),
-            reason="stop_loss" if stop else "signal",
+            reason=reason,
         )
         self.orders.append(order)
         return order

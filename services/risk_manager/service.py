@@ -228,10 +228,15 @@ class RiskService(Service[RiskSettings]):
         now = time.monotonic()
         self.awaiting = dict.fromkeys(self.engine.outstanding, now)
         self._update_gauges()
+        cfg = self.config
         logger.info("risk engine restored", extra={
             "state": str(self.engine.state), "republished": republished,
             "restored": saved is not None, "clock": self.settings.CLOCK,
             "spread_samples": spread_samples,
+            "exits": {"stop_loss_pct": cfg.stop_loss_pct, "take_profit_pct": cfg.take_profit_pct,
+                      "trailing_activation_pct": cfg.trailing_activation_pct,
+                      "trailing_distance_pct": cfg.trailing_distance_pct,
+                      "time_limit_minutes": cfg.time_limit_minutes},
         })
 
     async def _warm_spreads(self) -> int:

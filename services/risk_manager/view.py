@@ -1,7 +1,8 @@
 """The risk engine's state and what it shows: trading state, account figures, snapshot.
 
-`RiskView` holds the layers (`portfolio`, `drawdown`, `breaker`, `staleness`, `exits`) and the
-trading state (halt, manual pause); `RiskEngine` adds the decisions on top of it.
+`RiskView` holds the layers (`portfolio`, `drawdown`, `breaker`, `staleness`, `exits`,
+`protective`) and the trading state (halt, manual pause); `RiskEngine` adds the decisions on
+top of it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.risk_manager.models import (
 )
 from services.risk_manager.output import Out
 from services.risk_manager.portfolio import Portfolio
+from services.risk_manager.protective import Protective
 from services.risk_manager.staleness import StaleData
 
 _CB = PauseReason.CIRCUIT_BREAKER.value
@@ -44,6 +46,7 @@ class RiskView:
         self._cb = CircuitBreaker(config)
         self._stale = StaleData(config.data_stale_timeout_sec, config.data_interval_sec)
         self._exits = Exits(config)
+        self._protect = Protective(config)
         self._outstanding: dict[str, OutstandingOrder] = {}
         self._lost: dict[str, OutstandingOrder] = {}
         """Orders given up after the result timeout with no record at the execution, oldest
@@ -164,6 +167,7 @@ class RiskView:
             **self._book.dump(),
             **self._stale.dump(),
             **self._exits.dump(),
+            **self._protect.dump(),
         )
 
     # ------------------------------------------------------------------ state changes

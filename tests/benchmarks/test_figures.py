@@ -52,6 +52,10 @@ def test_the_backtest_benchmark_prints_candles_per_second_for_every_builtin_stra
         assert float(out[f"strategy_{name}_candles_per_s"]) > 0, name
         assert int(out[f"strategy_{name}_orders"]) >= 0, name
     assert out["strategy_momentum_orders"] == out["backtest_orders"]
+    # The same run with every protective exit on: their cost, and they fire.
+    assert float(out["backtest_exits_candles_per_s"]) > 0
+    assert int(out["backtest_exits_protective_decisions"]) > 0
+    assert out["backtest_exits_orders"] != out["backtest_orders"]
 
 
 def test_the_optimize_benchmark_reports_throughput_memory_and_digest_equality(

@@ -37,6 +37,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                                   "grafanaDashboards": {"enabled": True}}},
     "no-operator": {"operator": {"enabled": False}, "networkPolicy": {"enabled": False},
                     "redis": {"persistence": {"enabled": False}}},
+    "strategy-files": {
+        "strategies": {"files": {"breakout.py": "# a user strategy\n"}},
+        "tradingSystem": {"spec": {
+            "strategy": {"name": "/etc/cdb/strategies/breakout.py:Breakout",
+                         "params": {"window": 30, "nested": {"a": [1, 2]}}},
+            "exits": {"takeProfitPct": 0.05, "timeLimitMinutes": 240},
+        }},
+    },
 }
 """The value sets every chart test renders."""
 

@@ -302,3 +302,85 @@ def test_the_config_checksum_changes_when_the_secret_values_change(render: Rende
     after = _pod_checksums(render(changed))
     assert set(after) == set(same)
     assert all(after[name] != same[name] for name in same)
+
+
+# -- user strategies ------------------------------------------------------------------------------
+
+STRATEGY_FILES = VALUE_SETS["strategy-files"]
+
+
+def _strategy_mounts(docs: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """Deployment -> (its strategies volume, the container's mount of it), where present."""
+    found = {}
+    for doc in of_kind(docs, "Deployment"):
+        pod = doc["spec"]["template"]["spec"]
+        volumes = [v for v in pod.get("volumes", []) if v["name"] == "strategies"]
+        mounts = [m for m in pod["containers"][0].get("volumeMounts", [])
+                  if m["name"] == "strategies"]
+        if volumes or mounts:
+            found[doc["metadata"]["name"]] = (volumes, mounts)
+    return found
+
+
+def test_without_strategy_files_nothing_is_mounted(render: Render) -> None:
+    assert _strategy_mounts(render()) == {}
+    assert not [d for d in of_kind(render(), "ConfigMap")
+                if d["metadata"]["name"].endswith("-strategies")]
+
+
+def test_strategy_files_are_a_configmap_mounted_read_only_where_a_strategy_loads(
+    render: Render,
+) -> None:
+    docs = render(STRATEGY_FILES)
+    cm = named(docs, "ConfigMap", f"{FULLNAME}-strategies")
+    assert cm["data"] == {"breakout.py": "# a user strategy\n"}
+    mounts = _strategy_mounts(docs)
+    assert set(mounts) == {f"{FULLNAME}-signal-engine", f"{FULLNAME}-risk-manager"}
+    for volumes, container in mounts.values():
+        assert volumes == [{"name": "strategies", "configMap": {
+            "name": f"{FULLNAME}-strategies", "defaultMode": 0o444}}]
+        assert container == [{"name": "strategies", "mountPath": "/etc/cdb/strategies",
+                               "readOnly": True}]
+    ts = of_kind(docs, "TradingSystem")[0]
+    assert ts["spec"]["strategy"]["name"] == "/etc/cdb/strategies/breakout.py:Breakout"
+    assert ts["spec"]["strategy"]["params"] == {"window": 30, "nested": {"a": [1, 2]}}
+    assert ts["spec"]["exits"] == {"takeProfitPct": 0.05, "timeLimitMinutes": 240}
+
+
+def test_a_change_of_the_strategy_files_restarts_the_pods_that_load_them(render: Render) -> None:
+    def checksums(values: dict[str, Any]) -> dict[str, str]:
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"][
+            "checksum/strategies"] for d in of_kind(render(values), "Deployment")
+            if "checksum/strategies" in d["spec"]["template"]["metadata"].get("annotations", {})}
+
+    before = checksums(STRATEGY_FILES)
+    assert set(before) == {f"{FULLNAME}-signal-engine", f"{FULLNAME}-risk-manager"}
+    changed = {**STRATEGY_FILES, "strategies": {"files": {"breakout.py": "# version 2\n"}}}
+    after = checksums(changed)
+    assert all(after[name] != before[name] for name in before)
+
+
+def test_an_existing_strategies_configmap_is_mounted_and_none_is_rendered(render: Render) -> None:
+    docs = render({"strategies": {"existingConfigMap": "my-strategies"},
+                   "secrets": {"existingSecret": "cdb-credentials"}})
+    assert not [d for d in of_kind(docs, "ConfigMap")
+                if d["metadata"]["name"].endswith("-strategies")]
+    mounts = _strategy_mounts(docs)
+    assert set(mounts) == {f"{FULLNAME}-signal-engine", f"{FULLNAME}-risk-manager"}
+    assert all(v[0][0]["configMap"]["name"] == "my-strategies" for v in mounts.values())
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"strategies": {"files": {"../escape.py": "x"}}}, "../escape.py"),
+        ({"strategies": {"mountPath": "relative/path"}}, "mountPath"),
+        ({"tradingSystem": {"spec": {"strategy": {"name": "has space"}}}}, "name"),
+        ({"tradingSystem": {"spec": {"strategy": {"params": [1]}}}}, "params"),
+        ({"tradingSystem": {"spec": {"exits": {"takeProfitPct": 9}}}}, "takeProfitPct"),
+        ({"tradingSystem": {"spec": {"exits": {"stopLossPct": 0.02}}}}, "stopLossPct"),
+    ],
+)
+def test_bad_strategy_values_are_refused(helm: Path, chart_tmp: Path, values: dict[str, Any],
+                                         message: str) -> None:
+    assert message in template_fails(helm, chart_tmp, values)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 from cdb_operator import GROUP, KIND, PLURAL, VERSION
-from cdb_operator.model import INTERVALS, PARAMETERS, parse_spec
+from cdb_operator.model import EXIT_PARAMETERS, INTERVALS, PARAMETERS, STRATEGY_NAME, parse_spec
 
 from tests.chart.conftest import CHART, ROOT, VALUE_SETS, Render, crd, crd_schema, of_kind
 
@@ -55,6 +55,24 @@ def test_the_crd_carries_each_parameters_range_and_default(param: Any) -> None:
         assert field["type"] == ("integer" if param.kind == "int" else "number")
 
 
+@pytest.mark.parametrize("param", EXIT_PARAMETERS, ids=lambda p: p.path)
+def test_the_crd_carries_each_exits_range_without_a_default(param: Any) -> None:
+    field = spec_schema()["properties"]["exits"]["properties"][param.key]
+    assert "default" not in field  # unset: the strategy's declared default
+    assert (field["minimum"], field["maximum"]) == (param.minimum, param.maximum)
+    assert field["type"] == ("integer" if param.kind == "int" else "number")
+    assert param.env in field["description"]
+
+
+def test_the_crd_validates_the_strategy_name_and_keeps_any_params_object() -> None:
+    strategy = spec_schema()["properties"]["strategy"]
+    assert strategy["properties"]["name"]["pattern"] == STRATEGY_NAME.pattern
+    assert strategy["properties"]["name"]["default"] == "momentum"
+    params = strategy["properties"]["params"]
+    assert params["type"] == "object" and params["x-kubernetes-preserve-unknown-fields"]
+    assert params["maxProperties"] == 100
+
+
 def test_the_values_schema_repeats_the_crds_spec_schema() -> None:
     values_schema = json.loads((CHART / "values.schema.json").read_text())
     ts_spec = values_schema["properties"]["tradingSystem"]["properties"]["spec"]
@@ -63,6 +81,14 @@ def test_the_values_schema_repeats_the_crds_spec_schema() -> None:
         theirs = spec_schema()["properties"][param.section]["properties"][param.key]
         for key in ("minimum", "maximum", "enum", "type"):
             assert mine.get(key) == theirs.get(key), (param.path, key)
+    for param in EXIT_PARAMETERS:
+        mine = ts_spec["properties"]["exits"]["properties"][param.key]
+        theirs = spec_schema()["properties"]["exits"]["properties"][param.key]
+        for key in ("minimum", "maximum", "type"):
+            assert mine.get(key) == theirs.get(key), (param.path, key)
+    for key in ("pattern", "maxLength"):
+        assert (ts_spec["properties"]["strategy"]["properties"]["name"][key]
+                == spec_schema()["properties"]["strategy"]["properties"]["name"][key])
     assert (ts_spec["properties"]["symbols"]["items"]
             == spec_schema()["properties"]["symbols"]["items"])
 
@@ -116,6 +142,16 @@ def test_the_charts_tradingsystem_is_valid(render: Render, name: str) -> None:
         (("symbols",), ["btcusdt"]),
         (("release", "id"), "has space"),
         (("release", "reason"), "x" * 501),
+        (("exits", "takeProfitPct"), 5.5),
+        (("exits", "takeProfitPct"), -0.01),
+        (("exits", "trailingDistancePct"), 0.6),
+        (("exits", "timeLimitMinutes"), 90.5),
+        (("exits", "timeLimitMinutes"), 43_201),
+        (("strategy", "name"), "has space"),
+        (("strategy", "name"), "mod:Class:More"),
+        (("strategy", "name"), ""),
+        (("strategy", "params"), [1, 2]),
+        (("strategy", "params"), "fast=5"),
     ],
 )
 def test_an_out_of_range_tradingsystem_is_refused(path: tuple[str, ...], value: Any) -> None:

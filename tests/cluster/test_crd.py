@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cdb_operator.model import INTERVALS, PARAMETERS, Parameter
+from cdb_operator.model import EXIT_PARAMETERS, INTERVALS, PARAMETERS, Parameter
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.conftest import (
@@ -95,6 +95,37 @@ def test_the_server_fills_in_every_default(cluster: Cluster) -> None:
     assert spec["paused"] is False and spec["symbols"] == []
     assert spec["release"] == {"id": "", "by": "", "reason": ""}
     assert spec["restartRequest"] == ""
+    assert spec["strategy"] == {"name": "momentum", "params": {}}
+    assert spec["exits"] == {}  # no default: an exit left out is the strategy's
+
+
+def test_strategy_params_of_any_shape_are_kept_as_given(cluster: Cluster) -> None:
+    params = {"window": 30, "weights": [0.5, 0.25], "bands": {"upper": 2.0, "on": True}}
+    live = create(cluster, "own-params", {"strategy": {
+        "name": "/etc/cdb/strategies/breakout.py:Breakout", "params": params}})
+    assert live["spec"]["strategy"]["params"] == params
+
+
+@pytest.mark.parametrize("param", EXIT_PARAMETERS, ids=lambda p: p.path)
+def test_an_out_of_range_exit_is_refused_by_the_server_naming_the_field(
+    cluster: Cluster, param: Parameter
+) -> None:
+    for i, value in enumerate(outside(param)):
+        message = refusal(cluster, f"bad-{param.key.lower()}-{i}",
+                          {param.section: {param.key: value}})
+        assert f"spec.{param.path}" in message, message
+
+
+@pytest.mark.parametrize(("name", "strategy", "field"), [
+    ("spaced-name", {"name": "has space"}, "spec.strategy.name"),
+    ("two-colons", {"name": "mod:Class:More"}, "spec.strategy.name"),
+    ("list-params", {"params": [1, 2]}, "spec.strategy.params"),
+    ("text-params", {"params": "window=30"}, "spec.strategy.params"),
+])
+def test_a_malformed_strategy_is_refused_by_the_server_naming_the_field(
+    cluster: Cluster, name: str, strategy: dict[str, Any], field: str
+) -> None:
+    assert field in refusal(cluster, name, {"strategy": strategy})
 
 
 @pytest.mark.parametrize("param", PARAMETERS, ids=lambda p: p.path)

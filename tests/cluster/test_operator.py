@@ -268,6 +268,62 @@ def test_a_patched_parameter_restarts_exactly_the_services_that_read_it(
     assert any(all(r.replace("-", "_") in m for r in readers) for m in restarting), restarting
 
 
+ALL_EXITS_OFF = {"takeProfitPct": 0.0, "trailingActivationPct": 0.0,
+                 "trailingDistancePct": 0.0, "timeLimitMinutes": 0}
+NO_EXITS = dict.fromkeys(ALL_EXITS_OFF)
+"""A merge patch that removes every exit from the spec."""
+
+
+@pytest.mark.parametrize(("patch", "components", "seen"), [
+    # momentum's parameters: the signal engine only.
+    ({"strategy": {"params": {"top_n": 3}}}, {"signal-engine"},
+     ("signal-engine", "STRATEGY_PARAMS", '{"top_n":3}')),
+    # A user strategy while every exit is set: the signal engine only.
+    ({"strategy": {"name": "/etc/cdb/strategies/breakout.py:Breakout", "params": None},
+      "exits": ALL_EXITS_OFF}, {"signal-engine"},
+     ("signal-engine", "STRATEGY", "/etc/cdb/strategies/breakout.py:Breakout")),
+    ({"strategy": {"params": {"window": 30}}}, {"signal-engine"},
+     ("signal-engine", "STRATEGY_PARAMS", '{"window":30}')),
+    # Exits: the risk manager only.
+    ({"exits": {"takeProfitPct": 0.05}}, {"risk-manager"},
+     ("risk-manager", "TAKE_PROFIT_PCT", "0.05")),
+    ({"exits": {"timeLimitMinutes": 240}}, {"risk-manager"},
+     ("risk-manager", "TIME_LIMIT_MINUTES", "240")),
+    # Exits left to a user strategy: the risk manager reads them itself, so it learns its name,
+    # and a new name restarts both.
+    ({"exits": NO_EXITS}, {"risk-manager"},
+     ("risk-manager", "STRATEGY", "/etc/cdb/strategies/breakout.py:Breakout")),
+    ({"strategy": {"name": "/etc/cdb/strategies/trend.py:Trend", "params": None}},
+     {"signal-engine", "risk-manager"},
+     ("risk-manager", "STRATEGY", "/etc/cdb/strategies/trend.py:Trend")),
+    # Back to a built-in with a take-profit: the operator resolves the other exits from what
+    # momentum declares (none: off), the risk manager no longer needs the name; then the
+    # built-in's parameters restart the signal engine only. (Every step is a configuration
+    # not seen before: a Deployment going back to an earlier template reuses its ReplicaSet.)
+    ({"strategy": {"name": "momentum", "params": {"top_n": 7}},
+      "exits": {"takeProfitPct": 0.03}},
+     {"signal-engine", "risk-manager"}, ("risk-manager", "TRAILING_DISTANCE_PCT", "0.0")),
+    ({"strategy": {"params": {"top_n": 4}}}, {"signal-engine"},
+     ("signal-engine", "STRATEGY_PARAMS", '{"top_n":4}')),
+])
+def test_a_strategy_change_restarts_the_signal_engine_and_an_exit_change_the_risk_manager(
+    cluster: Cluster, operator: Operator, patch: dict[str, Any], components: set[str],
+    seen: tuple[str, str, str],
+) -> None:
+    """Each step patches the spec as `kubectl edit` would; the operator, as the chart's
+    ServiceAccount, restarts exactly the Deployments whose parameters changed."""
+    wait_for(lambda: settled(cluster), message="settled and rolled out")
+    before, sets_before = annotations(cluster), replicasets(cluster)
+    cluster.patch_spec(NS, patch)
+    wait_for(lambda: applied(cluster), message=f"{patch} applied")
+    component, env, value = seen
+    assert (configmap(cluster, component) or {}).get(env) == value
+    after = annotations(cluster)
+    assert {c for c in COMPONENTS if after[c] != before[c]} == components
+    expected = {c: n + (c in components) for c, n in sets_before.items()}
+    wait_for(lambda: replicasets(cluster) == expected, message="new ReplicaSets of the readers")
+
+
 def test_the_pause_switch_reaches_the_risk_manager_and_back(
     cluster: Cluster, operator: Operator, risk: RiskManager
 ) -> None:

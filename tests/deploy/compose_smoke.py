@@ -6,7 +6,9 @@ container sandbox (podman behind the real Compose CLI, local stand-in images; se
 container, lock-step replays through the containers against `cdb backtest` (undisturbed, with
 the risk container killed, with Redis restarted, with PostgreSQL stopped and started while the
 services report not ready), a forced HALT across a restart and a HALT paging a webhook through
-Prometheus and Alertmanager inside the Compose network, then always tears the stack down.
+Prometheus and Alertmanager inside the Compose network, a user strategy image built FROM the
+CDB image (`examples/strategy-image/`) replayed through the containers against `cdb backtest`
+with the same strategy file, then always tears the stack down.
 Prints a table of what passed and the timings; exit code 0 only
 when every check passed.
 
@@ -69,6 +71,17 @@ SINK_URL = f"http://{SINK}:9099/hook"
 PROMETHEUS = "http://127.0.0.1:19090"
 REPLAY_METRICS = "http://127.0.0.1:18090/metrics"
 POSTGRES_PORT = 15432
+RUN_ID = secrets.token_hex(4)
+"""Tags the images of this run: other runs on the machine share podman's image store, and a
+fixed tag could be moved to their image between this run's build and its use."""
+CDB_IMAGE = f"localhost/claire-de-binaire:smoke-{RUN_ID}"
+"""The CDB image this run builds and runs (overrides the sandbox env file's)."""
+STRATEGY_IMAGE = f"localhost/cdb-smoke/strategy:{RUN_ID}"
+"""The example user image, built FROM this run's CDB image (examples/strategy-image/)."""
+STRATEGY_CONTEXT = ROOT / "examples" / "strategy-image"
+STRATEGY_FILE = "breakout.py"
+STRATEGY_CLASS = "Breakout"
+STRATEGY_PARAMS = '{"window": 20}'
 
 log = logging.getLogger("cdb.smoke")
 
@@ -145,14 +158,21 @@ class Smoke:
 
     # -- the stack ------------------------------------------------------------------------
 
-    def write_env(self) -> None:
-        """Sandbox values, fresh secrets, the replay settings: one env file for compose."""
+    def write_env(self, **overrides: str) -> None:
+        """Sandbox values, fresh secrets, the replay settings: one env file for compose.
+
+        `overrides` replace or add values (a later line of the file wins); without them the
+        file is the plain one again (the secrets are kept).
+        """
         from services.replay.candles import read_candles
         from services.replay.config import SAMPLE_DIR
         from services.research.engines import BTC_PROFILE
 
         symbols = read_candles(SAMPLE_DIR, None, 1).symbols
-        values = {
+        secret_names = ("REDIS_PASSWORD", "POSTGRES_PASSWORD", "RISK_ADMIN_TOKEN",
+                        "GRAFANA_PASSWORD")
+        kept: dict[str, str] = {k: self.env[k] for k in secret_names if k in self.env}
+        values: dict[str, str] = {
             "REDIS_PASSWORD": secrets.token_urlsafe(18),
             "POSTGRES_USER": "cdb",
             "POSTGRES_PASSWORD": secrets.token_urlsafe(18),
@@ -163,10 +183,13 @@ class Smoke:
             "REPLAY_MINUTES": str(MINUTES),
             "ALERT_WEBHOOK_URL": SINK_URL,
             "ALERT_CRITICAL_GROUP_INTERVAL": "5s",
+            "CDB_IMAGE": CDB_IMAGE,
             **BTC_PROFILE,
+            **kept,
         }
         self.env = values
-        text = ENV_FILE.read_text() + "".join(f"{k}={v}\n" for k, v in values.items())
+        lines: dict[str, str] = {**values, **overrides}
+        text = ENV_FILE.read_text() + "".join(f"{k}={v}\n" for k, v in lines.items())
         self.env_file.write_text(text)
         self.env_file.chmod(0o600)
 
@@ -194,7 +217,7 @@ class Smoke:
         self.compose("build", "cdb_core", timeout=1800)
         size = subprocess.run(
             ["podman", "image", "inspect", "--format", "{{.Size}}",
-             "localhost/claire-de-binaire:smoke"],
+             CDB_IMAGE],
             capture_output=True, text=True, timeout=30, check=True).stdout.strip()
         return f"image {int(size) / 1e6:.0f} MB"
 
@@ -267,16 +290,18 @@ class Smoke:
             seen.append(uid)
         return f"uid {','.join(sorted(set(seen)))}, root fs read-only, CapEff 0, NoNewPrivs 1"
 
-    def backtest(self) -> dict[str, Any]:
+    def backtest(self, extra: dict[str, str] | None = None) -> dict[str, Any]:
         path = self.workdir / "backtest.json"
-        done = self.cdb("backtest", "--minutes", str(MINUTES), "--report", str(path))
+        done = self.cdb("backtest", "--minutes", str(MINUTES), "--report", str(path),
+                        extra=extra)
         if done.returncode != 0:
             raise SmokeError(f"cdb backtest: {_tail(done.stderr)}")
         report: dict[str, Any] = json.loads(path.read_text())
         return report
 
     def replay(self, expected: dict[str, Any], disrupt: Callable[[], str] | None = None,
-               at_bar: int = 0) -> str:
+               at_bar: int = 0, report_env: dict[str, str] | None = None,
+               compare: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> str:
         """Run `cdb_replay` through the pipeline containers and compare with the backtest."""
         self.up()
         self.compose("stop", "cdb_ws", "cdb_rest")  # no live data mixes into a replay
@@ -297,11 +322,12 @@ class Smoke:
         path = self.workdir / "replay.json"
         done = self.cdb("report", "--minutes", str(MINUTES), "--report", str(path),
                         extra={"DATABASE_URL": self.database_url,
-                               "PAPER_START_EQUITY": self.env["PAPER_START_EQUITY"]})
+                               "PAPER_START_EQUITY": self.env["PAPER_START_EQUITY"],
+                               **(report_env or {})})
         if done.returncode != 0:
             raise SmokeError(f"cdb report: {_tail(done.stderr)}")
         report = json.loads(path.read_text())
-        _same(report, expected)
+        (compare or _same)(report, expected)
         trades = report["trades"]
         return (f"{trades['orders']} orders, {trades['fills']} fills = backtest"
                 + (f"; {note}" if note else ""))
@@ -357,6 +383,56 @@ class Smoke:
             raise SmokeError(f"after release the state is {after}")
         return "HALTED across restart cdb_risk; cdb risk release -> ACTIVE"
 
+    # -- a strategy of your own: an image FROM ours -----------------------------------------
+
+    def build_strategy_image(self) -> str:
+        """The documented user Dockerfile, FROM the CDB image this smoke built."""
+        done = subprocess.run(
+            ["podman", "build", "--format", "docker", "-t", STRATEGY_IMAGE,
+             "--build-arg", f"CDB_IMAGE={CDB_IMAGE}",
+             "-f", str(STRATEGY_CONTEXT / "Dockerfile"), str(STRATEGY_CONTEXT)],
+            capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise SmokeError(f"strategy image: {_tail(done.stdout + done.stderr)}")
+        probe = subprocess.run(
+            ["podman", "run", "--rm", "--read-only", "--entrypoint", "python3", STRATEGY_IMAGE,
+             "-c", "import os; from services.strategies.loader import resolve_class; "
+             f"c = resolve_class('/app/strategies/{STRATEGY_FILE}:{STRATEGY_CLASS}'); "
+             "print(os.getuid(), c.__name__, c.exits.trailing_distance_pct)"],
+            capture_output=True, text=True, timeout=120, check=False)
+        if probe.returncode != 0:
+            raise SmokeError(f"the strategy does not load in its image: {_tail(probe.stderr)}")
+        uid, name, trailing = probe.stdout.split()
+        if uid == "0":
+            raise SmokeError("the strategy image runs as root")
+        return f"{STRATEGY_IMAGE}: {name} loads as uid {uid}, declares a trailing stop {trailing}"
+
+    def own_strategy(self) -> str:
+        """Replay the sample through the user image running its strategy and the exits it
+        declares; it must equal `cdb backtest` of the same file on the host."""
+        host = {"STRATEGY": f"{STRATEGY_CONTEXT / STRATEGY_FILE}:{STRATEGY_CLASS}",
+                "STRATEGY_PARAMS": STRATEGY_PARAMS}
+        expected = self.backtest(host)
+        checks = expected["decisions"]["by_check"]
+        if not expected["trades"]["orders"] or not checks.get("trailing_stop"):
+            raise SmokeError(f"the example strategy made no trade or no trailing stop on the "
+                             f"sample: {checks}")
+        default = self.backtest()
+        if default["digest"] == expected["digest"]:
+            raise SmokeError("the example strategy traded like the default one")
+        self.write_env(CDB_IMAGE=STRATEGY_IMAGE,
+                       STRATEGY=f"/app/strategies/{STRATEGY_FILE}:{STRATEGY_CLASS}",
+                       STRATEGY_PARAMS=STRATEGY_PARAMS)
+        try:
+            detail = self.replay(expected, report_env=host, compare=_same_strategy)
+            used = {self.container(name)["ImageName"] for name in ("cdb_core", "cdb_risk")}
+        finally:
+            self.write_env()
+        if used != {STRATEGY_IMAGE}:
+            raise SmokeError(f"the pipeline ran {used}, not {STRATEGY_IMAGE}")
+        return (f"{STRATEGY_CLASS} from {STRATEGY_IMAGE}: {detail}; trailing stops "
+                f"{checks['trailing_stop']} (declared by the strategy)")
+
     def graceful_stop(self) -> str:
         """SIGTERM: every service container exits 0 well within the 10 s grace period."""
         slowest = 0.0
@@ -401,8 +477,7 @@ class Smoke:
             "        self.send_response(200); self.end_headers()\n"
             "http.server.HTTPServer(('0.0.0.0', 9099), H).serve_forever()\n"
         )
-        image = next(line.split("=", 1)[1] for line in ENV_FILE.read_text().splitlines()
-                     if line.startswith("CDB_IMAGE="))
+        image = CDB_IMAGE
         subprocess.run(["podman", "rm", "-f", SINK], capture_output=True, timeout=60,
                        check=False)
         subprocess.run(
@@ -488,6 +563,10 @@ class Smoke:
                           lambda: self.replay(expected, self.restart_redis, MINUTES // 2))
                 self.step("restart cdb_postgres mid-replay = backtest",
                           lambda: self.replay(expected, self.restart_postgres, MINUTES // 2))
+            if self.step("strategy image FROM the CDB image (examples/strategy-image)",
+                         self.build_strategy_image):
+                self.step("own strategy through the strategy image = backtest",
+                          self.own_strategy)
             self.step("forced HALT survives restart; cdb risk release", self.halt_survives_restart)
             self.step("HALT pages the webhook via Alertmanager; release resolves",
                       self.halt_pages_the_webhook)
@@ -518,6 +597,9 @@ class Smoke:
                 log.error("logs before teardown:\n%s", logs.stdout[-6000:])
             down = self.compose("down", "-v", "--remove-orphans", profile="replay",
                                 check=False, timeout=300)
+            # This run's tags only; layers another image uses stay.
+            subprocess.run(["podman", "rmi", STRATEGY_IMAGE, CDB_IMAGE], capture_output=True,
+                           timeout=300, check=False)
             if self.started_service:
                 subprocess.run([str(SANDBOX / "sandbox"), "stop"], capture_output=True,
                                text=True, timeout=120, check=False)
@@ -580,6 +662,21 @@ def _same(report: dict[str, Any], expected: dict[str, Any]) -> None:
         diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
                 if got.get(k) != want.get(k)}
         raise SmokeError(f"report differs from the backtest: {json.dumps(diff)[:250]}")
+
+
+def _same_strategy(report: dict[str, Any], expected: dict[str, Any]) -> None:
+    """`_same` for a run of a strategy file: the host names it by the repository's path, the
+    image by /app/strategies/, so a field naming the strategy may differ by that path only."""
+    def unpathed(value: Any) -> Any:
+        if isinstance(value, str) and ".py:" in value:
+            return value.rsplit("/", 1)[-1]
+        if isinstance(value, dict):
+            return {k: unpathed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [unpathed(v) for v in value]
+        return value
+
+    _same(unpathed(report), unpathed(expected))
 
 
 def _tail(text: str, lines: int = 5) -> str:

@@ -237,6 +237,25 @@ def test_the_dockerfile_passes_hadolint() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_the_strategy_image_is_three_lines_from_the_cdb_image_and_passes_hadolint() -> None:
+    path = ROOT / "examples" / "strategy-image" / "Dockerfile"
+    done = subprocess.run([_tool("hadolint"), str(path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["ARG CDB_IMAGE=claire-de-binaire:0.1.0", "FROM ${CDB_IMAGE}",
+                     "COPY breakout.py /app/strategies/breakout.py"]
+    assert "USER" not in path.read_text()  # the CDB image's non-root user stays
+
+
+def test_the_strategy_images_default_base_is_the_compose_files_image() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    default = re.search(r":-([^}]+)}", compose["x-cdb"]["image"])
+    assert default is not None
+    text = (ROOT / "examples" / "strategy-image" / "Dockerfile").read_text()
+    assert f"ARG CDB_IMAGE={default.group(1)}" in text
+
+
 def test_the_dockerfile_runs_cdb_as_a_non_root_user_with_a_curl_free_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)

@@ -37,6 +37,8 @@ def test_the_image_builds_and_the_whole_stack_trades_and_survives_restarts(
                   "replay through the containers = backtest",
                   "kill -9 cdb_risk mid-replay = backtest",
                   "restart cdb_redis mid-replay = backtest",
+                  "strategy image FROM the CDB image (examples/strategy-image)",
+                  "own strategy through the strategy image = backtest",
                   "forced HALT survives restart; cdb risk release",
                   "HALT pages the webhook via Alertmanager; release resolves",
                   "SIGTERM: clean exit within 10 s"):

@@ -92,10 +92,10 @@ def pipeline_env(
     return env
 
 
-def backtest(minutes: int) -> tuple[RunRecord, Trace]:
-    """The in-process reference run over the same minutes and settings."""
+def backtest(minutes: int, **risk: Any) -> tuple[RunRecord, Trace]:
+    """The in-process reference run over the same minutes and settings (plus `risk`)."""
     candles = read_candles(SAMPLE_DIR, None, minutes)
-    pipeline = btc_pipeline(candles.symbols)
+    pipeline = btc_pipeline(candles.symbols, **risk)
     record = run_backtest(candles, pipeline)
     record.candles = candles.candles
     assert pipeline.trace is not None
@@ -111,12 +111,13 @@ async def recorded(database_url: str) -> dict[str, Any]:
         decisions = await conn.fetch(
             "SELECT decision_id::text, signal_id::text, order_id::text, outcome, check_name "
             "FROM risk_decisions ORDER BY seq")
-        orders = await conn.fetch("SELECT order_id::text, side, size FROM orders ORDER BY seq")
+        orders = await conn.fetch(
+            "SELECT order_id::text, side, size, reason FROM orders ORDER BY seq")
         fills = await conn.fetch("SELECT order_id::text, qty, price, fee FROM fills ORDER BY seq")
     finally:
         await conn.close()
     return {
         "decisions": [tuple(r) for r in decisions],
-        "orders": [(r[0], r[1], float(r[2])) for r in orders],
+        "orders": [(r[0], r[1], float(r[2]), r[3]) for r in orders],
         "fills": [(r[0], float(r[1]), float(r[2]), float(r[3])) for r in fills],
     }

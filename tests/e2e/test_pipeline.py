@@ -34,11 +34,13 @@ MINUTES = 240
 
 def run_pipeline(infra: Infrastructure, prefix: str, minutes: int = MINUTES,
                  kill: list[tuple[str, int]] | None = None,
-                 garbage_at: int | None = None) -> tuple[str, PipelineProcesses]:
+                 garbage_at: int | None = None,
+                 extra: dict[str, str] | None = None) -> tuple[str, PipelineProcesses]:
     """Replay `minutes` of the sample; SIGKILL and restart services when the replay passes
-    the given bar counts; optionally add malformed market data at a bar count."""
+    the given bar counts; optionally add malformed market data at a bar count; `extra` adds
+    to the services' environment."""
     database_url = fresh_database(infra.database_url)
-    env = pipeline_env(infra, database_url, prefix, minutes)
+    env = pipeline_env(infra, database_url, prefix, minutes, **(extra or {}))
     procs = PipelineProcesses(env, Path(tempfile.mkdtemp(prefix="cdb-e2e-")))
     client = redis.Redis.from_url(infra.redis_url)
     try:
@@ -85,6 +87,42 @@ def test_a_lock_step_replay_through_the_services_equals_the_backtest(
     assert rows["decisions"] == expected
     assert [o[0] for o in rows["orders"]] == [o.order_id for o in trace.orders]
     assert len(trace.orders) > 10, "the sample makes enough orders to compare"
+
+
+EXITS = {"TAKE_PROFIT_PCT": "0.004", "TRAILING_ACTIVATION_PCT": "0.002",
+         "TRAILING_DISTANCE_PCT": "0.002", "TIME_LIMIT_MINUTES": "20"}
+"""Protective exits that each fire on the first 240 minutes of the sample."""
+
+
+@pytest.mark.parametrize("kill", [None, [("risk_manager", 90), ("risk_manager", 170)]],
+                         ids=["undisturbed", "risk-manager-killed-twice"])
+def test_protective_exits_through_the_services_decide_like_the_backtest(
+    infra: Infrastructure, prefix: str, kill: list[tuple[str, int]] | None
+) -> None:
+    """Entry times, highs and episodes survive a SIGKILL of the risk manager (its snapshot)."""
+    database_url, procs = run_pipeline(infra, prefix, kill=kill, extra=EXITS)
+    reference, trace = backtest(MINUTES, take_profit_pct=0.004, trailing_activation_pct=0.002,
+                                trailing_distance_pct=0.002, time_limit_minutes=20)
+    record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
+    record.candles, record.first_ms, record.last_ms, record.gaps = (
+        reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
+    record.first_prices, record.last_prices = reference.first_prices, reference.last_prices
+    report, expected = build_report(record, "replay"), build_report(reference, "backtest")
+    assert report["digest"] == expected["digest"]
+    assert comparable(report) == comparable(expected)
+    rows = asyncio.run(recorded(database_url))
+    assert rows["decisions"] == [(d.decision_id, d.signal_id, d.order_id, d.outcome, d.check)
+                                 for d in trace.decisions]
+    assert [(o[0], o[3]) for o in rows["orders"]] == [(o.order_id, o.reason)
+                                                       for o in trace.orders]
+    # Each protective exit fired, was decided under its own check and was filled.
+    reasons = {o[3] for o in rows["orders"]}
+    assert {"take_profit", "trailing_stop", "time_limit"} <= reasons
+    filled = {f[0] for f in rows["fills"]}
+    assert all(o[0] in filled for o in rows["orders"] if o[3] == "time_limit")
+    started = [json.loads(line) for line in procs.log("risk_manager").splitlines()
+               if '"risk engine restored"' in line]
+    assert started[0]["extra"]["exits"]["time_limit_minutes"] == 20
 
 
 def test_the_held_symbols_the_screeners_follow_are_the_accounts_open_positions(

@@ -60,11 +60,14 @@ async def test_a_new_tradingsystem_writes_each_services_configmap_and_hash(
     assert op.configmap("risk-manager") == {
         "DATA_STALE_TIMEOUT_SEC": "30", "MAX_DAILY_DRAWDOWN_PCT": "0.05",
         "MAX_EXPOSURE_PCT": "0.5", "MAX_POSITION_PCT": "0.1", "MAX_SLIPPAGE_PCT": "0.01",
-        "MAX_SPREAD_MULTIPLIER": "5.0", "STOP_LOSS_PCT": "0.02",
+        "MAX_SPREAD_MULTIPLIER": "5.0", "STOP_LOSS_PCT": "0.02", "TAKE_PROFIT_PCT": "0.0",
+        "TRAILING_ACTIVATION_PCT": "0.0", "TRAILING_DISTANCE_PCT": "0.0",
+        "TIME_LIMIT_MINUTES": "0",
     }
     assert op.configmap("signal-engine") == {
         "INTERVAL": "1m", "LOOKBACK_MINUTES": "15", "SYMBOL_STALE_TIMEOUT_SEC": "90",
-        "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT", "TOP_N": "5",
+        "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT", "TOP_N": "5", "STRATEGY": "momentum",
+        "STRATEGY_PARAMS": "{}",
     }
     assert op.configmap("execution") == {"MAX_SLIPPAGE_PCT": "0.01"}
     assert all(op.annotations(c)["keep"] == "me" for c in COMPONENTS)

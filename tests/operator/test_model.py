@@ -6,12 +6,14 @@ from typing import Any
 
 import pytest
 from cdb_operator.model import (
+    EXIT_PARAMETERS,
     INTERVALS,
     PARAMETERS,
     SERVICES,
     SYMBOLS_ENV,
     SYMBOLS_SERVICES,
     SpecError,
+    StrategySpec,
     parse_spec,
 )
 from pydantic.fields import FieldInfo
@@ -91,3 +93,78 @@ def test_the_range_edges_are_accepted() -> None:
     spec = parse_spec({"risk": {"maxPositionPct": 0.25, "stopLossPct": 0.005},
                        "signal": {"topN": 50, "lookbackMinutes": 1}})
     assert spec.value("risk.maxPositionPct") == 0.25 and spec.value("signal.topN") == 50
+
+
+# -- strategy and protective exits ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("param", EXIT_PARAMETERS, ids=lambda p: p.path)
+def test_each_exit_matches_the_risk_managers_setting_and_has_no_default(param: Any) -> None:
+    info = settings_class("risk_manager").model_fields[param.env]
+    assert info.default is None  # unset: the strategy's default, else off
+    assert bounds(info) == (param.minimum, param.maximum)
+    assert param.services == ("risk_manager",)
+    assert param.default == 0  # what "off" is written as
+
+
+def test_an_empty_spec_runs_momentum_without_parameters_and_sets_no_exit() -> None:
+    spec = parse_spec({})
+    assert spec.strategy == StrategySpec("momentum", "{}")
+    assert spec.exits == {}
+
+
+def test_strategy_params_become_canonical_json() -> None:
+    one = parse_spec({"strategy": {"name": "pkg.mod:Mine", "params": {"b": 2, "a": [1.5]}}})
+    two = parse_spec({"strategy": {"name": "pkg.mod:Mine", "params": {"a": [1.5], "b": 2}}})
+    assert one.strategy == two.strategy == StrategySpec("pkg.mod:Mine", '{"a":[1.5],"b":2}')
+
+
+def test_set_exits_are_kept_and_unset_ones_left_to_the_strategy() -> None:
+    spec = parse_spec({"exits": {"takeProfitPct": 0.05, "timeLimitMinutes": 0}})
+    assert spec.exits == {"takeProfitPct": 0.05, "timeLimitMinutes": 0}
+
+
+@pytest.mark.parametrize("name", [
+    "momentum", "my_breakout", "my-strategy.v2", "my_pkg.strategies:Breakout",
+    "/etc/cdb/strategies/breakout.py:Breakout", "strategies/mine.py:Mine",
+])
+def test_strategy_names_of_every_kind_are_accepted(name: str) -> None:
+    assert parse_spec({"strategy": {"name": name}}).strategy.name == name
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"strategy": {"name": ""}},
+        {"strategy": {"name": "has space"}},
+        {"strategy": {"name": "mod:Class:Extra"}},
+        {"strategy": {"name": "mod:1Class"}},
+        {"strategy": {"name": "x; rm -rf /"}},
+        {"strategy": {"name": 5}},
+        {"strategy": {"params": [1, 2]}},
+        {"strategy": {"params": "fast=5"}},
+        {"strategy": {"params": {f"p{i}": i for i in range(101)}}},
+        {"strategy": {"params": {"x": float("nan")}}},
+        {"strategy": []},
+        {"exits": {"takeProfitPct": 5.5}},
+        {"exits": {"trailingDistancePct": -0.01}},
+        {"exits": {"timeLimitMinutes": 1.5}},
+        {"exits": {"timeLimitMinutes": 43_201}},
+        {"exits": {"trailingActivationPct": "0.02"}},
+    ],
+)
+def test_a_strategy_or_exit_outside_the_schema_is_refused(raw: dict[str, Any]) -> None:
+    with pytest.raises(SpecError):
+        parse_spec(raw)
+
+
+@pytest.mark.parametrize("params", [{"top_n": 0}, {"top_n": "five"}, {"no_such": 1}])
+def test_a_built_ins_parameters_are_checked_against_its_model(params: dict[str, Any]) -> None:
+    with pytest.raises(SpecError, match=r"strategy\.params") as exc:
+        parse_spec({"strategy": {"name": "momentum", "params": params}})
+    assert "momentum" in str(exc.value)
+
+
+def test_user_strategy_parameters_are_left_to_the_signal_engine() -> None:
+    spec = parse_spec({"strategy": {"name": "my_pkg.mod:Mine", "params": {"anything": [1]}}})
+    assert spec.strategy.params == '{"anything":[1]}'

@@ -62,13 +62,19 @@ def test_render_gives_each_service_only_the_variables_its_settings_read() -> Non
     assert set(rendered) == set(SERVICES)
     assert rendered["signal_engine"] == {
         "INTERVAL": "1m", "LOOKBACK_MINUTES": "15", "SYMBOL_STALE_TIMEOUT_SEC": "90",
-        "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT", "TOP_N": "8",
+        "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT", "TOP_N": "8", "STRATEGY": "momentum",
+        "STRATEGY_PARAMS": "{}",
     }
     assert rendered["ws_screener"] == rendered["rest_screener"] == {
         "LOOKBACK_MINUTES": "15", "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT"}
     assert rendered["execution"] == {"MAX_SLIPPAGE_PCT": "0.01"}
     assert "TOP_N" not in rendered["rest_screener"]
     assert rendered["risk_manager"]["MAX_SPREAD_MULTIPLIER"] == "5.0"
+    # momentum declares no exits: all four written as off, the strategy itself not needed
+    assert {k: rendered["risk_manager"][k] for k in EXIT_ENVS} == {
+        "TAKE_PROFIT_PCT": "0.0", "TRAILING_ACTIVATION_PCT": "0.0",
+        "TRAILING_DISTANCE_PCT": "0.0", "TIME_LIMIT_MINUTES": "0"}
+    assert "STRATEGY" not in rendered["risk_manager"]
 
 
 def test_hashes_are_stable_and_order_independent() -> None:
@@ -234,3 +240,84 @@ def test_pending_configuration_makes_ready_false() -> None:
 def test_naive_datetimes_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         rfc3339(datetime(2025, 1, 1))  # noqa: DTZ001
+
+
+# -- strategy and protective exits ---------------------------------------------------------------
+
+EXIT_ENVS = ("TAKE_PROFIT_PCT", "TRAILING_ACTIVATION_PCT", "TRAILING_DISTANCE_PCT",
+             "TIME_LIMIT_MINUTES")
+
+
+def declares(**exits: float | int | None) -> Any:
+    """A reader of declared exits: `crossover` declares `exits`, user code is unknown."""
+    def read(name: str) -> dict[str, float | int | None] | None:
+        if name == "crossover":
+            return {env: exits.get(env) for env in EXIT_ENVS}
+        return None
+    return read
+
+
+def test_render_gives_the_signal_engine_the_strategy_and_its_parameters() -> None:
+    rendered = render_config(spec(strategy={"name": "crossover", "params": {"slow": 30}}),
+                             declares())
+    assert rendered["signal_engine"]["STRATEGY"] == "crossover"
+    assert rendered["signal_engine"]["STRATEGY_PARAMS"] == '{"slow":30}'
+    assert "STRATEGY" not in rendered["risk_manager"]
+
+
+def test_render_resolves_the_risk_managers_exits_from_spec_then_builtin_defaults() -> None:
+    read = declares(TAKE_PROFIT_PCT=0.08, TRAILING_DISTANCE_PCT=0.03)
+    rendered = render_config(spec(strategy={"name": "crossover"},
+                                  exits={"takeProfitPct": 0.05}), read)
+    assert {k: rendered["risk_manager"][k] for k in EXIT_ENVS} == {
+        "TAKE_PROFIT_PCT": "0.05",  # spec.exits wins
+        "TRAILING_ACTIVATION_PCT": "0.0",  # declared None: 0 (from the entry)
+        "TRAILING_DISTANCE_PCT": "0.03",  # the strategy's default
+        "TIME_LIMIT_MINUTES": "0",  # off
+    }
+
+
+def test_render_leaves_a_user_strategys_exits_to_the_risk_manager() -> None:
+    rendered = render_config(spec(strategy={"name": "/etc/cdb/strategies/b.py:B"},
+                                  exits={"timeLimitMinutes": 60}), declares())
+    risk = rendered["risk_manager"]
+    assert risk["STRATEGY"] == "/etc/cdb/strategies/b.py:B"
+    assert risk["TIME_LIMIT_MINUTES"] == "60"
+    assert "TAKE_PROFIT_PCT" not in risk and "TRAILING_DISTANCE_PCT" not in risk
+
+
+def test_render_never_reads_the_strategy_when_every_exit_is_set() -> None:
+    def never(name: str) -> None:
+        raise AssertionError(f"{name} read")
+
+    exits = {"takeProfitPct": 0.1, "trailingActivationPct": 0.0, "trailingDistancePct": 0.0,
+             "timeLimitMinutes": 0}
+    risk = render_config(spec(strategy={"name": "mod:User"}, exits=exits), never)[
+        "risk_manager"]
+    assert "STRATEGY" not in risk
+    assert risk["TAKE_PROFIT_PCT"] == "0.1"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "services"),
+    [
+        ({}, {"strategy": {"params": {"lookback_minutes": 30}}}, {"signal_engine"}),
+        ({"strategy": {"name": "mod:A"}, "exits": dict.fromkeys(
+            ("takeProfitPct", "trailingActivationPct", "trailingDistancePct",
+             "timeLimitMinutes"), 0)},
+         {"strategy": {"name": "mod:B"}, "exits": dict.fromkeys(
+             ("takeProfitPct", "trailingActivationPct", "trailingDistancePct",
+              "timeLimitMinutes"), 0)},
+         {"signal_engine"}),
+        ({"strategy": {"name": "mod:A"}}, {"strategy": {"name": "mod:B"}},
+         {"signal_engine", "risk_manager"}),  # user code: the risk manager reads its exits
+        ({}, {"exits": {"takeProfitPct": 0.05}}, {"risk_manager"}),
+        ({"exits": {"takeProfitPct": 0.05}}, {"exits": {"trailingDistancePct": 0.02}},
+         {"risk_manager"}),
+    ],
+)
+def test_a_strategy_change_restarts_the_signal_engine_and_an_exit_change_the_risk_manager(
+    old: dict[str, Any], new: dict[str, Any], services: set[str]
+) -> None:
+    actions = plan(spec(**new), in_sync(spec(**old)))
+    assert restarted(actions) == services

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from services.execution.config import ExecutionConfig
 from services.research.backtest import Pipeline
 from services.risk_manager.config import RiskConfig
@@ -11,14 +13,15 @@ BTC_MIN_NOTIONAL = 0.0001
 """MIN_ORDER_NOTIONAL of the BTC profile (what a replay's report needs to name the dust)."""
 
 
-def btc_pipeline(symbols: tuple[str, ...]) -> Pipeline:
+def btc_pipeline(symbols: tuple[str, ...], **risk: Any) -> Pipeline:
     """A pipeline on a 1 BTC account: 0.02 BTC signals, orders from 0.0001 BTC.
 
     Args:
         symbols: The whitelist (the candles' symbols).
+        **risk: Other `RiskConfig` values (protective exits, for instance).
     """
     return Pipeline(
         SignalConfig(whitelist=symbols, signal_notional=0.02),
-        RiskConfig(paper_start_equity=1.0, min_order_notional=BTC_MIN_NOTIONAL),
+        RiskConfig(paper_start_equity=1.0, min_order_notional=BTC_MIN_NOTIONAL, **risk),
         ExecutionConfig(start_equity=1.0),
     )

@@ -27,6 +27,15 @@ def test_parse_space_when_valid_then_dimensions_keep_kind_bounds_step_and_scale(
     assert space.names == ("STOP_LOSS_PCT", "TOP_N", "LOOKBACK_MINUTES", "MAX_POSITION_PCT")
 
 
+def test_parse_space_when_protective_exits_named_then_searched_in_their_ranges() -> None:
+    space = parse_space(["TAKE_PROFIT_PCT=0.005:0.05:log", "TIME_LIMIT_MINUTES=30:240:30"])
+    take, limit = space.dimensions
+    assert take == Dimension("TAKE_PROFIT_PCT", float, 0.005, 0.05, None, True)
+    assert limit == Dimension("TIME_LIMIT_MINUTES", int, 30, 240, 30.0)
+    with pytest.raises(SpaceError, match="TRAILING_DISTANCE_PCT"):
+        parse_space(["TRAILING_DISTANCE_PCT=0.01:0.9"])
+
+
 @pytest.mark.parametrize(
     ("specs", "message"),
     [

@@ -14,6 +14,17 @@ def test_parameters_when_read_then_carry_the_documented_ranges() -> None:
     assert "REDIS_URL" not in known and "BUS_BATCH" not in known
 
 
+def test_parameters_when_read_then_the_protective_exits_are_sweepable() -> None:
+    known = parameters()
+    assert known["TAKE_PROFIT_PCT"].range_text() == "0..5"
+    assert known["TAKE_PROFIT_PCT"].kind is float
+    assert known["TIME_LIMIT_MINUTES"].kind is int
+    assert parse_sweep(["TIME_LIMIT_MINUTES=0,60", "TRAILING_DISTANCE_PCT=0.01"]) == [
+        ("TIME_LIMIT_MINUTES", ["0", "60"]), ("TRAILING_DISTANCE_PCT", ["0.01"])]
+    with pytest.raises(SweepError, match="TRAILING_DISTANCE_PCT"):
+        parse_sweep(["TRAILING_DISTANCE_PCT=0.6"])
+
+
 def test_parse_sweep_when_valid_then_axes_in_order_without_duplicates() -> None:
     axes = parse_sweep(["max_position_pct=0.05, 0.1,0.05", "DATA_STALE_TIMEOUT_SEC=10,30.0"])
     assert axes == [("MAX_POSITION_PCT", ["0.05", "0.1"]), ("DATA_STALE_TIMEOUT_SEC", ["10", "30"])]

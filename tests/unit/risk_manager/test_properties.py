@@ -11,7 +11,10 @@ partially or not at all), and checks at every step:
     minimum order notional (a remainder under it is dust: no exits);
 (d) market data older than its symbol's newest moves no price, fires nothing, changes nothing;
 (e) one halt, one CRITICAL: a CRITICAL alert comes only with the halt it announces, and nothing
-    trips the circuit breaker while HALTED.
+    trips the circuit breaker while HALTED;
+(f) a protective exit (take-profit, trailing stop, time limit) is decided under its own check,
+    and a take-profit level reached with no exit working and no retry wait emits an exit in
+    every trading state (HALTED, PAUSED, manually paused included).
 """
 
 from __future__ import annotations
@@ -95,7 +98,12 @@ configs = st.builds(
     circuit_breaker_retry_sec=st.integers(5, 120),
     circuit_breaker_max_retries=st.integers(1, 5),
     spread_window=st.integers(10, 30),
+    take_profit_pct=st.one_of(st.none(), st.floats(0.005, 0.10)),
+    trailing_activation_pct=st.one_of(st.none(), st.floats(0.0, 0.05)),
+    trailing_distance_pct=st.one_of(st.none(), st.floats(0.005, 0.10)),
+    time_limit_minutes=st.one_of(st.none(), st.integers(1, 30)),
 )
+PROTECTIVE = ("take_profit", "trailing_stop", "time_limit")
 
 
 @dataclass
@@ -225,6 +233,28 @@ class Driver:
         )
 
 
+def _take_profit_due(engine: RiskEngine, sym: str, price: float, now: int) -> bool:
+    """True when market data of `sym` at `price` must emit an exit in any state.
+
+    The take-profit level is reached (and the stop-loss is not), a position worth at least
+    MIN_ORDER_NOTIONAL is held, no exit of it is working and no retry wait holds.
+    """
+    cfg = engine.config
+    pos = engine.positions.get(sym)
+    price = max(0.01, price)
+    if cfg.take_profit_pct is None or pos is None:
+        return False
+    snap = engine.snapshot()
+    working = any(o.symbol == sym and o.side == "sell" for o in snap.outstanding.values())
+    retry = snap.exit_retry_ms.get(sym)
+    return (
+        not working
+        and (retry is None or now >= retry)
+        and pos.qty * price >= cfg.min_order_notional
+        and price >= pos.avg_price * (1 + cfg.take_profit_pct)
+    )
+
+
 def positions_value(engine: RiskEngine) -> float:
     prices = engine.prices
     return sum(p.qty * prices.get(s, p.avg_price) for s, p in engine.positions.items())
@@ -245,6 +275,9 @@ def test_risk_invariants_hold_for_any_event_sequence(
         was_outstanding = bool(engine.outstanding)
         was_halted = engine.state is TradingState.HALTED
         blocked = engine.state is not TradingState.ACTIVE or engine.manual_paused
+        take_profit_due = op[0] == "md" and _take_profit_due(engine, SYMBOLS[op[1]],
+                                                              driver.prices[SYMBOLS[op[1]]]
+                                                              * op[2], driver.now + dt)
         snapshot = engine.snapshot()
         out = driver.play(op, dt)
 
@@ -273,9 +306,15 @@ def test_risk_invariants_hold_for_any_event_sequence(
         if out is None:
             continue
         # (b) every order has its decision
-        decided = {d.order_id for d in out.decisions}
+        decided = {d.order_id: d.check for d in out.decisions}
         for order in out.orders:
             assert order.order_id in decided
+            # (f) a protective exit is decided under its own check
+            if order.reason in PROTECTIVE:
+                assert decided[order.order_id] == order.reason
+                assert order.risk_checks[order.reason] == "trigger"
+        if take_profit_due:
+            assert [o.side for o in out.orders if o.symbol == SYMBOLS[op[1]]] == ["sell"]
         for order in out.orders:
             if order.side == "buy":
                 # (a) exposure and position caps at decision prices
