@@ -28,7 +28,7 @@ logger = logging.getLogger("cdb.settings")
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
-S = TypeVar("S", bound="BaseServiceSettings")
+S = TypeVar("S", bound="SeedRuleSettings")
 
 
 class SettingsError(SystemExit):
@@ -39,10 +39,11 @@ class SettingsError(SystemExit):
         super().__init__(1)
 
 
-class BaseServiceSettings(BaseSettings):
-    """Settings every service shares: infrastructure, bus tuning, HTTP and logging.
+class SeedRuleSettings(BaseSettings):
+    """Frozen settings from the environment with the seed's rule for out-of-range values.
 
-    Subclasses add their own fields; each service has exactly one settings class.
+    The base of every settings class; `BaseServiceSettings` adds what the pipeline services
+    share, processes without Redis or PostgreSQL (the market simulator) use this directly.
     """
 
     model_config = SettingsConfigDict(
@@ -51,6 +52,39 @@ class BaseServiceSettings(BaseSettings):
 
     SERVICE_NAME: ClassVar[str] = "service"
     DEFAULT_PORT: ClassVar[int] = 8000
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _out_of_range_falls_back(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        """Apply the seed's rule: out-of-range values warn and fall back to the default."""
+        try:
+            result = handler(value)
+        except ValidationError as exc:
+            name = info.field_name or "?"
+            field = cls.model_fields.get(name)
+            kinds = {e["type"] for e in exc.errors()}
+            if field is None or field.is_required() or not kinds <= _RANGE_ERRORS:
+                raise
+            logger.warning(
+                "%s=%r is out of range; using the default %r",
+                name,
+                value,
+                field.default,
+                extra={"variable": name, "default": field.default},
+            )
+            return field.default
+        if isinstance(result, SecretStr):
+            register_secret(result.get_secret_value())
+        return result
+
+
+class BaseServiceSettings(SeedRuleSettings):
+    """Settings every service shares: infrastructure, bus tuning, HTTP and logging.
+
+    Subclasses add their own fields; each service has exactly one settings class.
+    """
 
     REDIS_URL: SecretStr = Field(description="Redis URL, redis://host:port/db")
     REDIS_PASSWORD: SecretStr | None = Field(
@@ -86,32 +120,6 @@ class BaseServiceSettings(BaseSettings):
         pattern=r"^(wall|event)$",
         description="Time source of decisions: wall clock (live) or event time (replay)",
     )
-
-    @field_validator("*", mode="wrap")
-    @classmethod
-    def _out_of_range_falls_back(
-        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
-    ) -> Any:
-        """Apply the seed's rule: out-of-range values warn and fall back to the default."""
-        try:
-            result = handler(value)
-        except ValidationError as exc:
-            name = info.field_name or "?"
-            field = cls.model_fields.get(name)
-            kinds = {e["type"] for e in exc.errors()}
-            if field is None or field.is_required() or not kinds <= _RANGE_ERRORS:
-                raise
-            logger.warning(
-                "%s=%r is out of range; using the default %r",
-                name,
-                value,
-                field.default,
-                extra={"variable": name, "default": field.default},
-            )
-            return field.default
-        if isinstance(result, SecretStr):
-            register_secret(result.get_secret_value())
-        return result
 
     @property
     def port(self) -> int:

@@ -503,6 +503,19 @@ class CandleSet:
                 i = present.find(0, end)
         return sorted(found, key=lambda g: (g[1], g[0]))
 
+    def column(self, symbol: str) -> tuple[Sequence[float], Sequence[float]]:
+        """Closes and quote volumes of one symbol for every minute of the grid.
+
+        A minute without a candle carries the previous close and no volume.
+
+        Raises:
+            KeyError: The set has no such symbol.
+        """
+        if symbol not in self.symbols:
+            raise KeyError(symbol)
+        i = self.symbols.index(symbol)
+        return self._closes[i], self._volumes[i]
+
     def __len__(self) -> int:
         """Return the number of bars (minutes with at least one candle)."""
         return self._bars
