@@ -37,6 +37,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                                   "grafanaDashboards": {"enabled": True}}},
     "no-operator": {"operator": {"enabled": False}, "networkPolicy": {"enabled": False},
                     "redis": {"persistence": {"enabled": False}}},
+    "offline": {
+        "marketSimulator": {"enabled": True, "speed": 60},
+        "tradingSystem": {"spec": {"symbols": ["ETHBTC", "LTCBTC"]}},
+        "redis": {"securityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999}},
+        "postgresql": {"securityContext": {"runAsUser": 999, "runAsGroup": 999,
+                                           "fsGroup": 999}},
+        "networkPolicy": {"dns": {"to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]}},
+    },
 }
 """The value sets every chart test renders."""
 
