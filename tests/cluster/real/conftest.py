@@ -181,7 +181,7 @@ def base_values(images: Images) -> dict[str, Any]:
         "operator": {"statusIntervalSec": 3, "uninstall": {"waitSec": 30}},
         "tradingSystem": {"spec": {
             "symbols": SYMBOLS,
-            "signal": {"lookbackMinutes": 1, "interval": "1m", "topN": 2,
+            "signal": {"lookbackMinutes": 2, "interval": "1m", "topN": 2,
                        "symbolStaleTimeoutSec": 90},
         }},
     }
