@@ -64,13 +64,14 @@ def test_a_second_account_runs_beside_the_first_with_its_own_streams_and_schema(
     assert r.xlen(f"{PREFIX}market_data") > 0  # B's screeners publish into B's streams
     groups = {g["name"].decode() for g in r.xinfo_groups(f"{PREFIX}market_data")}
     assert {"signal_engine", "risk_manager", "execution"} <= groups
-    tables = account_a.sql("SELECT table_schema, count(*) FROM information_schema.tables "
-                           f"WHERE table_schema IN ('public', '{SCHEMA}') GROUP BY 1")
-    assert dict(tables).keys() == {"public", SCHEMA}
-    # B's decisions are in B's schema only: A's tables know none of B's signals
-    b_signals = {row[0] for row in account_b.sql("SELECT signal_id FROM signals")}
-    a_signals = {row[0] for row in account_a.sql("SELECT signal_id FROM signals")}
-    assert b_signals and not b_signals & a_signals
+    tables = {schema: {t for (t,) in account_a.sql(
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'")}
+        for schema in ("public", SCHEMA)}
+    assert tables[SCHEMA] == tables["public"] and "risk_decisions" in tables[SCHEMA]
+    # B's rows are in B's schema (its connections work there): the same data gives the same
+    # deterministic signal ids, but each account decides them on its own
+    assert account_b.sql("SELECT current_schema()") == [(SCHEMA,)]
+    assert account_a.sql(f"SELECT count(*) FROM {SCHEMA}.signals")[0][0] > 0
 
 
 def test_a_halt_of_one_account_leaves_the_other_trading(
@@ -89,3 +90,6 @@ def test_a_halt_of_one_account_leaves_the_other_trading(
     b_since = account_b.sql(f"SELECT outcome FROM risk_decisions WHERE ts > '{since}' "
                             "AND side = 'buy'")
     assert {o for (o,) in b_since} <= {"rejected"}
+    # the halt is recorded in B's schema only
+    assert account_b.count("halts", "reason LIKE '%account B only%'") == 1
+    assert account_a.count("halts", "reason LIKE '%account B only%'") == 0
