@@ -76,6 +76,12 @@ class RealCluster:
                           Path(os.environ.get("TMPDIR") or "/tmp") / "real-cluster")
         self.started = False
         self.timings: dict[str, float] = {}
+        self._netns_before: set[Path] = set()
+
+    @staticmethod
+    def _netns() -> set[Path]:
+        """The pods' network namespaces (CNI's) on this machine."""
+        return set(Path("/run/netns").glob("cni-*"))
 
     @property
     def env(self) -> dict[str, str]:
@@ -126,6 +132,7 @@ class RealCluster:
         if self.running():
             return
         started = time.monotonic()
+        self._netns_before = self._netns()  # not ours to account for
         self._tool("start", timeout=timeout)
         self.started = True
         self.timings["start"] = time.monotonic() - started
@@ -141,12 +148,14 @@ class RealCluster:
 
     def leftovers(self) -> list[str]:
         """What a stopped cluster left behind: live recorded processes, mounts under the state
-        directory, the bridge, kube-proxy's and the kubelet's iptables chains."""
+        directory, the pods' network namespaces, the bridge, kube-proxy's and the kubelet's
+        iptables chains."""
         found = [f"process {name}" for name in PIDS if self._pid_alive(name)]
         mounts = Path("/proc/self/mounts").read_text().splitlines()
         root = str(self.state)
         found += [f"mount {m.split()[1]}" for m in mounts
                   if m.split()[1] == root or m.split()[1].startswith(root + "/")]
+        found += [f"network namespace {p}" for p in sorted(self._netns() - self._netns_before)]
         if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True,
                           check=False).returncode == 0:
             found.append(f"bridge {BRIDGE}")

@@ -1,7 +1,9 @@
 """Fixtures of the tests on a real single-node cluster (opt-in: CDB_E2E_CLUSTER=1).
 
-One cluster per session (the shared real-cluster tool: pods run), started and always stopped
-here, with a check that it left nothing behind; the project image built once from the
+One cluster for this package's tests (the shared real-cluster tool: pods run), started and
+always stopped after its last test (package scope: before the container smoke sets up podman's
+bridge networks, whose bind mount of /run/netns would hide the pods' network namespaces from
+containerd), with a check that it left nothing behind; the project image built once from the
 Dockerfile with podman (the container sandbox's Python stand-in as base, the tag the container
 smoke builds too, so either reuses the other's layers) and loaded into the node with the Redis
 and PostgreSQL stand-ins; the CRD applied once; and `Release`, one installed Helm release.
@@ -85,10 +87,11 @@ def _ids(image: str, user: str) -> tuple[int, int]:
     return int(fields["uid"].split("(")[0]), int(fields["gid"].split("(")[0])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def real() -> Iterator[RealCluster]:
-    """The real cluster, started for the session and stopped at its end, even after a
-    failure; its stop must leave no process, mount, bridge or iptables chain behind."""
+    """The real cluster, started for these tests and stopped after the last one, even after a
+    failure; its stop must leave no process, mount, bridge, network namespace or iptables
+    chain behind."""
     if os.environ.get("CDB_E2E_CLUSTER") != "1":
         pytest.skip("real-cluster tests: set CDB_E2E_CLUSTER=1 (.ci/run does) on a machine "
                     "with the real-cluster tool (root, containerd from Debian)")
@@ -118,7 +121,7 @@ def _report() -> None:
         sys.stderr.write(f"\nreal-cluster timings:\n{lines}\n")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def images(real: RealCluster) -> Images:
     """The project image built from the Dockerfile with podman, loaded into the node with the
     Redis and PostgreSQL stand-ins."""
@@ -146,7 +149,7 @@ def images(real: RealCluster) -> Images:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def crd(real: RealCluster) -> str:
     """The TradingSystem CRD, applied as the chart's README says for servers before 1.25."""
     real.kubectl("apply", "--validate=false", "-f", str(CHART / "crds"))
@@ -357,7 +360,7 @@ def wait_pods_settled(release: Release, timeout: float = 240) -> dict[str, str]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def account_a(real: RealCluster, images: Images, crd: str,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     """Account A: the chart with its in-cluster Redis and PostgreSQL and the market simulator,
