@@ -43,8 +43,10 @@ CHART = ROOT / "charts" / "claire-de-binaire"
 CRD_NAME = "tradingsystems.clairedebinaire.dev"
 SANDBOX_ENV = ROOT / "backoffice" / "compose" / "sandbox.env"
 RELEASE = "cdb"
-SYMBOLS = list(read_candles(SAMPLE_DIR, None, 1).symbols)
-"""The bundled sample's symbols, which the market simulator serves."""
+SYMBOLS = [s for s in read_candles(SAMPLE_DIR, None, 1).symbols if s != "NXTBTC"]
+"""The bundled sample's symbols the market simulator serves: all but NXTBTC, whose thin volume
+at 60 times real time makes fills slip past MAX_SLIPPAGE_PCT, so the circuit breaker would
+pause trading every few minutes (it does, rightly; these tests are about the cluster)."""
 SIM_SPEED = 60
 """Candle minutes per wall-clock minute in the simulator: a minute of the test is an hour of
 the sample, so the momentum ranking finds movers at once."""
@@ -175,7 +177,7 @@ def base_values(images: Images) -> dict[str, Any]:
         "postgresql": {"image": repository_and_tag(images.postgres),
                        "securityContext": {"runAsUser": puid, "runAsGroup": pgid,
                                            "fsGroup": pgid}},
-        "marketSimulator": {"enabled": True, "speed": SIM_SPEED},
+        "marketSimulator": {"enabled": True, "speed": SIM_SPEED, "symbols": ",".join(SYMBOLS)},
         "config": {"paperStartEquity": 1},  # the sample is quoted in BTC: 1 BTC
         "services": {
             "signalEngine": {"env": {"SIGNAL_NOTIONAL": "0.02", "MIN_MOMENTUM_PCT": "0.1"}},
