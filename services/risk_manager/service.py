@@ -262,8 +262,13 @@ class RiskService(Service[RiskSettings]):
         last = self.engine.last_data_ms
         return last is not None and last >= sig.timestamp
 
-    def _apply(self, out: RiskOutput, outputs: list[Outgoing]) -> None:
-        """Queue the records of one engine output and collect its events."""
+    def _apply(self, out: RiskOutput, outputs: list[Outgoing],
+               halted_by: str = "risk_manager") -> None:
+        """Queue the records of one engine output and collect its events.
+
+        A halt that begins is recorded once in `halts`, by `halted_by` (the risk manager for
+        its own halts, the requester for a manual one).
+        """
         if out.is_empty:
             return
         add = self.ledger.add
@@ -303,7 +308,7 @@ class RiskService(Service[RiskSettings]):
                 add(
                     "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
                     "to_timestamp($3 / 1000.0))",
-                    self.engine.halt_reason or change.reason, "risk_manager",
+                    self.engine.halt_reason or change.reason, halted_by,
                     change.halted_since_ms,
                 )
 
@@ -381,10 +386,12 @@ class RiskService(Service[RiskSettings]):
         if given is None or not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token")
 
-    async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]]) -> None:
+    async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]] | None,
+                       halted_by: str = "risk_manager") -> None:
         outputs: list[Outgoing] = []
-        self._apply(out, outputs)
-        self.ledger.add(extra_sql[0], *extra_sql[1])
+        self._apply(out, outputs, halted_by)
+        if extra_sql is not None:
+            self.ledger.add(extra_sql[0], *extra_sql[1])
         self._update_gauges()
         await self.ledger.commit_now(outputs)
 
@@ -404,9 +411,7 @@ class RiskService(Service[RiskSettings]):
             out = self.engine.halt(body.reason, body.halted_by, now)
             result = "halted" if out.state_change is not None else "already halted"
             if out.state_change is not None:
-                await self._command(out, (
-                    "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
-                    "to_timestamp($3 / 1000.0))", (body.reason, body.halted_by, now)))
+                await self._command(out, None, halted_by=body.halted_by)
             logger.warning("halt requested", extra={"by": body.halted_by, "result": result})
             return {"result": result, "state": self.state()}
 
