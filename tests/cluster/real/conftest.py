@@ -19,7 +19,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,16 +110,17 @@ def real() -> Iterator[RealCluster]:
         started = cluster.started
         cluster.stop()
         TIMINGS.update({f"cluster {k}": v for k, v in cluster.timings.items()})
-        _report()
         if started:
             left = cluster.leftovers()
             assert not left, f"the stopped cluster left behind: {left}"
 
 
-def _report() -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The phases' durations at the end of the run (CI's log keeps them)."""
     if TIMINGS:
-        lines = "\n".join(f"  {name:<42} {seconds:7.1f} s" for name, seconds in TIMINGS.items())
-        sys.stderr.write(f"\nreal-cluster timings:\n{lines}\n")
+        terminalreporter.section("real-cluster timings")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{name:<42} {seconds:7.1f} s")
 
 
 @pytest.fixture(scope="package")
