@@ -47,6 +47,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
             "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]}},
     },
+    "k8s/values-offline.yaml": yaml.safe_load((ROOT / "k8s" / "values-offline.yaml").read_text()),
 }
 """The value sets every chart test renders."""
 

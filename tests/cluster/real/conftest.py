@@ -32,8 +32,6 @@ import pytest
 import redis
 import yaml
 
-from services.replay.candles import read_candles
-from services.replay.config import SAMPLE_DIR
 from tests.support.real_cluster import ClusterUnavailable, RealCluster
 from tests.support.waiting import wait_for
 
@@ -42,13 +40,11 @@ CHART = ROOT / "charts" / "claire-de-binaire"
 CRD_NAME = "tradingsystems.clairedebinaire.dev"
 SANDBOX_ENV = ROOT / "backoffice" / "compose" / "sandbox.env"
 RELEASE = "cdb"
-SYMBOLS = [s for s in read_candles(SAMPLE_DIR, None, 1).symbols if s != "NXTBTC"]
-"""The bundled sample's symbols the market simulator serves: all but NXTBTC, whose thin volume
-at 60 times real time makes fills slip past MAX_SLIPPAGE_PCT, so the circuit breaker would
-pause trading every few minutes (it does, rightly; these tests are about the cluster)."""
-SIM_SPEED = 60
-"""Candle minutes per wall-clock minute in the simulator: a minute of the test is an hour of
-the sample, so the momentum ranking finds movers at once."""
+OFFLINE_VALUES = ROOT / "k8s" / "values-offline.yaml"
+"""The README's values for a cluster without MEXC: the market simulator on the sample."""
+SYMBOLS: list[str] = yaml.safe_load(OFFLINE_VALUES.read_text())["tradingSystem"]["spec"][
+    "symbols"]
+"""The symbols the simulator serves and the account trades."""
 TIMINGS: dict[str, float] = {}
 """Seconds per phase (image build, cluster start, installs, ...), printed at the end."""
 
@@ -164,12 +160,22 @@ def repository_and_tag(image: str) -> dict[str, str]:
     return {"repository": repository, "tag": tag}
 
 
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, maps merged key by key (as helm merges values files)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (merged(out[key], value) if isinstance(value, dict)
+                    and isinstance(out.get(key), dict) else value)
+    return out
+
+
 def base_values(images: Images) -> dict[str, Any]:
-    """Values of an account on this cluster: local images, the datastores' users as the
-    stand-ins have them, the simulator replaying the bundled (BTC-quoted) sample."""
+    """Values of an account on this cluster: k8s/values-offline.yaml (the simulator on the
+    bundled sample), the local images, the datastores' users as the stand-ins have them, and
+    quicker status updates."""
     ruid, rgid = images.redis_ids
     puid, pgid = images.postgres_ids
-    return {
+    return merged(yaml.safe_load(OFFLINE_VALUES.read_text()), {
         "fullnameOverride": RELEASE,
         "image": {**repository_and_tag(images.app), "pullPolicy": "Never"},
         "redis": {"image": repository_and_tag(images.redis),
@@ -177,19 +183,8 @@ def base_values(images: Images) -> dict[str, Any]:
         "postgresql": {"image": repository_and_tag(images.postgres),
                        "securityContext": {"runAsUser": puid, "runAsGroup": pgid,
                                            "fsGroup": pgid}},
-        "marketSimulator": {"enabled": True, "speed": SIM_SPEED, "symbols": ",".join(SYMBOLS)},
-        "config": {"paperStartEquity": 1},  # the sample is quoted in BTC: 1 BTC
-        "services": {
-            "signalEngine": {"env": {"SIGNAL_NOTIONAL": "0.02", "MIN_MOMENTUM_PCT": "0.1"}},
-            "riskManager": {"env": {"MIN_ORDER_NOTIONAL": "0.0001"}},
-        },
         "operator": {"statusIntervalSec": 3, "uninstall": {"waitSec": 30}},
-        "tradingSystem": {"spec": {
-            "symbols": SYMBOLS,
-            "signal": {"lookbackMinutes": 2, "interval": "1m", "topN": 2,
-                       "symbolStaleTimeoutSec": 90},
-        }},
-    }
+    })
 
 
 @dataclass
