@@ -14,7 +14,7 @@ import sys
 import time
 
 from services.replay.config import SAMPLE_DIR
-from services.replay.sweep import grid, parse_sweep, run_point, run_sweep
+from services.research.sweep import grid, parse_sweep, run_point, run_sweep
 
 SPECS = ["MAX_POSITION_PCT=0.02,0.05,0.1,0.2", "STOP_LOSS_PCT=0.005,0.01,0.02,0.05"]
 

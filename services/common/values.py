@@ -11,6 +11,26 @@ from pydantic import AfterValidator
 SYMBOL = re.compile(r"^[A-Z0-9]{2,30}$")
 """An exchange symbol as the event contract allows it (`BTCUSDT`)."""
 
+KNOWN_QUOTES = (
+    "USDT", "USDC", "USDE", "FDUSD", "TUSD", "BUSD", "USD1", "EURT", "EUR", "TRY", "BRL",
+    "BTC", "ETH", "BNB", "MX",
+)
+"""Quote assets recognised when a symbol is given without a separator (longest first)."""
+
+
+def quote_asset(symbol: str) -> str | None:
+    """The quote asset a symbol ends with (`ETHBTC` -> `BTC`), the longest known one.
+
+    Args:
+        symbol: An exchange symbol without a separator, any case.
+
+    Returns:
+        The quote asset (upper-case), None when it ends with none of `KNOWN_QUOTES`.
+    """
+    upper = symbol.upper()
+    return next((q for q in sorted(KNOWN_QUOTES, key=len, reverse=True)
+                 if upper.endswith(q) and len(upper) > len(q)), None)
+
 
 def parse_whitelist(raw: str) -> tuple[str, ...]:
     """Parse a comma-separated symbol list.

@@ -516,6 +516,16 @@ class CandleSet:
         i = self.symbols.index(symbol)
         return self._closes[i], self._volumes[i]
 
+    def first_and_last_closes(self) -> dict[str, tuple[float, float]]:
+        """Each symbol's first and last close of the grid (symbols without a candle: none)."""
+        found: dict[str, tuple[float, float]] = {}
+        for symbol, closes, present in zip(self.symbols, self._closes, self._present,
+                                           strict=True):
+            first = present.find(1)
+            if first != -1:
+                found[symbol] = (closes[first], closes[present.rfind(1)])
+        return found
+
     def __len__(self) -> int:
         """Return the number of bars (minutes with at least one candle)."""
         return self._bars

@@ -38,6 +38,7 @@ import httpx
 import orjson
 
 from services.common.bus import Backoff
+from services.common.values import KNOWN_QUOTES
 from services.replay.candles import MINUTE_MS
 from services.rest_screener import engine as rest
 from services.rest_screener.config import RestConfig
@@ -50,11 +51,6 @@ MAX_LIMIT: Final = 1000
 MANIFEST: Final = "manifest.json"
 DEFAULT_DIR: Final = Path("data") / "mexc"
 """Default download folder (git-ignored), relative to the project directory."""
-KNOWN_QUOTES: Final = (
-    "USDT", "USDC", "USDE", "FDUSD", "TUSD", "BUSD", "USD1", "EURT", "EUR", "TRY", "BRL",
-    "BTC", "ETH", "BNB", "MX",
-)
-"""Quote assets recognised when a symbol is given without a separator (longest first)."""
 
 Clock = Callable[[], int]
 Progress = Callable[[str, int, int], None]

@@ -147,9 +147,9 @@ class Smoke:
 
     def write_env(self) -> None:
         """Sandbox values, fresh secrets, the replay settings: one env file for compose."""
-        from services.cli import BTC_PROFILE
         from services.replay.candles import read_candles
         from services.replay.config import SAMPLE_DIR
+        from services.research.engines import BTC_PROFILE
 
         symbols = read_candles(SAMPLE_DIR, None, 1).symbols
         values = {
@@ -573,7 +573,7 @@ def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 def _same(report: dict[str, Any], expected: dict[str, Any]) -> None:
-    from services.replay.report import comparable
+    from services.research.report import comparable
 
     got, want = comparable(report), comparable(expected)
     if got != want:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from services.common.infra import Infrastructure, free_port
-from services.replay.backtest import Trace, run_backtest
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.report import RunRecord
+from services.research.backtest import Trace, run_backtest
+from services.research.report import RunRecord
 from tests.conftest import service_env
 from tests.support.btc_pipeline import btc_pipeline
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.common.infra import Infrastructure
-from services.replay.report import comparable
+from services.research.report import comparable
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,10 @@ def test_cdb_up_replays_the_sample_and_reports_what_cdb_backtest_reports(
     backtested = json.loads((out / "bt.json").read_text())
     assert replayed["source"] == "replay" and backtested["source"] == "backtest"
     assert comparable(replayed) == comparable(backtested)
+    statistics = backtested["statistics"]
+    assert replayed["statistics"] == statistics
+    assert statistics["fills"] == backtested["trades"]["fills"] > 0
+    assert statistics["slippage_cost"] > statistics["fees"] > 0
     assert replayed["candles"] == 90 * 5
     assert "Run report" in up.stdout
 

@@ -14,12 +14,12 @@ import asyncpg
 import orjson
 import pytest
 
-from services.cli import _engine_configs
 from services.common.infra import Infrastructure
-from services.replay.backtest import Pipeline
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.timeline import load_timeline, run_backtest_timeline
+from services.research.backtest import Pipeline
+from services.research.engines import engine_configs
+from services.research.timeline import load_timeline, run_backtest_timeline
 from tests.support.chromium import chromium_binary, open_page
 from tests.support.mexc_lookalike import MexcLookalike
 
@@ -74,12 +74,16 @@ def test_cdb_up_and_cdb_report_write_html_reports_with_the_backtests_periods(
     candles = read_candles(SAMPLE_DIR, None, MINUTES)
     replayed = asyncio.run(load_timeline(run_url, candles))
     _, backtested = run_backtest_timeline(
-        candles, Pipeline(*_engine_configs(list(candles.symbols)), keep_trace=True))
+        candles, Pipeline(*engine_configs(list(candles.symbols)), keep_trace=True))
     assert backtested.periods, "the sample's first hours pause on the circuit breaker"
     assert [(p.start_ms, p.end_ms, p.state, p.label) for p in replayed.periods] == [
         (p.start_ms, p.end_ms, p.state, p.label) for p in backtested.periods]
     assert len(replayed.fills) == len(backtested.fills)
     assert len(replayed.decisions) == len(backtested.decisions)
+    for page in ("up.html", "report.html"):
+        text = (out / page).read_text()
+        assert 'id="statistics"' in text and 'id="per-symbol"' in text
+        assert "fees / slippage cost (BTC)" in text
     if chromium_binary() is None:
         pytest.skip("chromium is not installed (Debian package chromium)")
     for page in ("up.html", "report.html"):
@@ -109,3 +113,5 @@ def test_cdb_up_replays_a_downloaded_folder_as_it_is(infra: Infrastructure,
     backtested = orjson.loads((tmp_path / "bt.json").read_bytes())
     assert replayed["symbols"] == ["BTCUSDT", "ETHUSDT"] and replayed["candles"] == 360
     assert replayed["digest"] == backtested["digest"]
+    assert replayed["statistics"] == backtested["statistics"]
+    assert replayed["statistics"]["quote"] == "USDT"

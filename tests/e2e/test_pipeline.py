@@ -17,7 +17,7 @@ import redis
 
 from services.common.infra import Infrastructure
 from services.execution.config import HELD_SYMBOLS_KEY
-from services.replay.report import build_report, comparable, load_record
+from services.research.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import (
     SERVICES,
@@ -75,6 +75,7 @@ def test_a_lock_step_replay_through_the_services_equals_the_backtest(
     record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
     record.candles, record.first_ms, record.last_ms, record.gaps = (
         reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
+    record.first_prices, record.last_prices = reference.first_prices, reference.last_prices
     assert comparable(build_report(record, "replay")) == comparable(
         build_report(reference, "backtest"))
     rows = asyncio.run(recorded(database_url))

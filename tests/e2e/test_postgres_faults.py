@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from services.common.infra import EmbeddedPostgres, Infrastructure
-from services.replay.report import build_report, comparable, load_record
+from services.research.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import SERVICES, PipelineProcesses, backtest, pipeline_env, recorded
 from tests.support.waiting import wait_for as support_wait_for
@@ -76,6 +76,7 @@ def assert_same_as_backtest(database_url: str) -> None:
     record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
     record.candles, record.first_ms, record.last_ms, record.gaps = (
         reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
+    record.first_prices, record.last_prices = reference.first_prices, reference.last_prices
     report = build_report(record, "replay")
     expected = build_report(reference, "backtest")
     assert report["digest"] == expected["digest"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.execution.config import ExecutionConfig
-from services.replay.backtest import Pipeline
+from services.research.backtest import Pipeline
 from services.risk_manager.config import RiskConfig
 from services.signal_engine.config import SignalConfig
 

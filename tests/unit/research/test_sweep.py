@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.replay.sweep import SweepError, grid, parameters, parse_sweep, to_csv
+from services.research.sweep import SweepError, grid, parameters, parse_sweep, to_csv
 
 
 def test_parameters_when_read_then_carry_the_documented_ranges() -> None:
@@ -56,7 +56,13 @@ def test_grid_when_two_axes_then_every_combination_first_axis_slowest() -> None:
 def test_to_csv_when_rows_then_one_line_per_point_with_the_digest() -> None:
     row = {"params": {"A": "1"}, "return_pct": -1.5, "max_drawdown_pct": 2.0, "halts": 1,
            "pauses": {"circuit_breaker": 3, "stale_data": 1}, "trades": 7, "fees": 0.01,
+           "sharpe": -2.5, "sortino": None, "calmar": -3.0, "profit_factor": 0.5,
+           "win_rate": 0.25, "fills": 15, "exposure_time": 0.4, "slippage_cost": 0.05,
+           "buy_and_hold_return": 0.02,
            "trading_state": "HALTED", "digest": {"orders": "ab", "fills": "cd"}}
     lines = to_csv([row], ["A"]).splitlines()
-    assert lines[0].startswith("A,return_pct,max_drawdown_pct,halts,pauses,trades,fees")
-    assert lines[1] == "1,-1.5,2.0,1,circuit_breaker:3 stale_data:1,7,0.01,HALTED,ab,cd"
+    assert lines[0].startswith("A,return_pct,max_drawdown_pct,halts,pauses,trades,fees,sharpe,"
+                               "sortino,calmar,profit_factor,win_rate,fills,exposure_time,"
+                               "slippage_cost,buy_and_hold_return,trading_state")
+    assert lines[1] == ("1,-1.5,2.0,1,circuit_breaker:3 stale_data:1,7,0.01,-2.5,,-3.0,0.5,0.25,"
+                        "15,0.4,0.05,0.02,HALTED,ab,cd")

@@ -1,9 +1,10 @@
 """The HTML run report: one self-contained file of plotly charts (opens offline).
 
-`write_html` renders a JSON report (`services.replay.report.build_report`) and its `Timeline`
+`write_html` renders a JSON report (`services.research.report.build_report`) and its `Timeline`
 into one HTML file with plotly.js embedded once (no network, no CDN):
 
-1. the summary figures;
+1. the summary figures, the statistics and the per-symbol table
+   (`services.research.statistics`);
 2. the equity curve and 3. the drawdown from the running peak, both with the HALT and PAUSE
    periods shaded and labelled by the check behind them;
 4. per symbol, the price with the buys and sells of the run on it;
@@ -26,8 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.replay.report import activity_rows
-from services.replay.timeline import Period, Timeline
+from services.research.report import (
+    SYMBOL_COLUMNS,
+    activity_rows,
+    quote_label,
+    statistics_rows,
+    symbol_rows,
+)
+from services.research.timeline import Period, Timeline
 
 MAX_POINTS = 4000
 """Most points drawn per line."""
@@ -216,7 +223,8 @@ def sweep_figures(points: Sequence[dict[str, Any]], names: Sequence[str]) -> lis
         textposition="top center",
         marker={"size": 11, "color": [p["halts"] for p in points], "colorscale": "Reds",
                 "showscale": True, "colorbar": {"title": "halts"}},
-        hovertext=[f"{lab}<br>trades {p['trades']}, fees {p['fees']:.6g}"
+        hovertext=[f"{lab}<br>Sharpe {_ratio(p.get('sharpe'))}, trades {p['trades']}, "
+                   f"fees {p['fees']:.6g}, slippage {p.get('slippage_cost') or 0:.6g}"
                    for lab, p in zip(labels, points, strict=True)],
     ))
     fig.update_layout(title=f"Sweep: return vs max drawdown ({' / '.join(names)})", height=460,
@@ -257,10 +265,41 @@ def _summary(report: dict[str, Any]) -> str:
     return f'<table class="summary">{body}</table>'
 
 
+def statistics_section(report: dict[str, Any]) -> str:
+    """The statistics table and the per-symbol table ("" for a report without statistics)."""
+    stats = report.get("statistics")
+    if not stats:
+        return ""
+    rows = statistics_rows(stats)
+    body = "".join(
+        f"<tr><th>{html.escape(a)}</th><td>{html.escape(x)}</td>"
+        f"<th>{html.escape(b)}</th><td>{html.escape(y)}</td></tr>"
+        for (a, x), (b, y) in zip(rows[0::2], rows[1::2], strict=True))
+    unit = html.escape(quote_label(stats))
+    parts = [f"<h2>Statistics ({unit})</h2>",
+             f'<table class="summary statistics" id="statistics">{body}</table>']
+    if stats["per_symbol"]:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in SYMBOL_COLUMNS)
+        lines = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>"
+                        for row in symbol_rows(stats))
+        parts.append(f"<h2>Per symbol ({unit})</h2>"
+                     f'<table class="per-symbol" id="per-symbol"><tr>{head}</tr>{lines}</table>')
+    parts.append('<p class="note">Sharpe and Sortino: mean per-minute equity return over its '
+                 "standard (downside) deviation, times &radic;525&#8239;600 (a 24/7 year); "
+                 "trades are closed round trips, net of fees and slippage; buy and hold is the "
+                 "equal-weight position in every symbol from its first to its last close.</p>")
+    return "".join(parts)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _sweep_table(points: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     head += "<th>return %</th><th>max DD %</th><th>halts</th><th>pauses</th><th>trades</th>"
     head += "<th>fees</th>"
+    head += _sweep_statistics_head(points)
     rows = []
     for p in points:
         cells = "".join(f"<td>{html.escape(str(p['params'][n]))}</td>" for n in names)
@@ -268,8 +307,29 @@ def _sweep_table(points: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
         cells += (f"<td>{p['return_pct']:.4f}</td><td>{p['max_drawdown_pct']:.4f}</td>"
                   f"<td>{p['halts']}</td><td>{html.escape(pauses)}</td><td>{p['trades']}</td>"
                   f"<td>{p['fees']:.6g}</td>")
+        cells += _sweep_statistics_cells(p)
         rows.append(f"<tr>{cells}</tr>")
     return f'<table class="sweep"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _sweep_statistics_head(points: Sequence[dict[str, Any]]) -> str:
+    """Headers of a sweep table's statistics columns (money in the points' quote currency)."""
+    quote = html.escape(str(points[0].get("quote") or "quote") if points else "quote")
+    return (f"<th>slippage ({quote})</th><th>Sharpe</th><th>Sortino</th><th>Calmar</th>"
+            "<th>profit factor</th><th>win rate</th><th>exposure</th><th>buy &amp; hold</th>")
+
+
+def _sweep_statistics_cells(p: dict[str, Any]) -> str:
+    """A sweep point's statistics cells (`n/a` where undefined)."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value * 100:.2f} %"
+
+    slippage = p.get("slippage_cost")
+    values = ["n/a" if slippage is None else f"{slippage:.6g}", _ratio(p.get("sharpe")),
+              _ratio(p.get("sortino")), _ratio(p.get("calmar")), _ratio(p.get("profit_factor")),
+              pct(p.get("win_rate")), pct(p.get("exposure_time")),
+              pct(p.get("buy_and_hold_return"))]
+    return "".join(f"<td>{html.escape(v)}</td>" for v in values)
 
 
 _CSS = """
@@ -280,6 +340,9 @@ table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
 table.summary th { background: #f4f4f4; font-weight: 600; }
 .legend span { display: inline-block; padding: 0 0.5rem; margin-right: 0.5rem; }
+table.statistics td, table.per-symbol td { text-align: right; font-variant-numeric: tabular-nums; }
+table.per-symbol td:first-child { text-align: left; }
+.note { color: #555; font-size: 0.85rem; }
 """
 
 
@@ -295,7 +358,7 @@ def render_html(
     Args:
         report: The JSON report.
         timeline: The run over time (None: summary and decision counts only).
-        sweep: Sweep points (see `services.replay.sweep`), if any.
+        sweep: Sweep points (see `services.research.sweep`), if any.
         sweep_names: The swept parameter names.
         title: The page title.
 
@@ -304,7 +367,7 @@ def render_html(
     """
     from plotly.offline import get_plotlyjs
 
-    parts = [f"<h1>{html.escape(title)}</h1>", _summary(report)]
+    parts = [f"<h1>{html.escape(title)}</h1>", _summary(report), statistics_section(report)]
     figs: list[tuple[str, Any]] = []
     tl = timeline or Timeline()
     if tl.equity:
@@ -345,7 +408,7 @@ def render_sweep_html(points: Sequence[dict[str, Any]], names: Sequence[str],
     """Render a sweep as one self-contained HTML page (scatter, heat map, table).
 
     Args:
-        points: The sweep rows (see `services.replay.sweep.summarize`).
+        points: The sweep rows (see `services.research.sweep.summarize`).
         names: The swept parameter names.
         subtitle: A line about the data (symbols, period).
 

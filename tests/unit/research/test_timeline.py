@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from services.cli import _engine_configs
-from services.replay.backtest import Pipeline, run_backtest
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.html_report import drawdown_series, thin
-from services.replay.report import build_report
-from services.replay.timeline import halt_label, pause_periods_from_alerts, run_backtest_timeline
+from services.research.backtest import Pipeline, run_backtest
+from services.research.engines import engine_configs
+from services.research.html_report import drawdown_series, thin
+from services.research.report import build_report
+from services.research.timeline import halt_label, pause_periods_from_alerts, run_backtest_timeline
 
 
 def test_backtest_timeline_when_recorded_then_the_report_equals_the_plain_backtest() -> None:
     candles = read_candles(SAMPLE_DIR, None, None)
-    configs = _engine_configs(list(candles.symbols))
+    configs = engine_configs(list(candles.symbols))
     plain = build_report(run_backtest(candles, Pipeline(*configs, keep_trace=False)), "b")
     record, timeline = run_backtest_timeline(candles, Pipeline(*configs, keep_trace=True))
     assert build_report(record, "b") == plain

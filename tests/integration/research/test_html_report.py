@@ -85,3 +85,46 @@ def test_html_report_of_a_sweep_when_opened_then_scatter_and_heat_map_are_drawn(
     _assert_offline_and_drawn(page, result)
     assert set(result.value["ids"]) == {"sweep-scatter", "sweep-heatmap"}
     assert result.value["heat"] > 0
+
+
+STATISTICS_CHECK = """(() => {
+  if (document.readyState !== 'complete') return null;
+  const table = document.getElementById('statistics');
+  const perSymbol = document.getElementById('per-symbol');
+  if (!table || !perSymbol) return null;
+  const cells = {};
+  const row = table.querySelectorAll('tr');
+  row.forEach(tr => {
+    const c = tr.children;
+    for (let i = 0; i + 1 < c.length; i += 2) cells[c[i].textContent] = c[i + 1].textContent;
+  });
+  const symbols = Array.from(perSymbol.querySelectorAll('tr')).slice(1)
+    .map(tr => Array.from(tr.children).map(td => td.textContent));
+  const summary = Array.from(document.querySelectorAll('table.summary th'))
+    .map(th => th.textContent);
+  return {cells, symbols, summary, visible: table.getBoundingClientRect().height > 100
+          && perSymbol.getBoundingClientRect().height > 50};
+})()"""
+
+
+@needs_chromium
+def test_html_report_when_opened_then_it_shows_the_statistics_and_the_per_symbol_table(
+    tmp_path: Path,
+) -> None:
+    page = tmp_path / "run.html"
+    done = cdb("backtest", "--minutes", "600", "--html", str(page), "--report",
+               str(tmp_path / "run.json"))
+    assert done.returncode == 0, done.stderr
+    stats = orjson.loads((tmp_path / "run.json").read_bytes())["statistics"]
+    result = open_page(page, STATISTICS_CHECK)
+    assert result.errors == []
+    shown = result.value
+    assert shown["visible"]
+    assert shown["cells"]["Sharpe"] == f"{stats['sharpe']:.3f}"
+    assert shown["cells"]["total return"] == f"{stats['total_return'] * 100:.3f} %"
+    assert shown["cells"]["trades"].startswith(f"{stats['trades']} (")
+    assert shown["cells"]["slippage cost"] != "n/a" and stats["slippage_cost"] > 0
+    assert "fees / slippage cost (BTC)" in shown["summary"]
+    assert [row[0] for row in shown["symbols"]] == sorted(stats["per_symbol"])
+    assert [int(row[1]) for row in shown["symbols"]] == [
+        s["trades"] for _, s in sorted(stats["per_symbol"].items())]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from services.replay.report import comparable
+from services.research.report import comparable
 
 ROOT = Path(__file__).resolve().parents[3]
 GRID = {"MAX_POSITION_PCT": ["0.05", "0.2"], "STOP_LOSS_PCT": ["0.01", "0.05"]}
@@ -42,7 +42,10 @@ def test_sweep_when_a_2x2_grid_then_each_point_equals_a_single_backtest(tmp_path
         assert point["digest"] == report["digest"]
         assert comparable(point["report"]) == comparable(report)
         assert point["return_pct"] == report["pnl"]["return_pct"]
-        assert point["trades"] == report["trades"]["fills"]
+        assert point["fills"] == report["trades"]["fills"]
+        assert point["trades"] == report["statistics"]["trades"]
+        assert point["sharpe"] == report["statistics"]["sharpe"]
+        assert point["slippage_cost"] == report["statistics"]["slippage_cost"] > 0
     # The parameters matter on this data: the four points are four different runs.
     assert len({p["digest"]["orders"] for p in points}) == 4
     with (tmp_path / "sweep.csv").open() as handle:

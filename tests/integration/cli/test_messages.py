@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 M = 60_000
 T0 = 1_516_423_980_000  # 2018-01-20T04:53Z, a minute boundary
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from services.cli import Proc, Status
+from services.cli.run import Proc, Status
 
 
 def test_status_table_keeps_square_brackets_of_alerts_and_halt_reasons_on_any_console(

@@ -1,6 +1,6 @@
 """The run over time, for the HTML report: equity, trading-state periods, fills, decisions.
 
-The JSON report (`services.replay.report`) counts; a `Timeline` keeps *when*. Two sources fill
+The JSON report (`services.research.report`) counts; a `Timeline` keeps *when*. Two sources fill
 it, as for the report:
 
 * `run_backtest_timeline` runs `run_backtest` itself (so the run record is the same),
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.replay.candles import Bar, CandleSet
-from services.replay.report import RunRecord
+from services.research.report import RunRecord
 
 HALT_CHECKS = {
     "daily_drawdown": "drawdown",
@@ -131,13 +131,13 @@ def run_backtest_timeline(
 
     Args:
         bars: Bars in time order.
-        pipeline: A `services.replay.backtest.Pipeline` built with `keep_trace=True`.
+        pipeline: A `services.research.backtest.Pipeline` built with `keep_trace=True`.
         progress: Called with the number of candles of each bar processed.
 
     Returns:
         The run record (equal to `run_backtest`'s) and the timeline.
     """
-    from services.replay.backtest import run_backtest
+    from services.research.backtest import run_backtest
 
     trace = pipeline.trace
     if trace is None:

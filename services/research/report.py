@@ -8,14 +8,19 @@ One format for both ways of running: `cdb backtest` builds it from the in-proces
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+from services.research.statistics import FillRecord, slippage_cost, statistics_of
+
+if TYPE_CHECKING:
+    from services.replay.candles import CandleSet
 
 ROUND = 8
 """Decimals kept for money figures in the report."""
@@ -45,6 +50,10 @@ class RunRecord:
         fill_keys: (order id, quantity, price) of every fill.
         held: Base quantity still held at the end, by symbol (positions that did not close).
         gaps: Data gaps of the run: (symbol, close time of the first missing minute, minutes).
+        equity_times: Time (Unix epoch ms) of each of `equity_points`.
+        fill_records: Every fill as the statistics read it (`services.research.statistics`).
+        first_prices: First price of each symbol in the run.
+        last_prices: Last price of each symbol in the run.
     """
 
     start_equity: float
@@ -66,30 +75,15 @@ class RunRecord:
     fill_keys: list[tuple[str, float, float]] = field(default_factory=list)
     held: dict[str, float] = field(default_factory=dict)
     gaps: list[tuple[str, int, int]] = field(default_factory=list)
+    equity_times: list[int] = field(default_factory=list)
+    fill_records: list[FillRecord] = field(default_factory=list)
+    first_prices: dict[str, float] = field(default_factory=dict)
+    last_prices: dict[str, float] = field(default_factory=dict)
 
 
 def _round(value: float, digits: int) -> float:
     """Round for the report; never shows a negative zero."""
     return round(value, digits) + 0.0
-
-
-def max_drawdown(points: Iterable[float]) -> float:
-    """Return the largest fall from a running peak, as a fraction of that peak.
-
-    Args:
-        points: Equity values in time order.
-
-    Returns:
-        The maximum drawdown in [0, 1]; 0.0 for fewer than two points.
-    """
-    peak = 0.0
-    worst = 0.0
-    for value in points:
-        if value > peak:
-            peak = value
-        elif peak > 0:
-            worst = max(worst, (peak - value) / peak)
-    return worst
 
 
 def _iso(ms: int | None) -> str | None:
@@ -115,7 +109,7 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         fees += fee
         realized_from_fills += pnl
     equity = record.final_equity
-    curve = [*record.equity_points, equity]
+    stats = statistics_of(record)
     return {
         "source": source,
         "symbols": sorted(record.symbols),
@@ -137,7 +131,8 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
             "unrealized": _round(equity - record.final_cash - _held_cost(record), ROUND),
             "cash": _round(record.final_cash, ROUND),
         },
-        "max_drawdown_pct": _round(max_drawdown(curve) * 100, 6),
+        "max_drawdown_pct": _round(stats.max_drawdown * 100, 6),
+        "statistics": stats.as_dict(),
         "decisions": {
             "total": len(record.decisions),
             "by_outcome": dict(sorted(by_outcome.items())),
@@ -170,6 +165,18 @@ def digest(record: RunRecord) -> dict[str, str]:
     }
 
 
+def _ms(value: datetime) -> int:
+    """A stored timestamptz as Unix epoch ms (exact for millisecond times)."""
+    return round(value.timestamp() * 1000)
+
+
+def fill_record(row: Any) -> FillRecord:
+    """A stored fill (a `fills` row with ts, symbol, side, qty, price, fee, slippage_pct)."""
+    qty, price = float(row["qty"]), float(row["price"])
+    return FillRecord(_ms(row["ts"]), row["symbol"], row["side"], qty, price, float(row["fee"]),
+                      slippage_cost(row["side"], qty, price, float(row["slippage_pct"])))
+
+
 def _held_cost(record: RunRecord) -> float:
     """Cost of the held positions: what cash went into them and has not come back."""
     return record.start_equity + record.realized_pnl - record.final_cash
@@ -187,7 +194,8 @@ def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         report: A report from `build_report`.
 
     Returns:
-        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees.
+        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees
+        and slippage cost.
     """
     period, trades = report["period"], report["trades"]
     return [
@@ -196,8 +204,120 @@ def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("candles", f"{report['candles']:,}"),
         ("orders / fills", f"{trades['orders']} / {trades['fills']}"),
         ("buys / sells", f"{trades['buys']} / {trades['sells']}"),
-        ("fees", f"{report['fees']:,.6f}"),
+        fees_row(report),
     ]
+
+
+def fees_row(report: dict[str, Any]) -> tuple[str, str]:
+    """The fees, and beside them the slippage cost when the report has statistics."""
+    stats = report.get("statistics")
+    if not stats:
+        return ("fees", f"{report['fees']:,.6f}")
+    return (f"fees / slippage cost ({stats['quote'] or 'quote'})",
+            f"{report['fees']:,.6f} / {stats['slippage_cost']:,.6f}")
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def money(value: float | None, digits: int = 6) -> str:
+    """A quote-currency amount with about `digits` significant digits (`n/a` for None)."""
+    if value is None:
+        return "n/a"
+    size = math.floor(math.log10(abs(value))) + 1 if value else 1
+    return f"{value:,.{min(12, max(2, digits - size))}f}"
+
+
+def percent(value: float | None, digits: int = 3) -> str:
+    """A fraction as a percentage (`n/a` for None)."""
+    return "n/a" if value is None else f"{value * 100:.{digits}f} %"
+
+
+def statistics_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's statistics as (label, value) rows (the terminal and the HTML report).
+
+    Args:
+        stats: A report's `statistics` object (`services.research.statistics`).
+
+    Returns:
+        The rows, money in the quote currency (named in the caller's title).
+    """
+    trades = f"{stats['trades']} ({stats['wins']} won, {stats['losses']} lost)"
+    if stats["open_trades"]:
+        trades += f" + {stats['open_trades']} open"
+    return [
+        ("total return", percent(stats["total_return"])),
+        ("buy and hold", percent(stats["buy_and_hold_return"])),
+        ("max drawdown", percent(stats["max_drawdown"])),
+        ("annualised return", percent(stats["annualized_return"])),
+        ("Sharpe", _number(stats["sharpe"], ".3f")),
+        ("Sortino", _number(stats["sortino"], ".3f")),
+        ("Calmar", _number(stats["calmar"], ".3f")),
+        ("profit factor", _number(stats["profit_factor"], ".3f")),
+        ("trades", trades),
+        ("win rate", percent(stats["win_rate"])),
+        ("average win", money(stats["avg_win"])),
+        ("average loss", money(stats["avg_loss"])),
+        ("fees", money(stats["fees"])),
+        ("slippage cost", money(stats["slippage_cost"])),
+        ("exposure time", percent(stats["exposure_time"])),
+        ("minutes", f"{stats['minutes']:,}"),
+    ]
+
+
+SYMBOL_COLUMNS = ("symbol", "trades", "win rate", "profit factor", "PnL", "fees", "slippage",
+                  "exposure", "buy & hold")
+"""Columns of the per-symbol table."""
+
+
+def symbol_rows(stats: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per symbol under `SYMBOL_COLUMNS` (the terminal and the HTML report)."""
+    return [
+        (symbol, str(s["trades"]), percent(s["win_rate"], 1),
+         _number(s["profit_factor"], ".3f"), money(s["pnl"], 4), money(s["fees"], 4),
+         money(s["slippage_cost"], 4), percent(s["exposure_time"], 1),
+         percent(s["buy_and_hold_return"], 2))
+        for symbol, s in stats["per_symbol"].items()
+    ]
+
+
+def quote_label(stats: dict[str, Any]) -> str:
+    """`money in BTC`, or `money in the quote currency` when the symbols share none."""
+    return f"money in {stats['quote'] or 'the quote currency'}"
+
+
+def render_statistics(report: dict[str, Any], console: Console) -> None:
+    """Print the statistics (two figures a row) and the per-symbol table, 100 columns wide.
+
+    Args:
+        report: A report from `build_report` (nothing is printed without `statistics`).
+        console: Where to print (output that is no terminal gets 100 columns).
+    """
+    stats = report.get("statistics")
+    if not stats:
+        return
+    if not console.is_terminal and console.width < STATISTICS_WIDTH:
+        console = Console(file=console.file, width=STATISTICS_WIDTH, markup=False,
+                          no_color=console.no_color)
+    table = Table(title=f"Statistics ({quote_label(stats)})", show_header=False)
+    for justify in ("left", "right", "left", "right"):
+        table.add_column(justify=justify)
+    rows = statistics_rows(stats)
+    for (a, x), (b, y) in zip(rows[0::2], rows[1::2], strict=True):
+        table.add_row(a, x, b, y)
+    console.print(table)
+    if stats["per_symbol"]:
+        per = Table(title=f"Per symbol ({quote_label(stats)})")
+        for i, name in enumerate(SYMBOL_COLUMNS):
+            per.add_column(name, justify="left" if i == 0 else "right")
+        for row in symbol_rows(stats):
+            per.add_row(*row)
+        console.print(per)
+
+
+STATISTICS_WIDTH = 100
+"""Columns the statistics tables are laid out for."""
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -239,6 +359,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     for code, count in report["alerts"].items():
         alerts.add_row(code, str(count))
     console.print(alerts)
+    render_statistics(report, console)
 
 
 async def load_record(database_url: str, symbols: list[str], start_equity: float) -> RunRecord:
@@ -253,7 +374,7 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         start_equity: The paper account's start equity (PAPER_START_EQUITY).
 
     Returns:
-        The record (candles and period are the caller's to fill).
+        The record (candles, period and first and last prices are the caller's to fill).
     """
     import asyncpg
     import orjson
@@ -272,10 +393,11 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         )
         decisions = await conn.fetch("SELECT outcome, check_name FROM risk_decisions ORDER BY seq")
         fills = await conn.fetch(
-            "SELECT side, fee, realized_pnl, order_id::text, qty, price FROM fills ORDER BY seq"
+            "SELECT side, fee, realized_pnl, order_id::text, qty, price, symbol, slippage_pct, "
+            "ts FROM fills ORDER BY seq"
         )
         alerts = await conn.fetch("SELECT code, level FROM alerts ORDER BY ts, event_id")
-        points = await conn.fetch("SELECT equity FROM equity_curve ORDER BY ts")
+        points = await conn.fetch("SELECT ts, equity FROM equity_curve ORDER BY ts")
         order_ids = await conn.fetch("SELECT order_id::text FROM orders ORDER BY seq")
     finally:
         await conn.close()
@@ -290,6 +412,8 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.fills = [(r["side"], float(r["fee"]), float(r["realized_pnl"])) for r in fills]
     record.alerts = [(r["code"], r["level"]) for r in alerts]
     record.equity_points = [float(r["equity"]) for r in points]
+    record.equity_times = [_ms(r["ts"]) for r in points]
+    record.fill_records = [fill_record(r) for r in fills]
     record.orders = len(order_ids)
     record.order_ids = [r[0] for r in order_ids]
     record.fill_keys = [(r[3], float(r[4]), float(r[5])) for r in fills]
@@ -300,3 +424,26 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.total_fees = engine.total_fees
     record.held = {s: p.qty for s, p in engine.positions.items()}
     return record
+
+
+async def replay_report(database_url: str, candles: CandleSet, equity: float) -> dict[str, Any]:
+    """Build the report of a replay from what the services recorded in PostgreSQL.
+
+    Args:
+        database_url: The run's database.
+        candles: The candle files the replay published (they give the period and the gaps).
+        equity: The paper account's start equity.
+
+    Returns:
+        The JSON report (`build_report`, source `replay`).
+    """
+    record = await load_record(database_url, list(candles.symbols), equity)
+    record.candles = candles.candles
+    record.first_ms = candles.first_timestamp
+    record.last_ms = candles.last_timestamp
+    record.gaps = candles.gaps
+    closes = candles.first_and_last_closes()
+    record.first_prices = {s: first for s, (first, _) in closes.items()}
+    record.last_prices = {s: last for s, (_, last) in closes.items()}
+    return build_report(record, "replay")
+

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from services.cli import _engine_configs
-from services.replay.backtest import Pipeline
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.html_report import render_html
-from services.replay.report import build_report
-from services.replay.timeline import Period, Timeline, run_backtest_timeline
+from services.research.backtest import Pipeline
+from services.research.engines import engine_configs
+from services.research.html_report import render_html
+from services.research.report import build_report
+from services.research.timeline import Period, Timeline, run_backtest_timeline
 
 
 def test_render_html_when_a_backtest_then_one_page_with_every_chart_and_plotly_inline() -> None:
     candles = read_candles(SAMPLE_DIR, None, 300)
     record, timeline = run_backtest_timeline(
-        candles, Pipeline(*_engine_configs(list(candles.symbols)), keep_trace=True))
+        candles, Pipeline(*engine_configs(list(candles.symbols)), keep_trace=True))
     page = render_html(build_report(record, "backtest"), timeline)
     for div in ("equity", "drawdown", "trades", "decisions", "alerts"):
         assert f'id="{div}"' in page

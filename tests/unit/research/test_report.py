@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from services.replay.backtest import run_backtest
+import io
+
+from rich.console import Console
+
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
-from services.replay.report import RunRecord, build_report, comparable, max_drawdown
+from services.research.backtest import run_backtest
+from services.research.report import RunRecord, build_report, comparable, render
+from services.research.statistics import max_drawdown
 from tests.support.btc_pipeline import btc_pipeline
 
 
@@ -65,3 +70,45 @@ def test_the_digest_changes_when_an_order_or_a_fill_price_differs() -> None:
     digest = build_report(base, "backtest")["digest"]
     assert build_report(moved, "backtest")["digest"]["fills"] != digest["fills"]
     assert build_report(extra, "backtest")["digest"]["orders"] != digest["orders"]
+
+
+def _printed(report: dict[str, object], width: int) -> str:
+    buffer = io.StringIO()
+    render(report, Console(file=buffer, width=width, markup=False, no_color=True))
+    return buffer.getvalue()
+
+
+def test_render_when_a_backtest_then_statistics_and_symbols_fit_in_100_columns() -> None:
+    candles = read_candles(SAMPLE_DIR, None, 600)
+    record = run_backtest(candles, btc_pipeline(candles.symbols))
+    report = build_report(record, "backtest")
+    stats = report["statistics"]
+    text = _printed(report, 80)  # piped output gets the tables' 100 columns
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert "Statistics (money in BTC)" in text and "Per symbol (money in BTC)" in text
+    sharpe = next(line for line in lines if "Sharpe" in line)
+    assert f"{stats['sharpe']:.3f}" in sharpe and f"{stats['sortino']:.3f}" in sharpe
+    for symbol, figures in stats["per_symbol"].items():
+        row = next(line for line in lines if line.startswith(f"│ {symbol}"))
+        assert row.split("│")[2].strip() == str(figures["trades"])
+    assert "…" not in text  # nothing cut short
+    fees = next(line for line in lines if "fees / slippage cost (BTC)" in line)
+    assert f"{stats['slippage_cost']:,.6f}" in fees
+
+
+def test_render_when_no_trades_then_the_undefined_figures_read_n_a() -> None:
+    record = RunRecord(start_equity=1.0, symbols=["ETHBTC"], equity_points=[1.0, 1.0],
+                       equity_times=[60_000, 120_000], final_equity=1.0, final_cash=1.0,
+                       last_ms=180_000, first_prices={"ETHBTC": 0.05},
+                       last_prices={"ETHBTC": 0.055})
+    report = build_report(record, "backtest")
+    assert report["statistics"]["sharpe"] is None
+    assert report["statistics"]["profit_factor"] is None
+    lines = _printed(report, 100).splitlines()
+    for label in ("Sharpe", "Sortino", "Calmar", "profit factor", "win rate", "average win"):
+        line = next(line for line in lines if label in line)
+        cells = [c.strip() for c in line.split("│")]
+        assert cells[cells.index(label) + 1] == "n/a", line
+    assert any("10.000 %" in line and "buy and hold" in line for line in lines)
+    assert any("0 (0 won, 0 lost)" in line for line in lines)

@@ -26,7 +26,8 @@ from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
 from services.replay.candles import Bar, CandleSet
-from services.replay.report import RunRecord
+from services.research.report import RunRecord
+from services.research.statistics import FillRecord, slippage_cost
 from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import EMPTY_OUTPUT, Decision, RiskOutput
@@ -71,6 +72,8 @@ class Pipeline:
         self.trace = Trace() if keep_trace else None
         self._last_tick = -1
         self._bar_ts: int | None = None
+        self._unpriced = set(self.record.symbols)
+        self._price_all = not self._unpriced  # no whitelist: every symbol seen
 
     def _risk_output(self, out: RiskOutput) -> list[Order]:
         record = self.record
@@ -94,6 +97,9 @@ class Pipeline:
                 f = result.fill
                 record.fills.append((f.side, f.fee, f.realized_pnl))
                 record.fill_keys.append((str(f.order_id), f.qty, f.price))
+                record.fill_records.append(FillRecord(
+                    f.ts_ms, f.symbol, f.side, f.qty, f.price, f.fee,
+                    slippage_cost(f.side, f.qty, f.price, f.slippage_pct)))
                 if self.trace is not None:
                     self.trace.fills.append(f)
             for a in result.alerts:
@@ -103,6 +109,15 @@ class Pipeline:
             followup = self.risk.on_order_result(result.result, result.result.timestamp)
             if not followup.is_empty:
                 self._execute(self._risk_output(followup))
+
+    def _first_prices(self, events: Sequence[MarketData]) -> None:
+        """Keep the first price of each symbol (the buy-and-hold benchmark's entry)."""
+        first = self.record.first_prices
+        unpriced = self._unpriced
+        for md in events:
+            if md.symbol in unpriced or (self._price_all and md.symbol not in first):
+                first[md.symbol] = md.price
+                unpriced.discard(md.symbol)
 
     def on_bar(self, events: Sequence[MarketData], timestamp: int) -> None:
         """Process one bar (every symbol's market data of one minute).
@@ -114,9 +129,12 @@ class Pipeline:
         record = self.record
         if self._bar_ts is not None:
             record.equity_points.append(self.execution.equity)
+            record.equity_times.append(self._bar_ts)
         else:
             record.first_ms = timestamp
         self._bar_ts = timestamp
+        if self._unpriced or self._price_all:
+            self._first_prices(events)
         risk = self.risk
         execution = self.execution
         signal = self.signal
@@ -161,6 +179,8 @@ class Pipeline:
         record.total_fees = execution.total_fees
         record.trading_state = str(self.risk.state)
         record.held = {s: p.qty for s, p in execution.positions.items()}
+        record.last_prices = {s: p for s in record.first_prices
+                              if (p := execution.last_price(s)) is not None}
         return record
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.replay.backtest import Pipeline, run_backtest
 from services.replay.candles import read_candles
-from services.replay.report import build_report
+from services.research.backtest import Pipeline, run_backtest
+from services.research.report import build_report
 from tests.support.btc_pipeline import btc_pipeline
 from tests.unit.replay.test_candles import T0, M, row, write
 

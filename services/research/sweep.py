@@ -29,8 +29,16 @@ from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt
 
-SWEEP_COLUMNS = ("return_pct", "max_drawdown_pct", "halts", "pauses", "trades", "fees")
-"""The figures of a point, in table order."""
+SWEEP_COLUMNS = ("return_pct", "max_drawdown_pct", "halts", "pauses", "trades", "fees",
+                 "sharpe", "sortino", "calmar", "profit_factor", "win_rate", "fills",
+                 "exposure_time", "slippage_cost", "buy_and_hold_return")
+"""The figures of a point, in CSV order: `trades` are closed round trips and the figures from
+`sharpe` on are the run's statistics (`services.research.statistics`; fractions as fractions,
+money in the quote currency, empty when undefined)."""
+
+STATISTICS_COLUMNS = ("sharpe", "sortino", "calmar", "profit_factor", "win_rate",
+                      "exposure_time", "slippage_cost", "buy_and_hold_return")
+"""The statistics a point's row carries under their own names."""
 
 
 class SweepError(ValueError):
@@ -161,9 +169,10 @@ def grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, str]]:
 
 def summarize(params: dict[str, str], report: dict[str, Any], periods: Sequence[Any],
               ) -> dict[str, Any]:
-    """One point's row: its parameters, figures, report and digest."""
+    """One point's row: its parameters, figures (`SWEEP_COLUMNS`), report and digest."""
     halts = sum(1 for p in periods if p.state == "HALTED")
     pauses = Counter(p.label for p in periods if p.state == "PAUSED")
+    stats = report["statistics"]
     return {
         "params": params,
         "return_pct": report["pnl"]["return_pct"],
@@ -171,8 +180,11 @@ def summarize(params: dict[str, str], report: dict[str, Any], periods: Sequence[
         "halts": halts,
         "halt_checks": sorted({p.label for p in periods if p.state == "HALTED"}),
         "pauses": dict(sorted(pauses.items())),
-        "trades": report["trades"]["fills"],
+        "trades": stats["trades"],
+        "fills": report["trades"]["fills"],
         "fees": report["fees"],
+        **{name: stats[name] for name in STATISTICS_COLUMNS},
+        "quote": stats["quote"],
         "trading_state": report["trading_state"],
         "digest": report["digest"],
         "report": report,
@@ -196,25 +208,25 @@ def run_point(
     Returns:
         The point's row (see `summarize`).
     """
-    from services.cli import _engine_configs, _patched_env
-    from services.replay.backtest import Pipeline
     from services.replay.candles import read_candles
-    from services.replay.report import build_report
-    from services.replay.timeline import run_backtest_timeline
+    from services.research.backtest import Pipeline
+    from services.research.engines import engine_configs, patched_env
+    from services.research.report import build_report
+    from services.research.timeline import run_backtest_timeline
 
     key = (data_dir, tuple(symbols) if symbols else None, minutes)
     candles = _CANDLES.get(key)
     if candles is None:
         candles = _CANDLES[key] = read_candles(Path(data_dir), symbols, minutes or None)
-    with _patched_env(params):
-        configs = _engine_configs(list(candles.symbols))
+    with patched_env(params):
+        configs = engine_configs(list(candles.symbols))
     pipeline = Pipeline(*configs, keep_trace=True)
     record, timeline = run_backtest_timeline(candles, pipeline)
     return summarize(params, build_report(record, "backtest"), timeline.periods)
 
 
-_PRELOAD = ["services.cli", "services.replay.backtest", "services.replay.timeline",
-            "services.replay.sweep"]
+_PRELOAD = ["services.research.engines", "services.research.backtest",
+            "services.research.timeline", "services.research.sweep"]
 
 
 def _context() -> BaseContext:
@@ -272,7 +284,7 @@ def to_csv(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
                      "digest_fills"])
     for r in rows:
         pauses = " ".join(f"{k}:{v}" for k, v in r["pauses"].items())
-        writer.writerow([*(r["params"][n] for n in names), r["return_pct"],
-                         r["max_drawdown_pct"], r["halts"], pauses, r["trades"], r["fees"],
+        figures = [pauses if c == "pauses" else r.get(c) for c in SWEEP_COLUMNS]
+        writer.writerow([*(r["params"][n] for n in names), *figures,
                          r["trading_state"], r["digest"]["orders"], r["digest"]["fills"]])
     return out.getvalue()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import Proc, Status
+from services.cli.run import Proc, Status
 from services.common.infra import Infrastructure
 from services.common.notify import Pager, Stack
 from tests.support.alerting import HttpSink, Request

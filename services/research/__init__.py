@@ -1,0 +1,1 @@
+"""Research: backtests, parameter sweeps and run reports over the same pure engines."""
