@@ -32,6 +32,7 @@ import pytest
 import redis
 import yaml
 
+from services.common.events import MarketData, Signal, dump_event, new_id, parse_event
 from tests.support.real_cluster import ClusterUnavailable, RealCluster
 from tests.support.waiting import wait_for
 
@@ -321,6 +322,29 @@ class Release:
 
     def count(self, table: str, where: str = "true") -> int:
         return int(self.sql(f"SELECT count(*) FROM {table} WHERE {where}")[0][0])
+
+    def inject_buy_signal(self, reason: str) -> str:
+        """Publish one buy signal on the account's `signals` stream, closed by the newest
+        market data event (what the signal engine publishes); returns its signal id."""
+        prefix = str((self.values.get("config") or {}).get("streamPrefix") or "")
+        r = self.redis_client()
+        try:
+            ((_, fields),) = r.xrevrange(f"{prefix}market_data", count=1)
+            md = parse_event("market_data", fields[b"data"])
+            assert isinstance(md, MarketData)
+            signal = Signal(timestamp=md.timestamp, symbol=md.symbol, direction="buy",
+                            size=0.02, signal_strength=1.0, signal_id=new_id(),
+                            market_event_id=md.event_id, reason=reason)
+            r.xadd(f"{prefix}signals", {b"data": dump_event(signal)})
+        finally:
+            r.close()
+        return signal.signal_id
+
+    def decision(self, signal_id: str) -> tuple[str, str] | None:
+        """(outcome, deciding check) of one signal, None while it is undecided."""
+        rows = self.sql("SELECT outcome, check_name FROM risk_decisions "
+                        f"WHERE signal_id = '{signal_id}'")
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
     def redis_client(self) -> redis.Redis:
         """The Redis the account uses (its own, or the one it shares)."""

@@ -133,18 +133,20 @@ def test_spec_paused_stops_new_orders_and_unpausing_resumes(account_a: Release) 
     account_a.patch_spec({"paused": True})
     wait_for(lambda: account_a.risk_state()["manual_paused"] is True, 60, "paused", 2)
     wait_for(lambda: account_a.status().get("manualPaused") is True, 30, "status paused", 2)
-    since = account_a.sql("SELECT now()")[0][0]
-    # the signals keep coming; every buy decided from now on is refused, none becomes an order
-    wait_for(lambda: account_a.count("risk_decisions",
-                                     f"side = 'buy' AND ts > '{since.isoformat()}'") > 0,
-             240, "a buy signal decided while paused", 5)
-    buys = account_a.sql("SELECT outcome, check_name FROM risk_decisions "
-                         f"WHERE side = 'buy' AND ts > '{since.isoformat()}'")
-    assert {outcome for outcome, _ in buys} == {"rejected"}
-    assert "manual_pause" in {check for _, check in buys}
-    assert account_a.count("orders", f"side = 'buy' AND ts > '{since.isoformat()}'") == 0
+    since = account_a.sql("SELECT now()")[0][0].isoformat()
+    # a buy signal as the signal engine publishes it: decided, refused, no order
+    paused = account_a.inject_buy_signal("e2e: a buy while paused")
+    assert wait_for(lambda: account_a.decision(paused), 60, "the signal decided", 1) == (
+        "rejected", "manual_pause")
+    assert account_a.count("orders", f"signal_id = '{paused}'") == 0
+    # no buy became an order while paused, from any signal
+    until = account_a.sql("SELECT now()")[0][0].isoformat()
+    assert account_a.count("orders", f"side = 'buy' AND ts BETWEEN '{since}' AND '{until}'") == 0
     account_a.patch_spec({"paused": False})
     wait_for(lambda: account_a.risk_state()["manual_paused"] is False, 60, "resumed", 2)
+    resumed = account_a.inject_buy_signal("e2e: a buy after the pause")
+    outcome, check = wait_for(lambda: account_a.decision(resumed), 60, "decided", 1)
+    assert check != "manual_pause", (outcome, check)
 
 
 def test_a_halt_survives_a_killed_risk_manager_and_nothing_is_decided_twice(
@@ -247,6 +249,19 @@ def test_killing_the_operator_pod_loses_no_change_made_meanwhile(account_a: Rele
     new = account_a.ready_pod("operator")
     assert new is not None and not operator_errors(account_a, new["metadata"]["name"])
     assert account_a.risk_state()["state"] != "HALTED"
+
+
+def test_the_dns_egress_policy_needs_no_namespace_label_this_version_lacks(
+    account_a: Release, real: RealCluster,
+) -> None:
+    # Kubernetes sets kubernetes.io/metadata.name on namespaces by itself only from 1.21
+    labels = real.kubectl_json("get", "namespace", "kube-system")["metadata"].get("labels")
+    assert "kubernetes.io/metadata.name" not in (labels or {})
+    dns = account_a.get("networkpolicy", f"{RELEASE}-allow-dns")["spec"]
+    assert dns["policyTypes"] == ["Egress"]
+    (rule,) = dns["egress"]
+    assert "to" not in rule  # port 53 of any address: whatever serves DNS here (dnsmasq)
+    assert {(p["protocol"], p["port"]) for p in rule["ports"]} == {("UDP", 53), ("TCP", 53)}
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
