@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python -m benchmarks.backtest
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.sweep
+	$(BIN)/python -m benchmarks.optimize
 
 # -- containers (docker-compose.yml; see the README's Compose section) ----------------------
 COMPOSE ?= docker compose

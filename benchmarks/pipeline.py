@@ -197,13 +197,13 @@ async def latency(bus: Bus, rate: float, seconds: float) -> tuple[list[float], H
 
 
 def quantiles(name: str, values: list[float]) -> None:
-    """Emit p50, p99 and max of `values` (ms) under `name`."""
-    if len(values) < 2:
-        emit(f"{name}_samples", len(values))
-        return
+    """Emit p50, p99 and max of `values` (ms) under `name` (one sample is all three)."""
     emit(f"{name}_samples", len(values))
+    if not values:
+        return
+    p99 = statistics.quantiles(values, n=100)[98] if len(values) > 1 else values[0]
     emit(f"{name}_p50_ms", round(statistics.median(values), 2))
-    emit(f"{name}_p99_ms", round(statistics.quantiles(values, n=100)[98], 2))
+    emit(f"{name}_p99_ms", round(p99, 2))
     emit(f"{name}_max_ms", round(max(values), 2))
 
 

@@ -486,9 +486,11 @@ def register(
             raise kopf.TemporaryError(f"release {request.id} not sent: {exc}",
                                       delay=config.RETRY_DELAY_SEC) from None
         except RiskRefused as exc:
+            hint = ("the id was already used for another release" if exc.status == 409
+                    else "check the admin token")
             return ReleaseDecision(ReleaseVerdict.CALL,
-                                   f"refused by the risk manager ({exc}): check the admin token")
-        if reply.state is not None:
+                                   f"refused by the risk manager ({exc}): {hint}")
+        if reply.state is not None and not reply.duplicate:  # a repeat carries the old state
             patch.status["tradingState"] = reply.state.state
             patch.status["haltReason"] = reply.state.halt_reason
             patch.status["haltedSince"] = (

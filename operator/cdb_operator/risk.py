@@ -37,7 +37,8 @@ class ReleaseReply:
     Attributes:
         result: `released` or `nothing to release`.
         duplicate: True when the request id had been answered before (nothing was done now).
-        state: The trading state after the call, None when the reply lacked it.
+        state: The trading state after the call (after the first call for a duplicate),
+            None when the reply lacked it.
     """
 
     result: str

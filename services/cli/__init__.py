@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import alerting, backtest, config, data, db, report, risk, run
+from services.cli import (
+    alerting,
+    backtest,
+    config,
+    data,
+    db,
+    optimize,
+    report,
+    risk,
+    run,
+    strategy,
+    walkforward,
+)
 
 app = typer.Typer(
     help="Claire de Binaire: paper trading on crypto spot markets.",
@@ -18,6 +30,8 @@ app = typer.Typer(
 )
 app.command()(run.run)
 app.command()(backtest.backtest)
+app.command()(optimize.optimize)
+app.command()(walkforward.walkforward)
 app.command()(run.up)
 app.command("report")(report.report_command)
 app.add_typer(db.app, name="db")
@@ -25,6 +39,7 @@ app.add_typer(alerting.app, name="alerting")
 app.add_typer(config.app, name="config")
 app.add_typer(risk.app, name="risk")
 app.add_typer(data.app, name="data")
+app.add_typer(strategy.app, name="strategy")
 
 
 def main() -> None:

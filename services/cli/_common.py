@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +24,18 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 
 def candles_or_exit(data: Path | None, symbols: list[str] | None, minutes: int) -> CandleSet:
     """Read the candle files (the bundled sample by default), or exit 1 naming the problem."""
-    from services.replay.candles import CandleFileError, read_candles
+    from services.replay.candles import CandleFileError, misnamed_candle_files, read_candles
     from services.replay.config import SAMPLE_DIR
 
     try:
-        return read_candles(data or SAMPLE_DIR, symbols, minutes or None)
+        candles = read_candles(data or SAMPLE_DIR, symbols, minutes or None)
     except (CandleFileError, ValueError) as exc:
         err.print(f"cannot read candles: {exc}", style="red")
         raise typer.Exit(1) from None
+    for path in misnamed_candle_files(data or SAMPLE_DIR):
+        err.print(f"warning: {path} is not read: a candle file is named <BASE>_<QUOTE>-1m.json "
+                  "or .json.gz (e.g. ETH_BTC-1m.json)", style="yellow")
+    return candles
 
 
 def write_report(report: dict[str, Any], path: Path | None) -> None:
@@ -49,3 +56,28 @@ def write_html(report: dict[str, Any], timeline: Any, path: Path | None) -> None
     html_report.write_html(path, html_report.render_html(report, timeline))
     console.print(f"HTML report written to {path}", soft_wrap=True)
 
+
+
+def say(target: Console, message: str, style: str | None = None) -> None:
+    """Print, unless the terminal is gone (a closed terminal must not stop a cleanup)."""
+    with contextlib.suppress(OSError, ValueError):
+        target.print(message, style=style)
+
+
+def when(ms: Any, clock: str) -> str:
+    """A time of the risk manager as a person reads it, naming the clock it is on."""
+    if not isinstance(ms, int | float) or isinstance(ms, bool):
+        return "-"
+    at = datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if clock == "event":
+        return f"{at} (replay time)"
+    ago = max(0, int(time.time() - ms / 1000))
+    span = f"{ago} s" if ago < 120 else f"{ago // 60} min" if ago < 7200 else f"{ago // 3600} h"
+    return f"{at} (wall clock, {span} ago)"
+
+
+def halt_text(state: dict[str, Any]) -> str:
+    """The halt reason of a risk state with what it means."""
+    from services.research.report import explain_halt
+
+    return explain_halt(str(state.get("halt_reason") or ""))

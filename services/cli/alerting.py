@@ -38,7 +38,7 @@ def alerting_render(
                       for e in exc.errors(include_input=False))
             if isinstance(exc, ValidationError) else str(exc)
         )
-        err.print(f"[red]alerting configuration invalid:[/red] {detail}")
+        err.print(f"alerting configuration invalid: {detail}", style="red")
         raise typer.Exit(1) from None
     receivers = ", ".join(settings.receivers()) or "none (alerts in Alertmanager's UI only)"
     err.print(f"wrote {', '.join(str(p) for p in written)}; receivers: {receivers}")

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from services.cli._common import candles_or_exit, console, err, write_html, write_report
+from services.cli.strategy import ParamOption, StrategyOption, strategy_env
 from services.cli.sweep import sweep_command
-from services.research.engines import engine_configs
+from services.research.engines import engine_configs, patched_env
 
 
 def backtest(
@@ -25,10 +26,13 @@ def backtest(
     ] = None,
     sweep: Annotated[
         list[str] | None,
-        typer.Option(help="NAME=v1,v2: run a grid of risk parameters (repeat per parameter)"),
+        typer.Option(help="NAME=v1,v2: run a grid of engine variables or strategy parameters "
+                     "(repeat per parameter)"),
     ] = None,
     csv: Annotated[Path | None, typer.Option(help="Write the sweep table as CSV here")] = None,
     workers: Annotated[int, typer.Option(help="Sweep processes (0: all cores)")] = 0,
+    strategy: StrategyOption = None,
+    param: ParamOption = None,
 ) -> None:
     """Run the engines in-process on candle files, as fast as possible.
 
@@ -41,11 +45,17 @@ def backtest(
     from services.research.report import build_report, render
 
     wanted = [s for s in symbols.replace(" ", "").split(",") if s] or None
+    chosen = strategy_env(strategy, param)
     if sweep:
-        sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers)
+        sweep_command(data_dir, wanted, minutes, sweep, csv, html, report, workers, chosen)
         return
     candles = candles_or_exit(data_dir, wanted, minutes)
-    configs = engine_configs(list(candles.symbols))
+    from services.common.settings import collect_fallbacks
+
+    with patched_env(chosen), collect_fallbacks(quiet=True) as fallbacks:
+        configs = engine_configs(list(candles.symbols))
+    for fb in {fb.variable: fb for fb in fallbacks}.values():
+        err.print(f"warning: {fb.message()}", style="yellow")
     pipeline = Pipeline(*configs, keep_trace=html is not None)
     timeline = None
     started = time.perf_counter()

@@ -67,7 +67,7 @@ def data_download(
             names = [s for s in symbols.replace(" ", "").split(",") if s]
         pairs = [dl.split_symbol(s, quote) for s in names]
     except dl.DownloadError as exc:
-        err.print(f"[red]cannot download:[/red] {exc}")
+        err.print(f"cannot download: {exc}", style="red")
         raise typer.Exit(1) from None
     err.print(f"downloading {len(pairs)} symbols, {dl.iso(start)} .. {dl.iso(end)}, "
               f"into {downloader.directory}")
@@ -83,7 +83,7 @@ def data_download(
         try:
             results = asyncio.run(downloader.download(pairs, start, end, progress))
         except dl.DownloadError as exc:
-            err.print(f"[red]cannot download:[/red] {exc}")
+            err.print(f"cannot download: {exc}", style="red")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted: the files hold every complete page; run the same command "
@@ -105,7 +105,11 @@ def data_download(
     console.print(table)
     for r in results:
         if r.error is not None:
-            err.print(f"[red]{r.pair.symbol} failed:[/red] {r.error}", markup=True)
-    console.print(f"manifest written to {downloader.directory / dl.MANIFEST}")
+            err.print(f"{r.pair.symbol} failed: {r.error}", style="red")
+    if downloader.manifest_written:
+        console.print(f"manifest written to {downloader.directory / dl.MANIFEST}")
+    else:
+        err.print(f"nothing was downloaded: no file and no manifest written in "
+                  f"{downloader.directory}", style="red")
     raise typer.Exit(1 if failed else 0)
 

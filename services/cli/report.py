@@ -28,6 +28,7 @@ def report_command(
     """
     import asyncpg
 
+    from services.research.engines import engine_configs
     from services.research.report import render, replay_report
 
     url = os.environ.get("DATABASE_URL")
@@ -37,7 +38,8 @@ def report_command(
     candles = candles_or_exit(data, None, minutes)
     equity = start_equity(list(candles.symbols))
     try:
-        result = asyncio.run(replay_report(url, candles, equity))
+        minimum = engine_configs(list(candles.symbols))[1].min_order_notional
+        result = asyncio.run(replay_report(url, candles, equity, minimum))
         timeline = None
         if html is not None:
             from services.research.timeline import load_timeline

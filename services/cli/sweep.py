@@ -17,15 +17,20 @@ from services.cli._common import candles_or_exit, console, err, write_report
 def sweep_command(
     data_dir: Path | None, symbols: list[str] | None, minutes: int, specs: list[str],
     csv_path: Path | None, html_path: Path | None, report_path: Path | None, workers: int,
+    strategy: dict[str, str] | None = None,
 ) -> None:
-    """Run a risk-parameter grid in parallel processes and print one row per point."""
+    """Run a parameter grid in parallel processes and print one row per point.
+
+    `strategy` (STRATEGY and STRATEGY_PARAMS) runs in every point; its numeric parameters
+    can be swept like the engine variables.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from services.replay.config import SAMPLE_DIR
     from services.research.sweep import SweepError, grid, parse_sweep, run_sweep, to_csv
 
     try:
-        axes = parse_sweep(specs)
+        axes = parse_sweep(specs, strategy)
     except SweepError as exc:
         err.print(f"cannot sweep: {exc}", markup=False)
         raise typer.Exit(2) from None
@@ -41,7 +46,7 @@ def sweep_command(
                   transient=True) as progress:
         task = progress.add_task("sweep", total=len(points))
         rows = run_sweep(directory, symbols, minutes, points, workers,
-                         lambda _: progress.advance(task))
+                         lambda _: progress.advance(task), strategy)
     elapsed = time.perf_counter() - started
     table = Table(title=f"Sweep ({len(rows)} points, {elapsed:.1f}s)")
     for col in (*names, "return %", "max DD %", "halts", "pauses by check", "trades", "fees",

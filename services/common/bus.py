@@ -10,7 +10,9 @@ still published in order, each after its commit. Entries that keep
 failing are reclaimed by an XAUTOCLAIM sweep (following its cursor) and, after
 ``BUS_MAX_DELIVERIES`` deliveries, moved to ``<stream>.dlq`` with the error and an alert;
 an entry that fails schema validation goes there at once. When Redis goes away every operation
-retries with capped exponential backoff and jitter; nothing is acked that was not handled.
+retries with capped exponential backoff and jitter; nothing is acked that was not handled. A
+Redis still loading its data set is waited for inside the client
+(`services.common.redis_client`), and treated as transient here beyond that.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common import metrics
@@ -39,6 +41,7 @@ from services.common.events import (
     dump_event,
     parse_event,
 )
+from services.common.redis_client import async_client
 
 logger = logging.getLogger("cdb.bus")
 
@@ -48,6 +51,7 @@ _YIELDS_TO_SEND: Final = 3
 of its own under a socket timeout)."""
 DATA: Final = b"data"
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    BusyLoadingError,  # a ConnectionError already; named because it is not a lost connection
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
@@ -208,7 +212,7 @@ class Bus:
         kwargs: dict[str, Any] = {"decode_responses": False, "health_check_interval": 0}
         if config.password:
             kwargs["password"] = config.password
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(config.url, **kwargs)
+        self.redis: aioredis.Redis = async_client(config.url, **kwargs)
         self._publish_script = self.redis.register_script(PUBLISH_SCRIPT)
         self._lag_script = self.redis.register_script(LAG_SCRIPT)
         self._published: dict[str, Any] = {}

@@ -24,6 +24,8 @@ from pydantic import (
     field_validator,
 )
 
+from services.common.text import NO_NUL_PATTERN, scrub, unsafe_path
+
 SCHEMA_VERSION = 1
 NAMESPACE = uuid.UUID("6f1c1d0e-8a4f-5b7e-9c2d-3e4f5a6b7c8d")
 
@@ -60,6 +62,9 @@ Price = Annotated[float, _finite(gt=0)]
 NonNegative = Annotated[float, _finite(ge=0)]
 """A finite number, zero or above."""
 EventId = Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$", description="UUID")]
+Text = Annotated[str, Field(pattern=NO_NUL_PATTERN)]
+"""Free text: any valid Unicode but the NUL character, which PostgreSQL cannot store (pydantic
+refuses lone surrogates by itself)."""
 
 Source = Literal["mexc_ws", "mexc_rest", "replay"]
 Direction = Literal["buy", "sell"]
@@ -144,7 +149,11 @@ class Signal(EventBase):
     signal_strength: Annotated[float, _finite(ge=0, le=1)]
     signal_id: EventId
     market_event_id: EventId = Field(description="Id of the market_data event that closed it")
-    reason: str = Field(max_length=200)
+    reason: Text = Field(max_length=200)
+    fraction: Annotated[float, _finite(gt=0, le=1)] | None = Field(
+        default=None,
+        description="Share of the position a sell asks to sell; absent: all of it",
+    )
 
 
 class Order(EventBase):
@@ -157,8 +166,8 @@ class Order(EventBase):
     quantity: NonNegative | None = Field(
         default=None, description="Base quantity for exits that close a position exactly"
     )
-    approved_by: str
-    risk_checks: dict[str, str] = Field(description="Outcome per risk layer")
+    approved_by: Text
+    risk_checks: dict[str, Text] = Field(description="Outcome per risk layer")
     order_id: EventId
     signal_id: EventId | None = None
     trimmed: bool = False
@@ -195,7 +204,7 @@ class OrderResult(EventBase):
     filled_qty: NonNegative
     filled_notional: NonNegative
     slippage_pct: NonNegative
-    reason: str | None = Field(default=None, max_length=200)
+    reason: Text | None = Field(default=None, max_length=200)
 
     @field_validator("fill_price")
     @classmethod
@@ -212,29 +221,45 @@ class Alert(EventBase):
     type: Literal["alerts"] = "alerts"
     code: str = Field(pattern=r"^[A-Z][A-Z_]{1,40}$")
     level: AlertLevel
-    message: str = Field(max_length=1000)
-    source: str = Field(description="Service that raised it")
+    message: Text = Field(max_length=1000)
+    source: Text = Field(description="Service that raised it")
     context: dict[str, Any] = Field(
         default_factory=dict,
-        description="Values behind the alert; numbers in it are finite",
+        description="Values behind the alert; numbers in it are finite, texts hold no NUL",
     )
+
+    @field_validator("message", "source", mode="before")
+    @classmethod
+    def _storable_when_built(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse unstorable text from JSON; replace it by U+FFFD in an alert built here.
+
+        A service that reports text it received (an exchange's error message, say) keeps its
+        alert: the NUL or lone surrogate becomes U+FFFD instead of failing the alert.
+        """
+        if info.mode == "python" and isinstance(value, str):
+            return scrub(value)
+        return value
 
     @field_validator("context")
     @classmethod
     def _finite_context(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """Refuse a non-finite number anywhere in a received context; null it when built.
+        """Refuse a non-finite number or a NUL anywhere in a received context; fix it built.
 
-        From JSON (the bus) a NaN or infinity is refused, as everywhere in the contract. An
-        alert built in Python (a service reporting a broken value) keeps the alert and
-        replaces the number by None, which is what its JSON form would carry anyway: an alert
-        about a bad number must never fail because of it.
+        From JSON (the bus) a NaN or infinity, or a text with a NUL character (PostgreSQL
+        cannot store it), is refused, as everywhere in the contract. An alert built in Python
+        (a service reporting a broken value) keeps the alert: the number becomes None, which
+        is what its JSON form would carry anyway, and the character U+FFFD. An alert about a
+        bad value must never fail because of it.
         """
         path = _non_finite_path(value)
-        if path is None:
+        text = unsafe_path(value)
+        if path is None and text is None:
             return value
         if info.mode == "json":
-            raise ValueError(f"context.{path} is not a finite number")
-        cleaned: dict[str, Any] = _nulled(value)
+            if path is not None:
+                raise ValueError(f"context.{path} is not a finite number")
+            raise ValueError(f"context.{text} holds a NUL character, which cannot be stored")
+        cleaned: dict[str, Any] = scrub(_nulled(value))
         return cleaned
 
 

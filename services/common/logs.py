@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from services.common.text import scrub
+
 REDACTED = "***"
 _MIN_SECRET_LEN = 4
 _secrets: set[str] = set()
@@ -136,7 +138,11 @@ class JsonFormatter(logging.Formatter):
             payload["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             payload["exception"] = record.exc_text
-        line = orjson.dumps(payload, default=str).decode()
+        try:
+            line = orjson.dumps(payload, default=str).decode()
+        except orjson.JSONEncodeError:  # a lone surrogate from outside: keep the line readable
+            line = json.dumps(scrub(payload), default=lambda o: scrub(str(o)),
+                              ensure_ascii=False)
         return redact(line)
 
 

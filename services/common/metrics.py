@@ -6,7 +6,11 @@ processing time, consumer lag, dead letters and alerts.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 EVENTS_CONSUMED = Counter(
     "cdb_events_consumed_total", "Events consumed and acked", ["stream", "group"]
@@ -33,3 +37,38 @@ DEAD_LETTERS = Counter(
 BUS_RECONNECTS = Counter("cdb_bus_reconnects_total", "Redis connection failures retried", ["op"])
 ALERTS = Counter("cdb_alerts_total", "Alerts raised", ["code", "level"])
 SERVICE_READY = Gauge("cdb_service_ready", "1 when the service is ready", ["service"])
+
+
+class _LateMarketData(Collector):
+    """`cdb_market_data_late_total{service}`: market data older than its symbol's newest.
+
+    The engines count such events themselves (they ignore them for prices); the count is read
+    at scrape time, so the hot path pays one integer increment per late event and nothing else.
+    """
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], int]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "cdb_market_data_late",
+            "Market data older than the newest seen for its symbol (ignored for prices)",
+            labels=["service"],
+        )
+        for service, read in sorted(self.sources.items()):
+            family.add_metric([service], float(read()))
+        yield family
+
+
+_LATE = _LateMarketData()
+REGISTRY.register(_LATE)
+
+
+def count_late_market_data(service: str, read: Callable[[], int]) -> None:
+    """Export an engine's count of late market data as `cdb_market_data_late_total`.
+
+    Args:
+        service: The `service` label.
+        read: Returns the count so far (read at every scrape).
+    """
+    _LATE.sources[service] = read

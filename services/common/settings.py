@@ -8,10 +8,16 @@ values are registered with the log redaction filter as soon as they are read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import annotated_types
 from pydantic import (
     Field,
     SecretStr,
@@ -23,12 +29,94 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.logs import register_secret
+from services.common.text import text_problem
 
 logger = logging.getLogger("cdb.settings")
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 S = TypeVar("S", bound="SeedRuleSettings")
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """An out-of-range value that was replaced by its default (the seed's rule).
+
+    Attributes:
+        variable: The variable's name.
+        value: The value given.
+        default: The default used instead.
+        allowed: The allowed range, e.g. `0.01..0.25`.
+    """
+
+    variable: str
+    value: Any
+    default: Any
+    allowed: str
+
+    def message(self) -> str:
+        """One line for the user."""
+        return (f"{self.variable}={self.value} is out of range ({self.allowed}); "
+                f"using the default {self.default!r}")
+
+
+_FALLBACKS: ContextVar[tuple[list[Fallback], bool] | None] = ContextVar(
+    "cdb_settings_fallbacks", default=None)
+
+
+@contextlib.contextmanager
+def collect_fallbacks(quiet: bool = False) -> Iterator[list[Fallback]]:
+    """Collect the fallbacks of the settings loaded inside the block.
+
+    Args:
+        quiet: Do not log them (the caller shows them to the user itself).
+
+    Yields:
+        The list the fallbacks are appended to.
+    """
+    found: list[Fallback] = []
+    token = _FALLBACKS.set((found, quiet))
+    try:
+        yield found
+    finally:
+        _FALLBACKS.reset(token)
+
+
+def allowed_range(field: Any) -> str:
+    """The range a field allows, as `low..high` (`low..` or `..high` when open)."""
+    low = high = ""
+    for rule in field.metadata:
+        if isinstance(rule, annotated_types.Ge | annotated_types.Gt):
+            low = str(getattr(rule, "ge", getattr(rule, "gt", "")))
+        if isinstance(rule, annotated_types.Le | annotated_types.Lt):
+            high = str(getattr(rule, "le", getattr(rule, "lt", "")))
+    return f"{low}..{high}"
+
+
+def settings_fallbacks(cls: type[BaseSettings], environ: Mapping[str, str],
+                       **overrides: Any) -> list[Fallback]:
+    """The fallbacks `cls` makes on `environ` (the environment a service will get).
+
+    Args:
+        cls: A settings class.
+        environ: The environment to read instead of this process's.
+        **overrides: Values taking precedence (placeholders for required URLs).
+
+    Returns:
+        The fallbacks; empty also when the settings are unusable (the service says why).
+    """
+    saved = dict(os.environ)
+    with collect_fallbacks(quiet=True) as found:
+        try:
+            os.environ.clear()
+            os.environ.update(environ)
+            cls(**overrides)
+        except ValidationError:
+            pass
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    return found
 
 
 class SettingsError(SystemExit):
@@ -58,7 +146,15 @@ class SeedRuleSettings(BaseSettings):
     def _out_of_range_falls_back(
         cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
     ) -> Any:
-        """Apply the seed's rule: out-of-range values warn and fall back to the default."""
+        """Apply the seed's rule: out-of-range values warn and fall back to the default.
+
+        Text no service could store (a NUL character, or the lone surrogates that undecodable
+        bytes in the environment become) is refused with the variable's name, never its value.
+        """
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                raise ValueError(f"holds {problem}")
         try:
             result = handler(value)
         except ValidationError as exc:
@@ -67,13 +163,19 @@ class SeedRuleSettings(BaseSettings):
             kinds = {e["type"] for e in exc.errors()}
             if field is None or field.is_required() or not kinds <= _RANGE_ERRORS:
                 raise
-            logger.warning(
-                "%s=%r is out of range; using the default %r",
-                name,
-                value,
-                field.default,
-                extra={"variable": name, "default": field.default},
-            )
+            fallback = Fallback(name, value, field.default, allowed_range(field))
+            collecting = _FALLBACKS.get()
+            if collecting is not None:
+                collecting[0].append(fallback)
+            if collecting is None or not collecting[1]:
+                logger.warning(
+                    "%s=%r is out of range (%s); using the default %r",
+                    name,
+                    value,
+                    fallback.allowed,
+                    field.default,
+                    extra={"variable": name, "default": field.default},
+                )
             return field.default
         if isinstance(result, SecretStr):
             register_secret(result.get_secret_value())

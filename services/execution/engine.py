@@ -104,6 +104,8 @@ class ExecutionEngine:
         self._realized = 0.0
         self._fees = 0.0
         self._fills = 0
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
 
     # ------------------------------------------------------------------ properties (metrics)
 
@@ -184,7 +186,8 @@ class ExecutionEngine:
         """Remember the latest price, bid, ask and quote volume of the event's symbol.
 
         Events not newer than the symbol's last one (redelivery, out of order) and events with a
-        non-finite price are ignored.
+        non-finite price are ignored; the older ones (late, out of order) are counted in
+        `late_market_data`.
 
         Args:
             md: The market data event.
@@ -194,6 +197,8 @@ class ExecutionEngine:
         ts = md.timestamp
         quote = quotes.get(symbol)
         if quote is not None and ts <= quote[0]:
+            if ts < quote[0]:
+                self.late_market_data += 1
             return
         price = md.price
         if 0.0 < price < math.inf:

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing, counted_alert
 from services.common.events import EventBase, MarketData, Order, OrderResult
 from services.common.ledger import Ledger
+from services.common.metrics import count_late_market_data
 from services.common.runtime import Service
 from services.execution.config import HELD_SYMBOLS_KEY, ExecutionConfig, ExecutionSettings
 from services.execution.engine import RESULTS_KEPT, ExecutionEngine
@@ -61,6 +62,7 @@ class ExecutionService(Service[ExecutionSettings]):
         """Restore the account from PostgreSQL and republish what a crash left unpublished."""
         self.event_clock = self.settings.CLOCK == "event"
         self.engine = ExecutionEngine(ExecutionConfig.from_settings(self.settings))
+        count_late_market_data(self.name, lambda: self.engine.late_market_data)
         self.ledger = Ledger(self.store, self.bus, self.name, self._snapshot)
         saved = await self.ledger.load()
         self.bar_ts: int | None = None

@@ -5,15 +5,18 @@ file per symbol named `<BASE>_<QUOTE>-1m.json` (or gzip-compressed, `.json.gz`);
 `BASE + QUOTE` upper-case (`ETH_BTC-1m.json` -> `ETHBTC`).
 
 The symbols are aligned on a common minute grid: it starts at the latest first candle of the
-chosen symbols and ends at the earliest last candle. A bar holds the candles of that minute
-only: a missing minute is a gap in the data, no candle is invented for it (the replay's clock
-passes through it as live time would, see `services.risk_manager.staleness`), and
-`CandleSet.gaps` lists the gaps for the run report.
+chosen symbols and runs to the end of the data, the latest last candle. A bar holds the
+candles of that minute only: a missing minute is a gap in the data, no candle is invented for
+it (the replay's clock passes through it as live time would, see
+`services.risk_manager.staleness`), and `CandleSet.gaps` lists the gaps for the run report. A
+symbol whose file ends earlier (delisted, or a download cut short) has ended: it has no candle
+after its last one, so it goes stale like a feed that stopped while the others run on, and
+`CandleSet.ended` lists it for the report.
 
 Candle files that lie are refused with a `CandleFileError` naming the file and the row: a
 non-numeric, non-finite or non-positive price, high below low, open or close outside
 [low, high], a negative volume, an open time off the minute grid or not after the previous
-row's, and a set of files whose periods have no minute in common.
+row's, and a file that ends before another begins (no minute in common).
 
 Each candle becomes a `MarketData` event stamped with its close time (`open_time + 60 000`):
 price = close, volume = close * base volume (quote volume), pct_change = change of the close
@@ -111,11 +114,14 @@ def find_candle_files(directory: Path) -> dict[str, Path]:
         Symbol -> path, sorted by symbol.
 
     Raises:
-        CandleFileError: The directory does not exist, a symbol is too long for the event
-            contract, or two files name the same symbol.
+        CandleFileError: The directory does not exist (or is a file), a symbol is too long
+            for the event contract, or two files name the same symbol.
     """
+    if not directory.exists():
+        raise CandleFileError(directory, None, "does not exist")
     if not directory.is_dir():
-        raise CandleFileError(directory, None, "not a directory")
+        raise CandleFileError(directory, None, "not a directory (give the folder that holds "
+                                               "the <BASE>_<QUOTE>-1m.json[.gz] files)")
     found: dict[str, Path] = {}
     for path in sorted(directory.iterdir()):
         symbol = symbol_from_filename(path.name)
@@ -129,6 +135,27 @@ def find_candle_files(directory: Path) -> dict[str, Path]:
             )
         found[symbol] = path
     return dict(sorted(found.items()))
+
+
+def misnamed_candle_files(directory: Path) -> list[Path]:
+    """JSON files of `directory` that are not named like candle files, so are not read.
+
+    `manifest.json` (written by `cdb data download`) and hidden files are not candle files.
+
+    Args:
+        directory: The candle directory.
+
+    Returns:
+        The files, sorted; empty when the directory cannot be listed.
+    """
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries
+            if p.name.lower().endswith((".json", ".json.gz")) and p.name != "manifest.json"
+            and not p.name.startswith(".") and symbol_from_filename(p.name) is None
+            and p.is_file()]
 
 
 def _number(path: Path, index: int, name: str, value: Any) -> float:
@@ -440,6 +467,7 @@ class CandleSet:
         volumes: Sequence[list[float]],
         pct_change_minutes: int = 15,
         present: Sequence[bytes | bytearray] | None = None,
+        ended: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Wrap aligned columns (use `read_candles` rather than calling this directly).
 
@@ -450,6 +478,8 @@ class CandleSet:
             volumes: Per symbol, the quote volume of every minute of the grid.
             pct_change_minutes: Span of `pct_change` in minutes.
             present: Per symbol, 1 for every minute with a candle (None: every minute).
+            ended: (symbol, close time of its last candle) of the symbols whose data ends
+                before the grid does; their missing minutes after it are no gaps.
 
         Raises:
             ValueError: The columns do not match the symbols or each other.
@@ -472,6 +502,9 @@ class CandleSet:
         if len(present) != len(self.symbols) or any(len(p) != self.minutes for p in present):
             raise ValueError("one presence column per symbol, as long as the others")
         self._present = tuple(bytes(p) for p in present)
+        self.ended: list[tuple[str, int]] = sorted(ended, key=lambda e: (e[1], e[0]))
+        """(symbol, close time of its last candle) of the symbols that ended early."""
+        self._ends = {symbol: (last - start_ms) // MINUTE_MS for symbol, last in ended}
         self._candles = sum(p.count(1) for p in self._present)
         self._bars = sum(1 for row in zip(*self._present, strict=True) if any(row))
 
@@ -495,12 +528,13 @@ class CandleSet:
         """The data gaps: (symbol, first missing minute's close time, minutes missing)."""
         found: list[tuple[str, int, int]] = []
         for symbol, present in zip(self.symbols, self._present, strict=True):
-            i = present.find(0)
+            stop = self._ends.get(symbol, self.minutes)  # an ended symbol's tail is no gap
+            i = present.find(0, 0, stop)
             while i != -1:
-                end = present.find(1, i)
-                end = self.minutes if end == -1 else end
+                end = present.find(1, i, stop)
+                end = stop if end == -1 else end
                 found.append((symbol, self.start_ms + (i + 1) * MINUTE_MS, end - i))
-                i = present.find(0, end)
+                i = present.find(0, end, stop)
         return sorted(found, key=lambda g: (g[1], g[0]))
 
     def column(self, symbol: str) -> tuple[Sequence[float], Sequence[float]]:
@@ -525,6 +559,39 @@ class CandleSet:
             if first != -1:
                 found[symbol] = (closes[first], closes[present.rfind(1)])
         return found
+
+    def window(self, first: int, minutes: int) -> CandleSet:
+        """The candles of `minutes` minutes of the grid from minute `first` (0: the start).
+
+        A window is read as if its files began at its first minute: `pct_change` restarts
+        from 0.0 there (no engine decides on it), everything else is the same candle.
+
+        Args:
+            first: Index of the window's first minute in the grid.
+            minutes: The window's length in minutes (cut at the end of the grid).
+
+        Returns:
+            The window's candles.
+
+        Raises:
+            ValueError: The window starts outside the grid, is empty, or holds no candle.
+        """
+        if first < 0 or minutes < 1 or first >= self.minutes:
+            raise ValueError(f"window of {minutes} minutes from minute {first} is outside the "
+                             f"{self.minutes} minutes of the data")
+        stop = min(self.minutes, first + minutes)
+        cut = CandleSet(
+            self.symbols,
+            self.start_ms + first * MINUTE_MS,
+            [c[first:stop] for c in self._closes],
+            [v[first:stop] for v in self._volumes],
+            self.pct_change_minutes,
+            [p[first:stop] for p in self._present],
+        )
+        if not cut.candles:
+            raise ValueError(f"the window of {stop - first} minutes from "
+                             f"{_utc(cut.start_ms)} holds no candle")
+        return cut
 
     def __len__(self) -> int:
         """Return the number of bars (minutes with at least one candle)."""
@@ -574,8 +641,8 @@ def read_candles(
 
     Raises:
         CandleFileError: No candle file for a requested symbol, no candle file at all, a file
-            or row is invalid (the message names the file and the row index), or the files'
-            periods do not overlap (the message names the two files and rows that show it).
+            or row is invalid (the message names the file and the row index), or a file ends
+            before another begins (the message names the two files and rows that show it).
         ValueError: `limit_minutes` is below 1.
     """
     if limit_minutes is not None and limit_minutes < 1:
@@ -594,15 +661,18 @@ def read_candles(
             )
         chosen = {s: files[s] for s in wanted}
     if not chosen:
-        raise CandleFileError(directory, None, "holds no <BASE>_<QUOTE>-1m.json[.gz] files")
+        misnamed = ", ".join(p.name for p in misnamed_candle_files(directory))
+        raise CandleFileError(directory, None, "holds no <BASE>_<QUOTE>-1m.json[.gz] files" + (
+            f" ({misnamed}: not named like ETH_BTC-1m.json, so not read)" if misnamed else ""))
     series = [read_series(path, symbol) for symbol, path in chosen.items()]
     start = max(s.times[0] for s in series)
-    end = min(s.times[-1] for s in series)
-    if end < start:
+    if min(s.times[-1] for s in series) < start:
         _refuse_disjoint(chosen, series)
+    end = max(s.times[-1] for s in series)
     minutes = (end - start) // MINUTE_MS + 1
     if limit_minutes is not None:
         minutes = min(minutes, limit_minutes)
+    last_open = start + (minutes - 1) * MINUTE_MS
     aligned = [_align(s, start, minutes) for s in series]
     return CandleSet(
         [s.symbol for s in series],
@@ -611,6 +681,7 @@ def read_candles(
         [volumes for _, volumes, _ in aligned],
         pct_change_minutes,
         [present for _, _, present in aligned],
+        [(s.symbol, s.times[-1] + MINUTE_MS) for s in series if s.times[-1] < last_open],
     )
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -49,6 +50,7 @@ DEFAULT_REST_URL: Final = "https://api.mexc.com"
 MAX_LIMIT: Final = 1000
 """Most rows MEXC returns for one klines request (its default is 500)."""
 MANIFEST: Final = "manifest.json"
+VARIABLE_HINT: Final = "MEXC_REST_URL points the download at another server"
 DEFAULT_DIR: Final = Path("data") / "mexc"
 """Default download folder (git-ignored), relative to the project directory."""
 
@@ -266,6 +268,9 @@ class Downloader:
     ban_default_s: float = 60.0
     requests: int = 0
     limiter: rest.RateLimiter = field(init=False)
+    manifest_written: bool = field(default=False, init=False)
+    """True once a download wrote (or updated) the manifest; a download that got no candle
+    for any symbol writes none."""
 
     def __post_init__(self) -> None:
         """Check the tunables and create the limiter."""
@@ -442,9 +447,12 @@ class Downloader:
         try:
             response = await client.get(url, params=params)
         except httpx.TimeoutException:
-            raise _Transient("timed out") from None
+            raise _Transient(f"{self.host} did not answer within {self.timeout_s:g}s; "
+                             f"{VARIABLE_HINT}") from None
         except httpx.HTTPError as exc:
-            raise _Transient(f"network error ({type(exc).__name__})") from None
+            detail = " ".join(str(exc).split())
+            raise _Transient(f"cannot reach {self.host} ({type(exc).__name__}"
+                             f"{': ' + detail if detail else ''}); {VARIABLE_HINT}") from None
         status = response.status_code
         if status in (418, 429):
             told = rest.parse_retry_after(response.headers.get("retry-after"), self.clock())
@@ -466,12 +474,20 @@ class Downloader:
             raise _Transient("truncated or invalid JSON")
         return body
 
+    @property
+    def host(self) -> str:
+        """The host (and port) of the REST API, as the user named it."""
+        parts = urlsplit(self.base_url)
+        return parts.netloc or self.base_url
+
     def _client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url.rstrip("/"), timeout=self.timeout_s,
                                  headers={"Accept": "application/json"})
 
     def _write_manifest(self, results: Sequence[SymbolResult], since: int, until: int) -> None:
         path = self.directory / MANIFEST
+        if not path.exists() and not any(r.path.exists() for r in results):
+            return  # nothing was downloaded: an empty manifest would only mislead
         doc: dict[str, Any] = {}
         if path.exists():
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
@@ -507,6 +523,7 @@ class Downloader:
             "symbols": dict(sorted(symbols.items())),
         }
         write_atomic(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        self.manifest_written = True
 
 
 def _rows_of_page(body: Any, symbol: str, start: int, end: int) -> list[list[Any]]:

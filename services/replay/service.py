@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prometheus_client import Gauge
 
@@ -33,10 +33,14 @@ DRAIN_GROUPS: dict[str, list[str]] = {
     "market_data": ["signal_engine", "risk_manager", "execution"],
     "signals": ["risk_manager"],
     "orders": ["execution"],
-    "order_results": ["risk_manager"],
+    "order_results": ["risk_manager", "signal_engine"],
     "alerts": ["alerts_recorder"],
 }
-"""Consumer groups a lock-step replay waits for before the next bar."""
+"""Consumer groups a lock-step replay waits for before the next bar.
+
+The signal engine's group on `order_results` is one of them: the strategy sees the positions
+of a bar's fills from the next bar on, in the replay exactly as in the backtest.
+"""
 
 
 class ReplayService(Service[ReplaySettings]):
@@ -64,12 +68,28 @@ class ReplayService(Service[ReplaySettings]):
         """Ready while publishing (and after the end)."""
         return {"candles": len(self.candles) > 0}
 
+    async def _progress(self, **fields: Any) -> None:
+        """Record progress fields (retried while Redis is away or still loading)."""
+        redis = self.bus.redis
+        key = self.progress_key
+        values: dict[Any, Any] = fields
+
+        async def write() -> object:
+            return await redis.hset(key, mapping=values)
+
+        await self.bus.retrying("progress", write)
+
     async def _run(self, stop: asyncio.Event) -> None:
         redis = self.bus.redis
-        last = await redis.hget(self.progress_key, "last_ts")
-        resume_after = int(last) if last else -1
+        key = self.progress_key
+
+        async def read() -> object:
+            return await redis.hget(key, "last_ts")
+
+        last = await self.bus.retrying("progress", read, stop)
+        resume_after = int(last) if isinstance(last, bytes | str | int) else -1
         total = len(self.candles)
-        await redis.hset(self.progress_key, mapping={"total": total, "state": "running"})
+        await self._progress(total=total, state="running")
         lockstep = self.settings.REPLAY_SPEED == 0
         done = 0
         started = time.monotonic()
@@ -89,13 +109,13 @@ class ReplayService(Service[ReplaySettings]):
             await self.bus.publish_many([Outgoing("market_data", md) for md in bar.events])
             if lockstep:
                 await self._wait_drained(stop)
-            await redis.hset(self.progress_key, mapping={"done": done, "last_ts": bar.timestamp})
+            await self._progress(done=done, last_ts=bar.timestamp)
             BARS.set(done)
             if done % 500 == 0:
                 logger.info("replay progress", extra={"bars": done, "total": total})
         if lockstep:
             await self._wait_drained(stop)
-        await redis.hset(self.progress_key, mapping={"done": total, "state": "finished"})
+        await self._progress(done=total, state="finished")
         logger.info("replay finished", extra={"bars": total, "candles": self.candles.candles,
                                               "seconds": round(time.monotonic() - started, 2)})
 

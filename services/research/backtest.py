@@ -26,11 +26,17 @@ from services.execution.config import ExecutionConfig
 from services.execution.engine import ExecutionEngine
 from services.execution.models import Fill
 from services.replay.candles import Bar, CandleSet
-from services.research.report import RunRecord
+from services.research.report import HaltRecord, RunRecord, dust_of, halt_detail, strategy_of
 from services.research.statistics import FillRecord, slippage_cost
 from services.risk_manager.config import REPLAY_DATA_INTERVAL_SEC, RiskConfig
 from services.risk_manager.engine import RiskEngine
-from services.risk_manager.models import EMPTY_OUTPUT, Decision, RiskOutput
+from services.risk_manager.models import (
+    EMPTY_OUTPUT,
+    Decision,
+    RiskOutput,
+    StateChange,
+    TradingState,
+)
 from services.signal_engine.config import SignalConfig
 from services.signal_engine.engine import SignalEngine
 
@@ -69,6 +75,7 @@ class Pipeline:
         self.execution = ExecutionEngine(execution)
         self.record = RunRecord(start_equity=execution.start_equity,
                                 symbols=list(signal.whitelist))
+        self.record.strategy = strategy_of(self.signal)
         self.trace = Trace() if keep_trace else None
         self._last_tick = -1
         self._bar_ts: int | None = None
@@ -77,8 +84,13 @@ class Pipeline:
 
     def _risk_output(self, out: RiskOutput) -> list[Order]:
         record = self.record
+        change = out.state_change
+        if change is not None:
+            self._halts(out, change)
         for d in out.decisions:
             record.decisions.append((d.outcome, d.check))
+            if d.outcome == "rejected" and "halt_reason" in d.values and record.halts:
+                record.halts[-1].refused += 1
         for a in out.alerts:
             record.alerts.append((a.code, a.level))
         record.orders += len(out.orders)
@@ -88,6 +100,17 @@ class Pipeline:
             self.trace.orders.extend(out.orders)
             self.trace.alerts.extend(out.alerts)
         return out.orders
+
+    def _halts(self, out: RiskOutput, change: StateChange) -> None:
+        """Record a halt that began (with the alert announcing it) or was released."""
+        halts = self.record.halts
+        if change.state is TradingState.HALTED and change.halt_began:
+            since = change.halted_since_ms if change.halted_since_ms is not None else change.ts_ms
+            detail = halt_detail(((a.timestamp, a.code, a.level, a.message, str(a.event_id))
+                                  for a in out.alerts), since)
+            halts.append(HaltRecord(since, self.risk.halt_reason or change.reason, detail))
+        elif change.state is not TradingState.HALTED and halts and halts[-1].until_ms is None:
+            halts[-1].until_ms = change.ts_ms
 
     def _execute(self, orders: Iterable[Order]) -> None:
         record = self.record
@@ -106,9 +129,16 @@ class Pipeline:
                 record.alerts.append((a.code, a.level))
             if self.trace is not None:
                 self.trace.alerts.extend(result.alerts)
+            self.signal.on_order_result(result.result)
             followup = self.risk.on_order_result(result.result, result.result.timestamp)
             if not followup.is_empty:
                 self._execute(self._risk_output(followup))
+
+    def _signal_alerts(self) -> None:
+        alerts = self.signal.take_alerts()
+        self.record.alerts.extend((a.code, a.level) for a in alerts)
+        if self.trace is not None:
+            self.trace.alerts.extend(alerts)
 
     def _first_prices(self, events: Sequence[MarketData]) -> None:
         """Keep the first price of each symbol (the buy-and-hold benchmark's entry)."""
@@ -161,6 +191,8 @@ class Pipeline:
                 signals.extend(found)
         record.candles += len(events)
         record.last_ms = timestamp
+        if signal.pending_alerts:
+            self._signal_alerts()
         if exits:
             self._execute(exits)
         for sig in signals:
@@ -178,7 +210,11 @@ class Pipeline:
         record.realized_pnl = execution.realized_pnl
         record.total_fees = execution.total_fees
         record.trading_state = str(self.risk.state)
-        record.held = {s: p.qty for s, p in execution.positions.items()}
+        positions = execution.positions
+        record.held = {s: p.qty for s, p in positions.items()}
+        record.dust = dust_of({s: (p.qty, execution.last_price(s) or p.avg_price)
+                               for s, p in positions.items()},
+                              self.risk.config.min_order_notional)
         record.last_prices = {s: p for s in record.first_prices
                               if (p := execution.last_price(s)) is not None}
         return record
@@ -192,7 +228,8 @@ def run_backtest(
     """Feed every bar through the pipeline.
 
     Args:
-        bars: Bars in time order (a `CandleSet` also gives the report its data gaps).
+        bars: Bars in time order (a `CandleSet` also gives the report its data gaps and the
+            symbols whose data ended early).
         pipeline: The wired engines.
         progress: Called with the number of candles of each bar processed.
 
@@ -206,4 +243,5 @@ def run_backtest(
     record = pipeline.finish()
     if isinstance(bars, CandleSet):
         record.gaps = bars.gaps
+        record.ended = bars.ended
     return record

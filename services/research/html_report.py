@@ -3,14 +3,19 @@
 `write_html` renders a JSON report (`services.research.report.build_report`) and its `Timeline`
 into one HTML file with plotly.js embedded once (no network, no CDN):
 
-1. the summary figures, the statistics and the per-symbol table
-   (`services.research.statistics`);
-2. the equity curve and 3. the drawdown from the running peak, both with the HALT and PAUSE
-   periods shaded and labelled by the check behind them;
-4. per symbol, the price with the buys and sells of the run on it;
-5. the risk decisions by outcome and deciding check;
-6. the alerts over time, by code;
-7. for a sweep, the return against the max drawdown of every point (and a heat map of the
+1. the summary figures, each halt explained (when, why, the alert that announced it, the
+   buys it refused, and that nothing releases it in a backtest or a replay), the statistics
+   and the per-symbol table (`services.research.statistics`);
+2. the trading state over time: one lane per state and check (HALT: circuit_breaker, PAUSE:
+   stale_data, ...), every period a bar drawn at least `MIN_BAR_SHARE` of the run wide (a
+   two-minute pause in two days would be under a pixel), with a legend;
+3. the equity curve and 4. the drawdown from the running peak, both with the same periods
+   shaded in the same colours (legend), halts labelled;
+5. per symbol, the price with the buys and sells of the run on it;
+6. the risk decisions by outcome and deciding check;
+7. the alerts over time, by code;
+8. the table of every state period (from, to, duration);
+9. for a sweep, the return against the max drawdown of every point (and a heat map of the
    return when the grid has two parameters).
 
 Long series are thinned to at most `MAX_POINTS` points per line (the drawdown keeps each
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from services.research.report import (
+    RELEASE_NOTE,
     SYMBOL_COLUMNS,
     activity_rows,
     quote_label,
@@ -38,8 +44,19 @@ from services.research.timeline import Period, Timeline
 
 MAX_POINTS = 4000
 """Most points drawn per line."""
+MIN_BAR_SHARE = 1 / 300
+"""Narrowest drawn width of a state period, as a share of the run (its times stay exact in
+the hover text and the table)."""
+MAX_TABLE_PERIODS = 500
+"""State periods listed one by one in the table at most."""
 
-_STATE_COLORS = {"HALTED": "rgba(214, 39, 40, 0.18)", "PAUSED": "rgba(255, 160, 0, 0.18)"}
+_CHECK_RGB = {
+    "circuit_breaker": (255, 127, 14),
+    "stale_data": (148, 103, 189),
+    "drawdown": (214, 39, 40),
+    "exposure": (140, 86, 75),
+    "manual_halt": (80, 80, 80),
+}
 _OUTCOME_COLORS = {"approved": "#2ca02c", "trimmed": "#ff7f0e", "rejected": "#d62728"}
 
 
@@ -82,39 +99,112 @@ def drawdown_series(equity: Sequence[tuple[int, float]]) -> list[tuple[int, floa
     return out
 
 
-MAX_LABELS = 40
-"""Periods labelled one by one at most; beyond, each check is labelled at its first period."""
+def period_name(p: Period) -> str:
+    """The lane and legend name of a period: `HALT: <check>` or `PAUSE: <check>`."""
+    return f"{'HALT' if p.state == 'HALTED' else 'PAUSE'}: {p.label}"
 
 
-def _shade(fig: Any, periods: Sequence[Period], end_ms: int | None) -> None:
-    """Shade HALT/PAUSE periods on a figure (vertical bands, labelled by check).
+def period_color(p: Period, alpha: float = 1.0) -> str:
+    """The colour of a period: its check's, a halt solid, a pause lighter."""
+    r, g, b = _CHECK_RGB.get(p.label, (127, 127, 127))
+    if p.state != "HALTED":
+        alpha *= 0.75
+    return f"rgba({r}, {g}, {b}, {alpha:.2f})"
 
-    Shapes and annotations are set in one layout update (adding them one by one is
-    quadratic in plotly).
+
+def _drawn_end(p: Period, end_ms: int | None, min_ms: int) -> int:
+    """Where a period's band ends on a chart.
+
+    Its end (the run's end while it held), made at least `min_ms` wide so a short period
+    stays visible.
     """
+    stop = p.end_ms if p.end_ms is not None else end_ms
+    if stop is None or stop <= p.start_ms:
+        stop = p.start_ms + 60_000
+    return max(stop, p.start_ms + min_ms)
+
+
+def _min_width(timeline: Timeline) -> int:
+    times = [t for t, _ in timeline.equity]
+    span = times[-1] - times[0] if len(times) > 1 else 0
+    return max(60_000, int(span * MIN_BAR_SHARE))
+
+
+def _shade(fig: Any, periods: Sequence[Period], end_ms: int | None, min_ms: int) -> None:
+    """Shade the periods on a figure in their check's colours, with a legend entry per kind.
+
+    Halts (and every period when there are few) get a label. Shapes and annotations are set
+    in one layout update (adding them one by one is quadratic in plotly).
+    """
+    import plotly.graph_objects as go
+
     shapes: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    kinds: dict[str, Period] = {}
     for p in periods:
-        stop = p.end_ms if p.end_ms is not None else end_ms
-        if stop is None or stop <= p.start_ms:
-            stop = p.start_ms + 60_000
-        text = f"{'HALT' if p.state == 'HALTED' else 'PAUSE'}: {p.label}"
+        kinds.setdefault(period_name(p), p)
         shapes.append({
             "type": "rect", "xref": "x", "yref": "paper", "x0": _dt(p.start_ms),
-            "x1": _dt(stop), "y0": 0, "y1": 1, "fillcolor": _STATE_COLORS.get(p.state, "#ccc"),
+            "x1": _dt(_drawn_end(p, end_ms, min_ms)), "y0": 0, "y1": 1,
+            "fillcolor": period_color(p, 0.3 if p.state == "HALTED" else 0.45),
             "line": {"width": 0}, "layer": "below",
         })
-        if len(periods) <= MAX_LABELS or text not in seen:
-            seen.add(text)
+        if p.state == "HALTED" or len(periods) <= 8:
             notes.append({
-                "x": _dt(p.start_ms), "xref": "x", "y": 1, "yref": "paper", "text": text,
-                "showarrow": False, "xanchor": "left", "yanchor": "top", "textangle": -90
-                if len(periods) > 8 else 0, "font": {"size": 10,
-                                                     "color": "#a00" if p.state == "HALTED"
-                                                     else "#a60"},
+                "x": _dt(p.start_ms), "xref": "x", "y": 1, "yref": "paper",
+                "text": period_name(p), "showarrow": False, "xanchor": "left",
+                "yanchor": "top", "font": {"size": 11, "color": period_color(p)},
+                "bgcolor": "rgba(255, 255, 255, 0.7)",
             })
+    for name, p in kinds.items():  # legend entries (no data points)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
+                                 marker={"symbol": "square", "size": 12,
+                                         "color": period_color(p)}))
     fig.update_layout(shapes=shapes, annotations=[*fig.layout.annotations, *notes])
+
+
+def state_figure(timeline: Timeline) -> Any:
+    """The trading state over time: one lane per state and check, a bar per period."""
+    import plotly.graph_objects as go
+
+    periods = timeline.periods
+    end_ms = timeline.equity[-1][0] if timeline.equity else None
+    min_ms = _min_width(timeline)
+    lanes: dict[str, list[Period]] = {}
+    for p in sorted(periods, key=lambda p: (p.state != "HALTED", p.label, p.start_ms)):
+        lanes.setdefault(period_name(p), []).append(p)
+    fig = go.Figure()
+    for name, ps in lanes.items():
+        fig.add_trace(go.Bar(
+            orientation="h", y=[name] * len(ps), base=[_dt(p.start_ms) for p in ps],
+            x=[_drawn_end(p, end_ms, min_ms) - p.start_ms for p in ps], name=name,
+            marker={"color": period_color(ps[0]), "line": {"width": 0}},
+            hovertext=[f"{name}<br>{_span_text(p, end_ms)}" for p in ps], hoverinfo="text",
+        ))
+    if timeline.equity:
+        fig.update_xaxes(range=[_dt(timeline.equity[0][0]), _dt(timeline.equity[-1][0])])
+    counts = ", ".join(f"{name} {len(ps)}" for name, ps in lanes.items()) or "always ACTIVE"
+    fig.update_layout(title=f"Trading state over time ({counts})", barmode="overlay",
+                      xaxis={"type": "date"}, height=140 + 45 * max(1, len(lanes)),
+                      margin={"t": 50, "b": 40}, yaxis={"autorange": "reversed"},
+                      showlegend=True)
+    return fig
+
+
+def _duration(ms: int) -> str:
+    minutes = ms // 60_000
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _span_text(p: Period, end_ms: int | None) -> str:
+    start = _dt(p.start_ms).strftime("%Y-%m-%d %H:%M")
+    if p.end_ms is None:
+        held = f" ({_duration(end_ms - p.start_ms)})" if end_ms is not None else ""
+        return f"{start} .. end of run{held}, never lifted"
+    return f"{start} .. {_dt(p.end_ms).strftime('%Y-%m-%d %H:%M')} " \
+           f"({_duration(p.end_ms - p.start_ms)})"
 
 
 def _div(fig: Any, div_id: str) -> str:
@@ -133,16 +223,20 @@ def equity_figures(report: dict[str, Any], timeline: Timeline) -> list[tuple[str
                                mode="lines", name="equity", line={"color": "#1f77b4"}))
     fig.add_hline(y=report["pnl"]["start_equity"], line_dash="dot", line_color="#888",
                   annotation_text="start equity", annotation_position="bottom right")
-    _shade(fig, timeline.periods, end_ms)
+    min_ms = _min_width(timeline)
+    _shade(fig, timeline.periods, end_ms, min_ms)
+    fig.data[0].showlegend = False
     fig.update_layout(title="Equity", height=380, margin={"t": 50, "b": 40},
-                      yaxis_title="equity", showlegend=False)
+                      yaxis_title="equity", showlegend=bool(timeline.periods))
     figs.append(("equity", fig))
     dd = thin(drawdown_series(timeline.equity), keep="min")
     fig = go.Figure(go.Scatter(x=[_dt(t) for t, _ in dd], y=[v for _, v in dd], mode="lines",
                                fill="tozeroy", name="drawdown", line={"color": "#d62728"}))
-    _shade(fig, timeline.periods, end_ms)
+    _shade(fig, timeline.periods, end_ms, min_ms)
+    fig.data[0].showlegend = False
     fig.update_layout(title=f"Drawdown (max {report['max_drawdown_pct']:.3f} %)", height=320,
-                      margin={"t": 50, "b": 40}, yaxis_title="% below peak", showlegend=False)
+                      margin={"t": 50, "b": 40}, yaxis_title="% below peak",
+                      showlegend=bool(timeline.periods))
     figs.append(("drawdown", fig))
     return figs
 
@@ -255,6 +349,11 @@ def _summary(report: dict[str, Any]) -> str:
         ("PnL", f"{pnl['total']:,.6f} ({pnl['return_pct']:.3f} %)"),
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state at the end", report["trading_state"]),
+        ("still held (of which dust)",
+         ", ".join(f"{s} {q:g}" + (" (dust)" if s in report.get("dust", {}) else "")
+                   for s, q in report.get("held", {}).items()) or "nothing"),
+        ("data ended early", ", ".join(f"{e['symbol']} at {e['last']}"
+                                       for e in report.get("ended_symbols", [])) or "none"),
         ("data gaps", f"{len(report.get('data_gaps', []))} "
                       f"({sum(g['minutes'] for g in report.get('data_gaps', []))} "
                       "symbol-minutes)"),
@@ -263,6 +362,40 @@ def _summary(report: dict[str, Any]) -> str:
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in rows)
     return f'<table class="summary">{body}</table>'
+
+
+def _halts_html(report: dict[str, Any]) -> str:
+    """Each halt of the run explained: when, why, the alert, the buys refused, the release."""
+    parts = []
+    for h in report.get("halts", []):
+        released = (f"at {h['released']}" if h["released"] else f"never: {RELEASE_NOTE}")
+        rows = [("since", f"{h['since']} (data time)"), ("why", h["why"]),
+                ("alert", h["detail"] or "-"),
+                ("buys refused", f"{h['buys_refused']} (counted under {h['check']})"),
+                ("released", released)]
+        body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in rows)
+        parts.append(f'<h2>Halt ({html.escape(h["check"])})</h2>'
+                     f'<table class="summary halt">{body}</table>')
+    return "".join(parts)
+
+
+def _periods_html(timeline: Timeline) -> str:
+    """Every state period as a table row (the first `MAX_TABLE_PERIODS`)."""
+    periods = timeline.periods
+    if not periods:
+        return ""
+    end_ms = timeline.equity[-1][0] if timeline.equity else None
+    rows = []
+    for p in periods[:MAX_TABLE_PERIODS]:
+        style = f"border-left: 6px solid {period_color(p)}"
+        rows.append(f'<tr style="{style}"><td>{html.escape(period_name(p))}</td>'
+                    f"<td>{html.escape(_span_text(p, end_ms))}</td></tr>")
+    more = len(periods) - MAX_TABLE_PERIODS
+    tail = f"<p>and {more} more periods</p>" if more > 0 else ""
+    return ("<h2>State periods</h2>"
+            f'<table class="periods"><tr><th>state: check</th><th>when</th></tr>'
+            f'{"".join(rows)}</table>{tail}')
 
 
 def statistics_section(report: dict[str, Any]) -> str:
@@ -339,7 +472,8 @@ h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
 table.summary th { background: #f4f4f4; font-weight: 600; }
-.legend span { display: inline-block; padding: 0 0.5rem; margin-right: 0.5rem; }
+table.halt td { max-width: 60rem; }
+table.periods td { padding: 0.1rem 0.6rem; }
 table.statistics td, table.per-symbol td { text-align: right; font-variant-numeric: tabular-nums; }
 table.per-symbol td:first-child { text-align: left; }
 .note { color: #555; font-size: 0.85rem; }
@@ -367,14 +501,12 @@ def render_html(
     """
     from plotly.offline import get_plotlyjs
 
-    parts = [f"<h1>{html.escape(title)}</h1>", _summary(report), statistics_section(report)]
+    parts = [f"<h1>{html.escape(title)}</h1>", _summary(report), _halts_html(report),
+             statistics_section(report)]
     figs: list[tuple[str, Any]] = []
     tl = timeline or Timeline()
     if tl.equity:
-        parts.append('<p class="legend"><span style="background:'
-                     f'{_STATE_COLORS["HALTED"]}">HALT</span><span style="background:'
-                     f'{_STATE_COLORS["PAUSED"]}">PAUSE</span>shaded periods, labelled by '
-                     'the check that caused them</p>')
+        figs.append(("states", state_figure(tl)))
         figs.extend(equity_figures(report, tl))
     if tl.prices or tl.fills:
         figs.append(("trades", trade_figure(tl)))
@@ -385,6 +517,7 @@ def render_html(
         figs.extend(sweep_figures(sweep, sweep_names))
     for div_id, fig in figs:
         parts.append(_div(fig, div_id))
+    parts.append(_periods_html(tl))
     if sweep:
         parts.append("<h2>Sweep points</h2>" + _sweep_table(sweep, sweep_names))
     return (

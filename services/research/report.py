@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,71 @@ if TYPE_CHECKING:
 
 ROUND = 8
 """Decimals kept for money figures in the report."""
+
+HALT_CHECKS = {
+    "daily_drawdown": "drawdown",
+    "exposure_above_halt_level": "exposure",
+    "circuit_breaker_retries_exhausted": "circuit_breaker",
+}
+"""Halt reasons of the risk engine -> the check that caused them (others: manual_halt)."""
+_HALT_WHY = {
+    "daily_drawdown": "the day's drawdown reached MAX_DAILY_DRAWDOWN_PCT",
+    "exposure_above_halt_level": "exposure rose above 80 % of equity",
+    "circuit_breaker_retries_exhausted": (
+        "the circuit breaker's pause never cleared: every re-test failed "
+        "(CIRCUIT_BREAKER_MAX_RETRIES)"),
+}
+RELEASE_NOTE = (
+    "a halt lifts only by a manual release (`cdb risk release`, or the operator's "
+    "`release.id` in Kubernetes); nothing releases it in a backtest, nor in a replay unless "
+    "someone does while it runs, so it held to the end of the run")
+
+
+def halt_check(reason: str | None) -> str:
+    """The check a halt reason stands for (`manual_halt` for a halt by hand)."""
+    return HALT_CHECKS.get(reason or "", "manual_halt")
+
+
+def explain_halt(reason: str) -> str:
+    """A halt reason as a person reads it: the reason and what caused it."""
+    why = _HALT_WHY.get(reason)
+    if why is not None:
+        return f"{reason}: {why}"
+    return f"halted by hand: {reason}" if reason else "-"
+
+
+@dataclass(slots=True)
+class HaltRecord:
+    """One halt of a run.
+
+    Attributes:
+        since_ms: When it began (data time), Unix epoch ms.
+        reason: The engine's halt reason (or the reason given for a halt by hand).
+        detail: The message of the alert that announced it (with the figures that tripped).
+        until_ms: When a release lifted it, None when it held to the end.
+        refused: Buys refused while it held.
+    """
+
+    since_ms: int
+    reason: str
+    detail: str = ""
+    until_ms: int | None = None
+    refused: int = 0
+
+
+def halt_detail(alerts: Iterable[tuple[int, str, str, str, str]], since_ms: int) -> str:
+    """The message of the alert that announced a halt.
+
+    Of the alerts at the halt's time, the CRITICAL ones (for a halt by hand its MANUAL_HALT),
+    the first by event id, so a backtest and a replay pick the same one.
+
+    Args:
+        alerts: (time, code, level, message, event id) per alert.
+        since_ms: The halt's time.
+    """
+    found = sorted((eid, message) for ts, code, level, message, eid in alerts
+                   if ts == since_ms and (level == "CRITICAL" or code == "MANUAL_HALT"))
+    return found[0][1] if found else ""
 
 
 @dataclass(slots=True)
@@ -54,6 +120,12 @@ class RunRecord:
         fill_records: Every fill as the statistics read it (`services.research.statistics`).
         first_prices: First price of each symbol in the run.
         last_prices: Last price of each symbol in the run.
+        dust: The held quantities worth less than the minimum order notional at the end (no
+            exit orders are sent for them), by symbol.
+        ended: Symbols whose data ended before the run did: (symbol, close time of the last
+            candle); each was stale from then on.
+        halts: The halts of the run, in time order.
+        strategy: The strategy that ran: `{"name": ..., "params": {...}}` (None: unknown).
     """
 
     start_equity: float
@@ -79,6 +151,50 @@ class RunRecord:
     fill_records: list[FillRecord] = field(default_factory=list)
     first_prices: dict[str, float] = field(default_factory=dict)
     last_prices: dict[str, float] = field(default_factory=dict)
+    dust: dict[str, float] = field(default_factory=dict)
+    ended: list[tuple[str, int]] = field(default_factory=list)
+    halts: list[HaltRecord] = field(default_factory=list)
+    strategy: dict[str, Any] | None = None
+
+
+def strategy_of(engine_state: dict[str, Any] | Any) -> dict[str, Any]:
+    """The report's strategy entry from a signal engine (or its committed snapshot).
+
+    Args:
+        engine_state: A `SignalEngine`, or the snapshot it commits (`SignalEngine.snapshot`).
+
+    Returns:
+        `{"name": ..., "params": {...}}` with the parameters as JSON values.
+    """
+    if isinstance(engine_state, dict):
+        return {"name": engine_state.get("strategy"), "params": engine_state.get("params", {})}
+    strategy = engine_state.strategy
+    return {"name": strategy.name, "params": strategy.params.model_dump(mode="json")}
+
+
+def strategy_text(strategy: dict[str, Any] | None) -> str:
+    """`name (param=value, ...)` for the summaries, parameters by name.
+
+    By name because a replay's parameters come back from PostgreSQL's jsonb, which keeps no
+    key order.
+    """
+    if not strategy:
+        return "unknown"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(strategy.get("params", {}).items()))
+    return f"{strategy['name']} ({params})" if params else str(strategy["name"])
+
+
+def dust_of(held: dict[str, tuple[float, float]], min_notional: float) -> dict[str, float]:
+    """The held quantities worth less than `min_notional`.
+
+    Args:
+        held: Symbol -> (quantity, last price).
+        min_notional: The minimum order notional (MIN_ORDER_NOTIONAL).
+
+    Returns:
+        Symbol -> quantity of each dust remainder.
+    """
+    return {s: qty for s, (qty, price) in held.items() if qty * price < min_notional}
 
 
 def _round(value: float, digits: int) -> float:
@@ -112,6 +228,7 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
     stats = statistics_of(record)
     return {
         "source": source,
+        "strategy": record.strategy,
         "symbols": sorted(record.symbols),
         "period": {"first": _iso(record.first_ms), "last": _iso(record.last_ms)},
         "candles": record.candles,
@@ -143,8 +260,16 @@ def build_report(record: RunRecord, source: str) -> dict[str, Any]:
         "alerts_by_level": dict(sorted(Counter(level for _, level in record.alerts).items())),
         "trading_state": record.trading_state,
         "held": {s: float(f"{q:.10g}") for s, q in sorted(record.held.items())},
+        "dust": {s: float(f"{q:.10g}") for s, q in sorted(record.dust.items())},
+        "ended_symbols": [{"symbol": s, "last": _iso(last)} for s, last in record.ended],
         "data_gaps": [
             {"symbol": s, "from": _iso(first), "minutes": n} for s, first, n in record.gaps
+        ],
+        "halts": [
+            {"since": _iso(h.since_ms), "reason": h.reason, "check": halt_check(h.reason),
+             "why": explain_halt(h.reason), "detail": h.detail, "released": _iso(h.until_ms),
+             "buys_refused": h.refused}
+            for h in record.halts
         ],
         "digest": digest(record),
     }
@@ -194,11 +319,12 @@ def activity_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         report: A report from `build_report`.
 
     Returns:
-        (label, value) rows: symbols, period, candles, orders and fills, buys and sells, fees
-        and slippage cost.
+        (label, value) rows: strategy and parameters, symbols, period, candles, orders and
+        fills, buys and sells, fees and slippage cost.
     """
     period, trades = report["period"], report["trades"]
     return [
+        ("strategy", strategy_text(report.get("strategy"))),
         ("symbols", ", ".join(report["symbols"])),
         ("period", f"{period['first']} .. {period['last']}"),
         ("candles", f"{report['candles']:,}"),
@@ -340,12 +466,17 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("max drawdown", f"{report['max_drawdown_pct']:.3f} %"),
         ("trading state", report["trading_state"]),
         ("still held", ", ".join(f"{s} {q:g}" for s, q in report["held"].items()) or "nothing"),
+        ("of which dust", ", ".join(f"{s} {q:g}" for s, q in report["dust"].items()) or "none"),
+        ("data ended early", ", ".join(f"{e['symbol']} at {e['last']}"
+                                       for e in report["ended_symbols"]) or "none"),
         ("data gaps", f"{len(report['data_gaps'])} "
                       f"({sum(g['minutes'] for g in report['data_gaps'])} symbol-minutes)"),
     ]
     for name, value in rows:
         summary.add_row(name, value)
     console.print(summary)
+    for halt in report.get("halts", []):
+        console.print(_halt_table(halt))
     decisions = Table(title="Decisions by outcome and deciding check")
     decisions.add_column("outcome:check")
     decisions.add_column("count", justify="right")
@@ -362,7 +493,57 @@ def render(report: dict[str, Any], console: Console) -> None:
     render_statistics(report, console)
 
 
-async def load_record(database_url: str, symbols: list[str], start_equity: float) -> RunRecord:
+def _halt_table(halt: dict[str, Any]) -> Table:
+    """One halt as a table: when, why, what tripped it, and whether it was released."""
+    table = Table(title=f"Halt ({halt['check']})", show_header=False)
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("since", f"{halt['since']} (data time)")
+    table.add_row("why", halt["why"])
+    if halt["detail"]:
+        table.add_row("alert", halt["detail"])
+    table.add_row("buys refused", f"{halt['buys_refused']} (counted under {halt['check']})")
+    table.add_row("released", f"at {halt['released']}" if halt["released"] else
+                  f"never: {RELEASE_NOTE}")
+    return table
+
+
+def halts_from_rows(
+    halts: Iterable[tuple[int, str]],
+    releases: Iterable[int],
+    alerts: Iterable[tuple[int, str, str, str, str]],
+    refusals: Iterable[int],
+) -> list[HaltRecord]:
+    """The halts of a replay from what the risk manager recorded.
+
+    Args:
+        halts: (time, reason) per row of `halts`, in time order (a halt by hand has two rows;
+            a row while a halt holds is part of it).
+        releases: Times of the releases that lifted a halt.
+        alerts: (time, code, level, message, event id) per alert.
+        refusals: Times of the buys refused while halted.
+
+    Returns:
+        The halts in time order.
+    """
+    alert_rows = list(alerts)
+    release_times = sorted(releases)
+    out: list[HaltRecord] = []
+    for ts, reason in halts:
+        if out and (out[-1].until_ms is None or out[-1].until_ms > ts):
+            continue
+        until = next((t for t in release_times if t >= ts), None)
+        out.append(HaltRecord(ts, reason, halt_detail(alert_rows, ts), until))
+    for ts in refusals:
+        for h in out:
+            if h.since_ms <= ts and (h.until_ms is None or ts < h.until_ms):
+                h.refused += 1
+                break
+    return out
+
+
+async def load_record(database_url: str, symbols: list[str], start_equity: float,
+                      min_notional: float = 1.0) -> RunRecord:
     """Read what the services recorded in PostgreSQL into a run record.
 
     The final account is rebuilt from the execution service's committed snapshot with the
@@ -372,6 +553,7 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         database_url: The run's database.
         symbols: The run's symbols.
         start_equity: The paper account's start equity (PAPER_START_EQUITY).
+        min_notional: The run's MIN_ORDER_NOTIONAL (what is held below it is dust).
 
     Returns:
         The record (candles, period and first and last prices are the caller's to fill).
@@ -391,6 +573,10 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         risk_row = await conn.fetchval(
             "SELECT value FROM service_state WHERE service = 'risk_manager' AND key = 'snapshot'"
         )
+        signal_row = await conn.fetchval(
+            "SELECT value FROM service_state WHERE service = 'signal_engine' "
+            "AND key = 'snapshot'"
+        )
         decisions = await conn.fetch("SELECT outcome, check_name FROM risk_decisions ORDER BY seq")
         fills = await conn.fetch(
             "SELECT side, fee, realized_pnl, order_id::text, qty, price, symbol, slippage_pct, "
@@ -399,6 +585,15 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
         alerts = await conn.fetch("SELECT code, level FROM alerts ORDER BY ts, event_id")
         points = await conn.fetch("SELECT ts, equity FROM equity_curve ORDER BY ts")
         order_ids = await conn.fetch("SELECT order_id::text FROM orders ORDER BY seq")
+        halts = await conn.fetch("SELECT ts, reason FROM halts ORDER BY ts, id")
+        releases = await conn.fetch(
+            "SELECT ts FROM releases WHERE result = 'released' ORDER BY ts")
+        halt_alerts = await conn.fetch(
+            "SELECT ts, code, level, message, event_id::text FROM alerts "
+            "WHERE level = 'CRITICAL' OR code = 'MANUAL_HALT'")
+        refusals = await conn.fetch(
+            "SELECT ts FROM risk_decisions WHERE outcome = 'rejected' "
+            "AND compared ? 'halt_reason' ORDER BY ts")
     finally:
         await conn.close()
     saved = orjson.loads(snap_row) if snap_row else None
@@ -423,25 +618,39 @@ async def load_record(database_url: str, symbols: list[str], start_equity: float
     record.realized_pnl = engine.realized_pnl
     record.total_fees = engine.total_fees
     record.held = {s: p.qty for s, p in engine.positions.items()}
+    record.dust = dust_of({s: (p.qty, engine.last_price(s) or p.avg_price)
+                           for s, p in engine.positions.items()}, min_notional)
+    record.halts = halts_from_rows(
+        [(_ms(r["ts"]), str(r["reason"])) for r in halts],
+        [_ms(r["ts"]) for r in releases],
+        [(_ms(r[0]), r[1], r[2], r[3], r[4]) for r in halt_alerts],
+        [_ms(r["ts"]) for r in refusals],
+    )
+    if signal_row:
+        record.strategy = strategy_of(orjson.loads(signal_row))
     return record
 
 
-async def replay_report(database_url: str, candles: CandleSet, equity: float) -> dict[str, Any]:
+async def replay_report(database_url: str, candles: CandleSet, equity: float,
+                        min_notional: float = 1.0) -> dict[str, Any]:
     """Build the report of a replay from what the services recorded in PostgreSQL.
 
     Args:
         database_url: The run's database.
-        candles: The candle files the replay published (they give the period and the gaps).
+        candles: The candle files the replay published (they give the period, the gaps and
+            the symbols whose data ended early).
         equity: The paper account's start equity.
+        min_notional: The run's MIN_ORDER_NOTIONAL (what is held below it is dust).
 
     Returns:
         The JSON report (`build_report`, source `replay`).
     """
-    record = await load_record(database_url, list(candles.symbols), equity)
+    record = await load_record(database_url, list(candles.symbols), equity, min_notional)
     record.candles = candles.candles
     record.first_ms = candles.first_timestamp
     record.last_ms = candles.last_timestamp
     record.gaps = candles.gaps
+    record.ended = candles.ended
     closes = candles.first_and_last_closes()
     record.first_prices = {s: first for s, (first, _) in closes.items()}
     record.last_prices = {s: last for s, (_, last) in closes.items()}

@@ -16,10 +16,11 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
@@ -98,27 +99,52 @@ def parameters() -> dict[str, Parameter]:
         for name, info in cls.model_fields.items():
             if name in base_fields or info.annotation not in (int, float):
                 continue
-            lo = hi = None
-            ex_lo = ex_hi = False
-            for meta in info.metadata:
-                if isinstance(meta, Ge):
-                    lo = float(meta.ge)  # type: ignore[arg-type]
-                elif isinstance(meta, Gt):
-                    lo, ex_lo = float(meta.gt), True  # type: ignore[arg-type]
-                elif isinstance(meta, Le):
-                    hi = float(meta.le)  # type: ignore[arg-type]
-                elif isinstance(meta, Lt):
-                    hi, ex_hi = float(meta.lt), True  # type: ignore[arg-type]
-            kind = int if info.annotation is int else float
-            found.setdefault(name, Parameter(name, kind, lo, hi, ex_lo, ex_hi))
+            found.setdefault(name, _parameter(name, info))
     return dict(sorted(found.items()))
 
 
-def parse_sweep(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
+def _parameter(name: str, info: Any) -> Parameter:
+    """A numeric field's range as a `Parameter`."""
+    lo = hi = None
+    ex_lo = ex_hi = False
+    for meta in info.metadata:
+        if isinstance(meta, Ge):
+            lo = float(meta.ge)  # type: ignore[arg-type]
+        elif isinstance(meta, Gt):
+            lo, ex_lo = float(meta.gt), True  # type: ignore[arg-type]
+        elif isinstance(meta, Le):
+            hi = float(meta.le)  # type: ignore[arg-type]
+        elif isinstance(meta, Lt):
+            hi, ex_hi = float(meta.lt), True  # type: ignore[arg-type]
+    kind = int if info.annotation is int else float
+    return Parameter(name, kind, lo, hi, ex_lo, ex_hi)
+
+
+def strategy_parameters(strategy: str) -> dict[str, Parameter]:
+    """The numeric parameters of a strategy and their declared ranges (a sweep's axes).
+
+    Raises:
+        StrategyError: The strategy cannot be loaded.
+    """
+    from services.strategies.loader import resolve_class
+
+    model = resolve_class(strategy).params_model
+    return {name: _parameter(name, info) for name, info in model.model_fields.items()
+            if info.annotation in (int, float)}
+
+
+def parse_sweep(
+    specs: Sequence[str], strategy: Mapping[str, str] | None = None,
+) -> list[tuple[str, list[str]]]:
     """Parse and validate `NAME=v1,v2` specifications.
+
+    A NAME is an engine variable (`STOP_LOSS_PCT`, any case) or a numeric parameter of the
+    strategy (`fast`, as its model spells it), each value checked against its declared range;
+    every point of the grid must then satisfy the strategy's parameter model as a whole.
 
     Args:
         specs: One string per swept parameter.
+        strategy: STRATEGY and STRATEGY_PARAMS of the run (None: engine variables only).
 
     Returns:
         (name, values) per parameter, in the given order.
@@ -127,18 +153,23 @@ def parse_sweep(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
         SweepError: Naming every problem found (unknown name, bad or out-of-range value).
     """
     known = parameters()
+    own = strategy_parameters(strategy["STRATEGY"]) if strategy else {}
     axes: list[tuple[str, list[str]]] = []
     problems: list[str] = []
     for spec in specs:
         name, sep, raw = spec.partition("=")
-        name = name.strip().upper()
+        name = name.strip()
+        if name not in own:
+            name = name.upper()
         if not sep or not name:
             problems.append(f"{spec!r} is not NAME=v1,v2")
             continue
-        param = known.get(name)
+        param = own.get(name) or known.get(name)
         if param is None:
+            own_text = (f"; parameters of {strategy['STRATEGY']}: {', '.join(own) or 'none'}"
+                        if strategy else "")
             problems.append(f"{name} is not a sweepable parameter (one of: "
-                            f"{', '.join(known)})")
+                            f"{', '.join(known)}{own_text})")
             continue
         if any(n == name for n, _ in axes):
             problems.append(f"{name} is given twice")
@@ -157,7 +188,48 @@ def parse_sweep(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
         axes.append((name, values))
     if problems:
         raise SweepError("; ".join(problems))
+    if strategy and any(n in own for n, _ in axes):
+        for point in grid(axes):
+            try:
+                point_env(point, strategy)
+            except SweepError as exc:
+                problems.append(str(exc))
+                break
+    if problems:
+        raise SweepError("; ".join(problems))
     return axes
+
+
+def point_env(point: Mapping[str, str], strategy: Mapping[str, str] | None) -> dict[str, str]:
+    """The environment of one point: its engine variables, STRATEGY and STRATEGY_PARAMS.
+
+    The point's strategy parameters go over the run's STRATEGY_PARAMS.
+
+    Raises:
+        SweepError: The point's strategy parameters are refused by the strategy's model.
+    """
+    if not strategy:
+        return dict(point)
+    from services.strategies.loader import (
+        StrategyError,
+        parse_params,
+        resolve_class,
+        validate_params,
+    )
+
+    name = strategy["STRATEGY"]
+    own = strategy_parameters(name)
+    env = {k: v for k, v in point.items() if k not in own}
+    values = {**parse_params(strategy.get("STRATEGY_PARAMS")),
+              **{k: int(float(v)) if own[k].kind is int else float(v)
+                 for k, v in point.items() if k in own}}
+    try:
+        validate_params(resolve_class(name), name, values)
+    except StrategyError as exc:
+        raise SweepError(f"point {dict(point)}: {exc}") from None
+    env["STRATEGY"] = name
+    env["STRATEGY_PARAMS"] = json.dumps(values, sort_keys=True)
+    return env
 
 
 def grid(axes: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, str]]:
@@ -196,6 +268,7 @@ _CANDLES: dict[tuple[str, tuple[str, ...] | None, int], Any] = {}
 
 def run_point(
     data_dir: str, symbols: Sequence[str] | None, minutes: int, params: dict[str, str],
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one sweep point (in a worker process): a backtest with `params` in the environment.
 
@@ -203,7 +276,8 @@ def run_point(
         data_dir: Candle directory.
         symbols: Symbols to use (None: all).
         minutes: Minutes from the start (0: all).
-        params: The point's variables.
+        params: The point's variables, as the table shows them.
+        env: The point's environment (`point_env`; default: `params`).
 
     Returns:
         The point's row (see `summarize`).
@@ -218,7 +292,7 @@ def run_point(
     candles = _CANDLES.get(key)
     if candles is None:
         candles = _CANDLES[key] = read_candles(Path(data_dir), symbols, minutes or None)
-    with patched_env(params):
+    with patched_env(env if env is not None else params):
         configs = engine_configs(list(candles.symbols))
     pipeline = Pipeline(*configs, keep_trace=True)
     record, timeline = run_backtest_timeline(candles, pipeline)
@@ -249,6 +323,7 @@ def run_sweep(
     points: Sequence[dict[str, str]],
     workers: int = 0,
     done: Callable[[dict[str, Any]], None] | None = None,
+    strategy: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every point in parallel processes.
 
@@ -259,6 +334,8 @@ def run_sweep(
         points: The grid.
         workers: Processes (0: every core).
         done: Called with each point's row as it finishes.
+        strategy: STRATEGY and STRATEGY_PARAMS of the run (each point's environment carries
+            them, its own strategy parameters merged in).
 
     Returns:
         The rows, in grid order.
@@ -267,7 +344,8 @@ def run_sweep(
     rows: list[dict[str, Any] | None] = [None] * len(points)
     with ProcessPoolExecutor(max_workers=max(1, count), mp_context=_context()) as pool:
         futures = {pool.submit(run_point, str(data_dir), list(symbols) if symbols else None,
-                               minutes, p): i for i, p in enumerate(points)}
+                               minutes, p, point_env(p, strategy)): i
+                   for i, p in enumerate(points)}
         for future in as_completed(futures):
             row = future.result()
             rows[futures[future]] = row

@@ -25,14 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.replay.candles import Bar, CandleSet
-from services.research.report import RunRecord
-
-HALT_CHECKS = {
-    "daily_drawdown": "drawdown",
-    "exposure_above_halt_level": "exposure",
-    "circuit_breaker_retries_exhausted": "circuit_breaker",
-}
-"""Halt reasons of the risk engine -> the check that caused them (others: manual)."""
+from services.research.report import RunRecord, halt_check
 
 
 @dataclass(slots=True)
@@ -82,11 +75,6 @@ class Timeline:
     decisions: list[tuple[int, str, str]] = field(default_factory=list)
     alerts: list[tuple[int, str, str]] = field(default_factory=list)
     periods: list[Period] = field(default_factory=list)
-
-
-def halt_label(reason: str | None) -> str:
-    """The check a halt reason stands for (`manual` for anything else)."""
-    return HALT_CHECKS.get(reason or "", "manual")
 
 
 class _StateTracker:
@@ -163,7 +151,7 @@ def run_backtest_timeline(
             prices.setdefault(md.symbol, []).append((ts, md.price))
         timeline.equity.append((ts, execution.equity))
         if str(risk.state) == "HALTED":
-            tracker.sample(risk.halted_since_ms or ts, "HALTED", halt_label(risk.halt_reason))
+            tracker.sample(risk.halted_since_ms or ts, "HALTED", halt_check(risk.halt_reason))
         else:
             tracker.sample(ts, "ACTIVE", "")
         if len(trace.decisions) > seen["decisions"]:
@@ -185,6 +173,7 @@ def run_backtest_timeline(
     record = run_backtest(passing(bars), pipeline, sample)
     if isinstance(bars, CandleSet):
         record.gaps = bars.gaps  # what run_backtest takes from a CandleSet it is given itself
+        record.ended = bars.ended
     halts = [p for p in timeline.periods if p.state == "HALTED"]
     bar_times = [t for t, _ in timeline.equity]
     pauses = pause_periods_from_alerts(risk_alerts, [h.start_ms for h in halts], bar_times)
@@ -284,7 +273,7 @@ async def load_timeline(database_url: str, bars: Iterable[Bar]) -> Timeline:
         if halt_periods and halt_periods[-1].end_ms is None:
             continue
         end = next((t for t in release_times if t > start), None)
-        halt_periods.append(Period(start, end, "HALTED", halt_label(r["reason"])))
+        halt_periods.append(Period(start, end, "HALTED", halt_check(r["reason"])))
     bar_times = add_prices(timeline, bars)
     pauses = pause_periods_from_alerts(
         [(ms(r["ts"]), r["code"], r["level"], r["message"], _context(r["context"]))

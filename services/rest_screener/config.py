@@ -61,6 +61,10 @@ class RestScreenerSettings(BaseServiceSettings):
     REST_POLL_INTERVAL_SEC: float = Field(
         default=10.0, ge=0.05, le=3600, description="Time between two polls"
     )
+    EXCHANGE_INFO_REFRESH_SEC: float = Field(
+        default=3600.0, ge=10, le=86_400,
+        description="How often /exchangeInfo is re-read to skip pairs not tradeable by API",
+    )
     REST_TIMEOUT_SEC: float = Field(
         default=10.0, ge=0.1, le=120, description="Timeout of one HTTP request"
     )

@@ -11,6 +11,11 @@ Shapes (MEXC spot v3):
   quoteVolume]` (times as integers in ms, the rest as strings).
 * `/api/v3/ticker/bookTicker` -> list (or one) of `{symbol, bidPrice, bidQty, askPrice, askQty}`.
 * `/api/v3/depth` -> `{lastUpdateId, bids: [[price, qty], ...], asks: [[price, qty], ...]}`.
+* `/api/v3/exchangeInfo` -> `{timezone, serverTime, rateLimits, exchangeFilters, symbols: [{symbol,
+  status, baseAsset, quoteAsset, isSpotTradingAllowed, ...}]}`: a pair a live account can trade
+  through the API has `status` "1" (online; "2" paused, "3" offline) and `isSpotTradingAllowed`
+  true, ccxt's `active` rule. MEXC keeps even major pairs (BTCUSDT, ETHUSDT) blocked from API
+  trading for long periods; the screeners follow only tradeable pairs (see `Tradeable`).
 
 Market data semantics (the same as the replay source, so the signal engine sees one shape): one
 event per symbol and newly CLOSED 1-minute bar, stamped with the bar's close time
@@ -283,29 +288,102 @@ def parse_depth(body: object) -> Book:
     return sane_book(best[0], best[1])
 
 
+TRADING_STATUSES: Final = frozenset({"1", "ENABLED", "TRADING"})
+"""`status` values of a pair that trades: MEXC's "1" (online), and the names some of its API
+versions and Binance-style clients use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tradeable:
+    """Which pairs a live account can trade through the API (from /exchangeInfo).
+
+    Attributes:
+        symbols: The tradeable pairs.
+        blocked: The pairs listed but not tradeable, with why.
+    """
+
+    symbols: frozenset[str]
+    blocked: Mapping[str, str]
+
+    def why_not(self, symbol: str) -> str | None:
+        """Why `symbol` cannot be traded (None when it can)."""
+        if symbol in self.symbols:
+            return None
+        return self.blocked.get(symbol, "not listed in exchangeInfo")
+
+
+def parse_exchange_info(body: object) -> Tradeable:
+    """Read which pairs are tradeable from an /exchangeInfo body.
+
+    A pair is tradeable when its `status` is one of TRADING_STATUSES and its
+    `isSpotTradingAllowed` is true (a missing field counts as not tradeable).
+
+    Args:
+        body: The decoded JSON.
+
+    Returns:
+        The tradeable and the blocked pairs.
+
+    Raises:
+        MalformedResponseError: The body is not an object with a `symbols` list.
+    """
+    rows = body.get("symbols") if isinstance(body, Mapping) else None
+    if not isinstance(rows, list):
+        raise MalformedResponseError("exchangeInfo: expected an object with a symbols list")
+    tradeable: set[str] = set()
+    blocked: dict[str, str] = {}
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        symbol = row.get("symbol")
+        if not isinstance(symbol, str) or not _SYMBOL.match(symbol):
+            continue
+        status = row.get("status")
+        allowed = row.get("isSpotTradingAllowed")
+        if not (isinstance(status, str | int) and str(status).upper() in TRADING_STATUSES):
+            blocked[symbol] = f"status {status!r}"
+        elif allowed is not True:
+            blocked[symbol] = f"isSpotTradingAllowed {allowed!r}"
+        else:
+            tradeable.add(symbol)
+    return Tradeable(frozenset(tradeable), blocked)
+
+
 def select_symbols(
     tickers: Mapping[str, Ticker24h], config: RestConfig, held: Iterable[str] = (),
+    tradeable: Tradeable | None = None,
 ) -> tuple[list[str], list[Rejection]]:
     """Choose the symbols to follow.
 
     With a whitelist: its symbols that have a ticker (the others are rejected as unknown).
     Otherwise the TOP_N movers: pairs quoted in QUOTE_ASSET with a 24 h quote volume of at
     least MIN_QUOTE_VOLUME, ranked by the absolute 24 h change (movers both ways, so falling
-    symbols keep their data for exits), then by quote volume, then by symbol. Symbols the
-    paper account holds are always followed (after the others, sorted): a position that
-    left the movers still needs prices for its stop-loss and its valuation.
+    symbols keep their data for exits), then by quote volume, then by symbol. Pairs a live
+    account cannot trade (`tradeable`) are skipped, rejected as `not_tradeable`: a mover
+    ranked above the cut is replaced by the next tradeable one. Symbols the paper account
+    holds are always followed (after the others, sorted): a position that left the movers
+    still needs prices for its stop-loss and its valuation.
 
     Args:
         tickers: Validated tickers by symbol.
         config: The engine configuration.
         held: Symbols with an open position (those without a ticker are left out).
+        tradeable: The tradeable pairs; None when unknown (nothing is skipped).
 
     Returns:
         The selected symbols (ranked; the whitelist in its sorted order; then the held ones
         not already chosen) and the rejections.
     """
+    skipped: list[Rejection] = []
+
+    def trades(symbol: str) -> bool:
+        why = None if tradeable is None else tradeable.why_not(symbol)
+        if why is not None:
+            skipped.append(Rejection(symbol, "not_tradeable", why))
+        return why is None
+
     if config.whitelist:
-        chosen = [s for s in config.whitelist if s in tickers]
+        chosen = [s for s in config.whitelist if s in tickers and trades(s)]
         missing = [Rejection(s, "unknown_symbol", "no 24 h ticker") for s in config.whitelist
                    if s not in tickers]
     else:
@@ -316,9 +394,14 @@ def select_symbols(
             and t.quote_volume >= config.min_quote_volume
         ]
         candidates.sort(key=lambda t: (-abs(t.change_pct), -t.quote_volume, t.symbol))
-        chosen, missing = [t.symbol for t in candidates[: config.top_n]], []
+        chosen, missing = [], []
+        for t in candidates:
+            if len(chosen) == config.top_n:
+                break
+            if trades(t.symbol):
+                chosen.append(t.symbol)
     pinned = sorted({s for s in held if s in tickers} - set(chosen))
-    return chosen + pinned, missing
+    return chosen + pinned, missing + skipped
 
 
 def build_market_data(

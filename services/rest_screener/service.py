@@ -7,10 +7,14 @@ turns every HTTP status >= 400 into a typed feed error that carries the Retry-Af
 (ccxt's own exceptions drop the headers), and ccxt's built-in throttle is off: the screener
 limits itself per endpoint (`engine.RateLimiter`).
 
-One poll: /ticker/24hr (all symbols) -> selection (whitelist or TOP_N movers) -> the list is
-written to `<prefix>screener:top_movers` -> book (bookTicker, depth or the ticker) -> 1m klines
-per symbol (bounded concurrency; one symbol's failure never stops the others) -> one event per
-newly closed bar, published in one MULTI/EXEC.
+One poll: /ticker/24hr (all symbols) -> selection (whitelist or TOP_N movers, skipping pairs
+/exchangeInfo marks as not tradeable through the API; re-read every
+EXCHANGE_INFO_REFRESH_SEC) -> the list is written to `<prefix>screener:top_movers` -> book
+(bookTicker, depth or the ticker) -> 1m klines per symbol (bounded concurrency; one symbol's
+failure never stops the others) -> one event per newly closed bar, published in one
+MULTI/EXEC. A skipped pair is counted (`cdb_screener_rejected_total{reason="not_tradeable"}`)
+and named once in the log; while /exchangeInfo cannot be read, the last answer stands (none
+yet: nothing is skipped, with a warning).
 
 Faults: 429/418 wait as told by Retry-After (REST_BAN_DEFAULT_SEC when absent, for 418) and
 hold that endpoint; timeouts, network errors, 5xx and malformed bodies back off exponentially
@@ -182,6 +186,11 @@ class RestScreenerService(Service[RestScreenerSettings]):
         self.last_open: dict[str, int] = {}
         self.polls = 0
         self._sem = asyncio.Semaphore(settings.REST_KLINE_CONCURRENCY)
+        self.tradeable: engine.Tradeable | None = None
+        """The pairs a live account can trade (None until /exchangeInfo was read)."""
+        self._info_due_ms = 0
+        self.untradeable_named: set[str] = set()
+        """Skipped pairs already named in the log (named again after they traded again)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -245,7 +254,8 @@ class RestScreenerService(Service[RestScreenerSettings]):
         except FeedError as exc:
             return await self._fault("ticker_24hr", exc)
         self._reject(rejected)
-        symbols, missing = engine.select_symbols(tickers, self.config, await self._held())
+        symbols, missing = engine.select_symbols(tickers, self.config, await self._held(),
+                                                 await self._tradeable())
         self._reject(missing)
         self.symbols = symbols
         m.SYMBOLS.labels(SOURCE).set(len(symbols))
@@ -307,6 +317,32 @@ class RestScreenerService(Service[RestScreenerSettings]):
             raise FeedError("exchange_error", f"{endpoint}: {type(exc).__name__}") from exc
         m.MESSAGES.labels(SOURCE, endpoint).inc()
         return body
+
+    async def _tradeable(self) -> engine.Tradeable | None:
+        """The tradeable pairs, re-read from /exchangeInfo when due (the last answer stands)."""
+        now = self.clock()
+        if now < self._info_due_ms:
+            return self.tradeable
+        try:
+            body = await self._request(
+                "exchange_info", lambda: self._ex.spotPublicGetExchangeInfo())
+            fresh = engine.parse_exchange_info(body)
+        except (engine.MalformedResponseError, FeedError) as exc:
+            error = exc if isinstance(exc, FeedError) else FeedError("malformed", str(exc))
+            self._count_error(error, "exchange_info")
+            retry = min(60.0, self.settings.EXCHANGE_INFO_REFRESH_SEC)
+            self._info_due_ms = now + int(retry * 1000)
+            if self.tradeable is None:
+                logger.warning("exchangeInfo unavailable: no pair is skipped as untradeable "
+                               "until it can be read")
+            return self.tradeable
+        self._info_due_ms = now + int(self.settings.EXCHANGE_INFO_REFRESH_SEC * 1000)
+        self.untradeable_named &= set(fresh.blocked)
+        if self.tradeable is None or fresh.symbols != self.tradeable.symbols:
+            logger.info("exchangeInfo read", extra={"tradeable": len(fresh.symbols),
+                                                    "blocked": len(fresh.blocked)})
+        self.tradeable = fresh
+        return fresh
 
     async def _books(
         self, symbols: list[str], tickers: dict[str, engine.Ticker24h]
@@ -378,6 +414,15 @@ class RestScreenerService(Service[RestScreenerSettings]):
     def _reject(self, rejections: list[engine.Rejection]) -> None:
         for r in rejections:
             m.REJECTED.labels(SOURCE, r.reason).inc()
+        skipped = [r for r in rejections if r.reason == "not_tradeable"]
+        if skipped:
+            rejections = [r for r in rejections if r.reason != "not_tradeable"]
+            for r in skipped:
+                if r.symbol is not None and r.symbol not in self.untradeable_named:
+                    self.untradeable_named.add(r.symbol)
+                    logger.warning("skipping %s: not tradeable through the API (%s)",
+                                   r.symbol, r.detail,
+                                   extra={"symbol": r.symbol, "why": r.detail})
         if rejections:
             logger.info("rejected %d rows or symbols", len(rejections),
                         extra={"reasons": engine.count_reasons(rejections),

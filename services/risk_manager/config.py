@@ -103,6 +103,13 @@ class RiskSettings(BaseServiceSettings):
     MIN_ORDER_NOTIONAL: float = Field(
         default=1.0, ge=0, description="Smallest order notional worth sending (quote currency)"
     )
+    ORDER_RESULT_TIMEOUT_SEC: int = Field(
+        default=120,
+        ge=5,
+        le=3600,
+        description="Seconds an order may await its result before it is settled by the "
+        "execution's record, or given up and its exit re-issued",
+    )
     RISK_ADMIN_TOKEN: SecretStr | None = Field(
         default=None,
         description="Bearer token required by POST /risk/halt and /risk/release "

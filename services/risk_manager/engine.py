@@ -23,8 +23,9 @@ Time is event time: every call first fires the timers due up to its `now` (the 0
 baseline, breaker re-tests, stale-data deadlines) in time order, each at its own due time, so a
 gap in the data passes as it would live. `on_tick(now)` does only that. The account view
 (`portfolio`) takes finite numbers only. Exits (sell signals, stop-losses) only reduce risk and
-pass in every state. While any order of this engine awaits its result, `on_signal` defers
-(returns None) so that every decision sees a portfolio view that includes all earlier orders.
+pass in every state; a buy refused while HALTED counts under the check that halted. While
+any order of this engine awaits its result, `on_signal` defers (returns None) so that every
+decision sees a portfolio view that includes all earlier orders.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from services.risk_manager.output import (
     CODE_HALT_RELEASED,
     CODE_INVALID_INPUT,
     CODE_MANUAL_HALT,
+    CODE_ORDER_TIMEOUT,
     HALT_BREAKER,
     HALT_DRAWDOWN,
     HALT_EXPOSURE,
@@ -59,10 +61,19 @@ from services.risk_manager.view import RiskView
 
 __all__ = ["SOURCE", "RiskEngine"]
 
+LOST_KEPT = 1_000
+"""Lost orders remembered so that their late results still apply (the oldest go first)."""
 _NEVER = 1 << 62
 _INF = float("inf")
 _CB = PauseReason.CIRCUIT_BREAKER.value
 _STALE = PauseReason.STALE_DATA.value
+HALT_CHECKS: dict[str, Check] = {
+    HALT_DRAWDOWN: Check.DRAWDOWN,
+    HALT_EXPOSURE: Check.EXPOSURE,
+    HALT_BREAKER: Check.CIRCUIT_BREAKER,
+}
+"""The check a buy refused while HALTED counts under: the one that halted (else a manual
+halt)."""
 
 
 class RiskEngine(RiskView):
@@ -150,11 +161,18 @@ class RiskEngine(RiskView):
         sym = md.symbol
         price = md.price
         book = self._book
+        stamps = book.stamps
+        newest = stamps.get(sym)
+        if newest is not None and md.timestamp < newest:
+            # Late: the screeners share one stream, so an older print can follow a newer one.
+            self.late_market_data += 1
+            return EMPTY_OUTPUT if out is None else out.result()
         holding = book.holdings.get(sym)
         if not 0.0 < price < _INF or (holding is not None and not book.mark(sym, price)):
             out = out or Out(now_ms)
             self._refuse(out, f"market data of {sym} with price {price!r}", md.event_id)
             return out.result()
+        stamps[sym] = md.timestamp
         if holding is None:
             book.prices[sym] = price
         stale = self._stale
@@ -178,7 +196,7 @@ class RiskEngine(RiskView):
         if bid is not None and ask is not None and 0.0 < bid <= ask < _INF:
             spread, limit = cb.sample(sym, bid, ask)
             anomalous = limit > 0 and spread > limit
-            if anomalous and sym not in cb.symbols:
+            if anomalous and sym not in cb.symbols and not self._halted:
                 out = out or Out(now_ms)
                 if cb.trip_spread(out, sym, spread, limit, md.event_id):
                     self._changed(out, f"circuit breaker: spread anomaly on {sym}")
@@ -190,7 +208,10 @@ class RiskEngine(RiskView):
             if not self._halted:
                 out = self._check_account(out, now_ms, md.event_id)
             exits = self._exits
-            if exits.triggered(price, holding.avg):
+            if exits.dust(holding.qty, price):
+                if exits.episodes and sym in exits.episodes:
+                    exits.end(sym)
+            elif exits.triggered(price, holding.avg):
                 if exits.may_exit(sym, now_ms):
                     out = out or Out(now_ms)
                     self._stop_loss(out, md, holding)
@@ -279,6 +300,12 @@ class RiskEngine(RiskView):
         if not size > 0:
             self._reject(out, sig, Check.NO_POSITION, {"held_qty": qty, "price": price})
             return
+        if self._exits.dust(qty, price):
+            self._reject(out, sig, Check.MIN_NOTIONAL, {
+                "held_qty": qty, "price": price, "value": size,
+                "min_notional": self._cfg.min_order_notional,
+            })
+            return
         order_id = derive_id("order", sig.signal_id)
         self._emit_order(out, sym, "sell", size, qty, order_id, sig.signal_id, (), "signal")
         out.decide(sig.signal_id, sig.signal_id, order_id, sym, "sell", "approved",
@@ -293,7 +320,10 @@ class RiskEngine(RiskView):
         if not self._halted and self._dd.breached(book.equity):
             self._drawdown_halt(out, sig.signal_id)
         if self._halted:
-            self._reject(out, sig, Check.DRAWDOWN, {
+            # Counted under the check that halted, not under the drawdown it may never have
+            # reached.
+            check = HALT_CHECKS.get(self._halt_reason or "", Check.MANUAL_HALT)
+            self._reject(out, sig, check, {
                 "drawdown": self.drawdown,
                 "limit": cfg.max_daily_drawdown_pct,
                 "equity": book.equity,
@@ -355,10 +385,17 @@ class RiskEngine(RiskView):
         """
         rec = self._outstanding.pop(res.order_id, None)
         if rec is None:
-            return EMPTY_OUTPUT
+            rec = self._lost.pop(res.order_id, None)  # the late result of a lost order
+            if rec is None:
+                return EMPTY_OUTPUT
         out = Out(now_ms)
         if now_ms >= self._due:
             self._advance(out, now_ms)
+        self._settle(out, rec, res, now_ms)
+        return out.result()
+
+    def _settle(self, out: Out, rec: OutstandingOrder, res: OrderResult, now_ms: int) -> None:
+        """Apply the result `res` of the order `rec` (no longer outstanding)."""
         sym = rec.symbol
         book = self._book
         applied = 0.0
@@ -371,13 +408,94 @@ class RiskEngine(RiskView):
                 self._refuse(out, f"fill of {sym} ({qty!r} at {res.fill_price!r}, fees "
                                   f"{res.fees!r})", res.order_id)
         if rec.side == "sell":
-            self._exits.on_result(sym, rec.order_id, applied, sym not in book.holdings, now_ms)
-        if applied and self._cb.on_fill(out, sym, res.slippage_pct, res.order_id):
+            self._exits.on_result(sym, rec.order_id, applied, self._closed(sym), now_ms)
+        if applied and not self._halted and self._cb.on_fill(out, sym, res.slippage_pct,
+                                                             res.order_id):
             self._changed(out, f"circuit breaker: slippage on {sym}")
             self._schedule(self._cb.next_ms)
         if not self._halted:
             self._check_account(out, now_ms, res.order_id)
+
+    # ------------------------------------------------------------------ lost results
+
+    def order_timed_out(
+        self, order_id: str, now_ms: int, recorded: OrderResult | None
+    ) -> RiskOutput:
+        """Settle an order whose result did not come within the timeout.
+
+        The service looks up what the execution recorded for the order and passes it here.
+        With a record, the order is settled by it as if its result had come. Without one the
+        execution never took the order: its symbol is freed (signals are decided again) and
+        an exit is re-issued at once for the position still held (one working exit). Either
+        way an ORDER_TIMEOUT WARNING says what happened. A result that still comes later is
+        applied (the order is remembered as lost), so no fill is ever missed.
+
+        Args:
+            order_id: The outstanding order.
+            now_ms: Current time, Unix epoch milliseconds UTC.
+            recorded: The execution's result for the order, None when it has none.
+
+        Returns:
+            The output: the alert, and a re-issued exit with its decision.
+        """
+        rec = self._outstanding.pop(order_id, None)
+        if rec is None:
+            return EMPTY_OUTPUT
+        out = Out(now_ms)
+        if now_ms >= self._due:
+            self._advance(out, now_ms)
+        sym = rec.symbol
+        what = f"{rec.side} {sym} ({rec.reason}, order {order_id})"
+        context: dict[str, object] = {
+            "order_id": order_id, "symbol": sym, "side": rec.side, "reason": rec.reason,
+            "size": rec.size, "waited_sec": max(0, now_ms - rec.ts_ms) / 1000.0,
+        }
+        if recorded is not None and recorded.order_id == order_id:
+            out.alert(
+                CODE_ORDER_TIMEOUT, "WARNING",
+                f"No result came for {what}: settled by the execution's record "
+                f"({recorded.status}, {recorded.filled_qty:g} filled)",
+                {**context, "recorded_status": recorded.status,
+                 "filled_qty": recorded.filled_qty},
+                "recorded", order_id,
+            )
+            self._settle(out, rec, recorded, now_ms)
+            return out.result()
+        lost = self._lost
+        lost[order_id] = rec
+        while len(lost) > LOST_KEPT:
+            del lost[next(iter(lost))]
+        reissued = None
+        if rec.side == "sell":
+            self._exits.forget(sym, order_id)
+            reissued = self._reissue(out, rec)
+        out.alert(
+            CODE_ORDER_TIMEOUT, "WARNING",
+            f"No result came for {what} and the execution has no record of it: {sym} is free "
+            + (f"and its exit is re-issued ({reissued})" if reissued else "again"),
+            {**context, "reissued_order_id": reissued},
+            "lost", order_id,
+        )
         return out.result()
+
+    def _reissue(self, out: Out, lost: OutstandingOrder) -> str | None:
+        """Send the exit of a lost sell again for what is held now; its order id or None."""
+        sym = lost.symbol
+        holding = self._book.holdings.get(sym)
+        if holding is None:
+            return None
+        price = self._book.prices.get(sym, holding.avg)
+        qty = holding.qty
+        size = qty * price
+        if not size > 0 or self._exits.dust(qty, price):
+            return None
+        order_id = derive_id("reissue", lost.order_id)
+        stop = lost.reason == "stop_loss"
+        self._emit_order(out, sym, "sell", size, qty, order_id, None, (), lost.reason)
+        out.decide(order_id, None, order_id, sym, "sell", "approved",
+                   (Check.STOP_LOSS if stop else Check.EXIT).value, size, size,
+                   {"quantity": qty, "price": price, "reissue_of": lost.order_id})
+        return order_id
 
     # ------------------------------------------------------------------ breaker re-tests
 
@@ -485,10 +603,36 @@ class RiskEngine(RiskView):
         eng._dd.load(snapshot)
         eng._book.load(snapshot)
         eng._outstanding = dict(snapshot.outstanding)
+        eng._lost = dict(snapshot.lost_orders)
         eng._exits.load(snapshot)
         return eng
 
+    def rolled_back(self, snapshot: RiskSnapshot) -> RiskEngine:
+        """This engine as it was at `snapshot` (a command whose commit failed is undone).
+
+        Everything the snapshot holds comes from it; what it leaves out (the spread windows
+        and the latest volumes, the late-data count) is kept from this engine.
+
+        Args:
+            snapshot: `snapshot()` taken before the command.
+
+        Returns:
+            The engine to use from now on.
+        """
+        eng = RiskEngine.restore(self._cfg, snapshot)
+        eng._cb.windows = self._cb.windows
+        eng._cb.volumes = self._cb.volumes
+        eng.late_market_data = self.late_market_data
+        return eng
+
     # ------------------------------------------------------------------ helpers
+
+    def _closed(self, sym: str) -> bool:
+        """True when `sym` is no longer held, or only as dust (nothing left to exit)."""
+        holding = self._book.holdings.get(sym)
+        if holding is None:
+            return True
+        return self._exits.dust(holding.qty, self._book.prices.get(sym, holding.avg))
 
     def _drawdown_halt(self, out: Out, trigger: str) -> None:
         self._halt(out, HALT_DRAWDOWN)

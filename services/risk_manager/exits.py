@@ -6,6 +6,11 @@ price) is retried at a bounded rate: after EXIT_RETRY_SEC, doubling up to EXIT_R
 (an exit that filled part of the position is followed up at the next market data). One
 RISK_LIMIT WARNING per episode: the episode ends when the position is gone or the price is back
 above the stop.
+
+Dust: a remainder worth less than MIN_ORDER_NOTIONAL at its last price cannot be sold (an
+exchange refuses such an order), so it gets no exit orders at all: no stop-loss, no sell
+signal, no follow-up of a partial exit. It stays in the account (and its equity) and is shown
+as dust; a price that lifts it back above the minimum makes it an ordinary position again.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class Exits:
         self.retry_at = dict(snapshot.exit_retry_ms)
         self.attempts = dict(snapshot.exit_attempts)
         self.episodes = dict.fromkeys(snapshot.exit_episodes)
+
+    def dust(self, qty: float, price: float) -> bool:
+        """True when `qty` at `price` is worth less than the minimum order notional."""
+        return qty * price < self.cfg.min_order_notional
 
     def triggered(self, price: float, avg: float) -> bool:
         """True when `price` is at or below the stop of a position entered at `avg`."""
@@ -103,6 +112,14 @@ class Exits:
                 "stop_loss",
                 order_id,
             )
+
+    def forget(self, symbol: str, order_id: str) -> None:
+        """Stop waiting for the exit `order_id` of `symbol` (its result was lost).
+
+        No retry wait follows: the exit never reached the market, so it is sent again at once.
+        """
+        if self.working.get(symbol) == order_id:
+            del self.working[symbol]
 
     def on_result(self, symbol: str, order_id: str, filled_qty: float, closed: bool,
                   now: int) -> None:

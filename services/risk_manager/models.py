@@ -50,6 +50,7 @@ class Check(StrEnum):
     STOP_LOSS = "stop_loss"
     ALL_PASSED = "all_passed"
     MANUAL_PAUSE = "manual_pause"
+    MANUAL_HALT = "manual_halt"
     NO_PRICE = "no_price"
     NO_POSITION = "no_position"
     MIN_NOTIONAL = "min_notional"
@@ -222,6 +223,8 @@ class RiskSnapshot:
         exit_retry_ms: Symbol -> earliest next attempt of an exit that filled nothing.
         exit_attempts: Symbol -> consecutive exits that filled nothing.
         exit_episodes: Symbols in a stop-loss episode (already alerted).
+        price_ms: Timestamp of the market data each last price came from.
+        lost_orders: Orders given up after the result timeout, whose late results still apply.
     """
 
     state: TradingState
@@ -248,6 +251,8 @@ class RiskSnapshot:
     exit_retry_ms: dict[str, int] = field(default_factory=dict)
     exit_attempts: dict[str, int] = field(default_factory=dict)
     exit_episodes: tuple[str, ...] = ()
+    price_ms: dict[str, int] = field(default_factory=dict)
+    lost_orders: dict[str, OutstandingOrder] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the snapshot as JSON-compatible values."""
@@ -269,17 +274,7 @@ class RiskSnapshot:
                 s: {"qty": p.qty, "avg_price": p.avg_price, "entry_value": p.entry_value}
                 for s, p in self.positions.items()
             },
-            "outstanding": {
-                oid: {
-                    "symbol": o.symbol,
-                    "side": o.side,
-                    "size": o.size,
-                    "quantity": o.quantity,
-                    "reason": o.reason,
-                    "ts_ms": o.ts_ms,
-                }
-                for oid, o in self.outstanding.items()
-            },
+            "outstanding": _orders_dict(self.outstanding),
             "last_data_ms": self.last_data_ms,
             "prices": dict(self.prices),
             "symbol_data_ms": dict(self.symbol_data_ms),
@@ -289,6 +284,8 @@ class RiskSnapshot:
             "exit_retry_ms": dict(self.exit_retry_ms),
             "exit_attempts": dict(self.exit_attempts),
             "exit_episodes": list(self.exit_episodes),
+            "price_ms": dict(self.price_ms),
+            "lost_orders": _orders_dict(self.lost_orders),
         }
 
     @classmethod
@@ -314,21 +311,6 @@ class RiskSnapshot:
             )
             for s, p in data["positions"].items()
         }
-        outstanding: dict[str, OutstandingOrder] = {}
-        for oid, o in data["outstanding"].items():
-            side = o["side"]
-            if side not in ("buy", "sell"):
-                raise ValueError(f"invalid side {side!r}")
-            qty = o.get("quantity")
-            outstanding[oid] = OutstandingOrder(
-                order_id=oid,
-                symbol=o["symbol"],
-                side=side,
-                size=float(o["size"]),
-                quantity=None if qty is None else float(qty),
-                reason=str(o["reason"]),
-                ts_ms=int(o["ts_ms"]),
-            )
         return cls(
             state=TradingState(data["state"]),
             halt_reason=data["halt_reason"],
@@ -344,7 +326,7 @@ class RiskSnapshot:
             day_baseline_equity=float(data["day_baseline_equity"]),
             cash=float(data["cash"]),
             positions=positions,
-            outstanding=outstanding,
+            outstanding=_orders_from(data["outstanding"]),
             last_data_ms=data["last_data_ms"],
             prices={s: float(p) for s, p in data["prices"].items()},
             symbol_data_ms={s: int(t) for s, t in data.get("symbol_data_ms", {}).items()},
@@ -356,4 +338,46 @@ class RiskSnapshot:
             exit_retry_ms={s: int(t) for s, t in data.get("exit_retry_ms", {}).items()},
             exit_attempts={s: int(n) for s, n in data.get("exit_attempts", {}).items()},
             exit_episodes=tuple(data.get("exit_episodes", ())),
+            price_ms={s: int(t) for s, t in data.get("price_ms", {}).items()},
+            lost_orders=_orders_from(data.get("lost_orders", {})),
         )
+
+
+def _orders_dict(orders: dict[str, OutstandingOrder]) -> dict[str, dict[str, Any]]:
+    """Orders as JSON-compatible values, by order id."""
+    return {
+        oid: {
+            "symbol": o.symbol,
+            "side": o.side,
+            "size": o.size,
+            "quantity": o.quantity,
+            "reason": o.reason,
+            "ts_ms": o.ts_ms,
+        }
+        for oid, o in orders.items()
+    }
+
+
+def _orders_from(data: dict[str, Any]) -> dict[str, OutstandingOrder]:
+    """Orders from `_orders_dict` output.
+
+    Raises:
+        KeyError: A field is missing.
+        ValueError: A side is neither buy nor sell, or a number has the wrong form.
+    """
+    orders: dict[str, OutstandingOrder] = {}
+    for oid, o in data.items():
+        side = o["side"]
+        if side not in ("buy", "sell"):
+            raise ValueError(f"invalid side {side!r}")
+        qty = o.get("quantity")
+        orders[oid] = OutstandingOrder(
+            order_id=oid,
+            symbol=o["symbol"],
+            side=side,
+            size=float(o["size"]),
+            quantity=None if qty is None else float(qty),
+            reason=str(o["reason"]),
+            ts_ms=int(o["ts_ms"]),
+        )
+    return orders

@@ -40,12 +40,15 @@ class Portfolio:
         cash: Start cash in the quote currency.
     """
 
-    __slots__ = ("cash", "holdings", "prices", "value")
+    __slots__ = ("cash", "holdings", "prices", "stamps", "value")
 
     def __init__(self, cash: float) -> None:
         self.cash = cash
         self.holdings: dict[str, Holding] = {}
         self.prices: dict[str, float] = {}
+        self.stamps: dict[str, int] = {}
+        """Symbol -> timestamp of the market data its last price came from (older data is
+        late and never moves the price)."""
         self.value = 0.0
 
     @property
@@ -70,7 +73,8 @@ class Portfolio:
 
     def dump(self) -> dict[str, Any]:
         """The account's part of the snapshot."""
-        return {"cash": self.cash, "positions": self.positions(), "prices": dict(self.prices)}
+        return {"cash": self.cash, "positions": self.positions(), "prices": dict(self.prices),
+                "price_ms": dict(self.stamps)}
 
     def load(self, snapshot: RiskSnapshot) -> None:
         """Take the account from a snapshot."""
@@ -81,6 +85,7 @@ class Portfolio:
             if p.qty > 0
         }
         self.prices = dict(snapshot.prices)
+        self.stamps = dict(snapshot.price_ms)
         self.revalue()
 
     def mark(self, symbol: str, price: float) -> bool:

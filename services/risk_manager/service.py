@@ -4,8 +4,20 @@ Consumes `market_data`, `order_results` and `signals` in that priority order (on
 so the engine sees one ordered sequence), records every decision, order, state change and
 halt in PostgreSQL with the engine snapshot (one transaction per round, see
 `services.common.ledger`), then publishes orders and alerts. A second consumer records every
-alert of every service. HTTP adds `GET /risk/state`, `POST /risk/halt` and
-`POST /risk/release` (bearer RISK_ADMIN_TOKEN, idempotent per request_id).
+alert of every service. HTTP adds `GET /risk/state`, `POST /risk/halt`, `POST /risk/release`
+and `POST /risk/pause` (bearer RISK_ADMIN_TOKEN, checked before the body is read).
+
+Commands (the HTTP ones, the wall-clock tick, the settling of orders whose result timed out)
+run one at a time with the consumer held: each takes effect in memory, is committed with the
+engine snapshot, and only then answered and published; a commit PostgreSQL refuses for good
+rolls the engine back to where it was, so a change is never seen before it is durable and a
+write that cannot succeed never blocks the next. Halt and release are idempotent per
+`request_id`: the same body again gets the first answer (`duplicate: true`), another body 409;
+the check and the record are one step under the command lock, committed with the effect.
+
+An order whose result has not come after ORDER_RESULT_TIMEOUT_SEC (wall time) is settled by
+what the execution recorded for it in `order_results` (same database), or given up and its
+exit re-issued (see `RiskEngine.order_timed_out`).
 
 With CLOCK=event (replay) the engine's clock is the events' time: a signal newer than the
 latest market data waits until that market data has been applied, and a time tick follows the
@@ -17,21 +29,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
 from services.common.bus import DEFER, Consumer, HandlerResult, Outgoing, counted_alert
-from services.common.events import Alert, EventBase, MarketData, OrderResult, Signal
+from services.common.events import (
+    Alert,
+    EventBase,
+    EventValidationError,
+    MarketData,
+    OrderResult,
+    Signal,
+    parse_event,
+)
 from services.common.history import acked_history
-from services.common.ledger import Ledger
+from services.common.http import read_model
+from services.common.ledger import PG_TRANSIENT, CommitFailedError, Ledger
+from services.common.metrics import count_late_market_data
 from services.common.runtime import Service, Task
+from services.common.text import SafeText
 from services.risk_manager.config import RiskConfig, RiskSettings
 from services.risk_manager.engine import RiskEngine
 from services.risk_manager.models import PauseReason, RiskOutput, RiskSnapshot, TradingState
@@ -93,26 +120,59 @@ def _ms(ts: int | None) -> Any:
     return ts
 
 
-class HaltRequest(BaseModel):
-    """Body of `POST /risk/halt`."""
+ORDER_TIMEOUTS = Counter(
+    "cdb_risk_order_timeouts_total",
+    "Orders whose result did not come in time, by how they were settled",
+    ["settled"],
+)
 
-    request_id: str = Field(min_length=1, max_length=100)
-    halted_by: str = Field(min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=500)
+
+class HaltRequest(BaseModel):
+    """Body of `POST /risk/halt` (texts: no NUL character, valid Unicode)."""
+
+    request_id: SafeText = Field(min_length=1, max_length=100)
+    halted_by: SafeText = Field(min_length=1, max_length=100)
+    reason: SafeText = Field(min_length=1, max_length=500)
 
 
 class ReleaseRequest(BaseModel):
-    """Body of `POST /risk/release`."""
+    """Body of `POST /risk/release` (texts: no NUL character, valid Unicode)."""
 
-    request_id: str = Field(min_length=1, max_length=100)
-    released_by: str = Field(min_length=1, max_length=100)
-    reason: str = Field(min_length=1, max_length=500)
+    request_id: SafeText = Field(min_length=1, max_length=100)
+    released_by: SafeText = Field(min_length=1, max_length=100)
+    reason: SafeText = Field(min_length=1, max_length=500)
 
 
 class PauseRequest(BaseModel):
     """Body of `POST /risk/pause`."""
 
     paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What a command did to the engine.
+
+    Attributes:
+        out: The engine's output.
+        result: The command's result, as an HTTP answer names it.
+        writes: Extra rows to write with it (SQL, arguments).
+        by: Who a halt that began is recorded as halted by.
+    """
+
+    out: RiskOutput
+    result: str = ""
+    writes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    by: str = "risk_manager"
+
+
+Apply = Callable[[int], Done]
+"""A command on the engine at a given time (ms)."""
+
+
+def _digest(body: BaseModel) -> str:
+    """SHA-256 of a request body's validated fields (formatting and key order do not count)."""
+    return hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class RiskService(Service[RiskSettings]):
@@ -122,6 +182,10 @@ class RiskService(Service[RiskSettings]):
 
     async def start(self) -> None:
         """Restore the engine from PostgreSQL and republish what a crash left unpublished."""
+        self.command_lock = asyncio.Lock()
+        """Held by a command (HTTP, tick, order timeout); the consumer waits for it."""
+        self.awaiting: dict[str, float] = {}
+        """Outstanding order id -> monotonic time it was first seen awaiting its result."""
         self.config = RiskConfig.from_settings(self.settings)
         for name, value in (
             ("max_daily_drawdown", self.config.max_daily_drawdown_pct),
@@ -140,6 +204,7 @@ class RiskService(Service[RiskSettings]):
         else:
             self.engine = RiskEngine.restore(self.config, RiskSnapshot.from_dict(saved["engine"]))
         self.last_tick = int(saved.get("last_tick", -1)) if saved else -1
+        count_late_market_data(self.name, lambda: self.engine.late_market_data)
         # Not persisted: market data not committed before a crash is redelivered, and what was
         # committed is covered by the engine's last_data_ms.
         self.recent_md: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -160,6 +225,8 @@ class RiskService(Service[RiskSettings]):
         self.recorder = Consumer(
             self.bus, RECORDER_GROUP, ["alerts"], self.record_alert, self.consumer_name
         )
+        now = time.monotonic()
+        self.awaiting = dict.fromkeys(self.engine.outstanding, now)
         self._update_gauges()
         logger.info("risk engine restored", extra={
             "state": str(self.engine.state), "republished": republished,
@@ -191,16 +258,34 @@ class RiskService(Service[RiskSettings]):
         return [self.consumer, self.recorder]
 
     def tasks(self) -> list[Task]:
-        """A one-second engine tick on the wall clock (live mode)."""
-        return [] if self.event_clock else [self._ticker]
+        """The order-result timeouts; a one-second engine tick on the wall clock (live mode)."""
+        return [self._order_timeouts] if self.event_clock else [self._ticker,
+                                                                self._order_timeouts]
 
     # -- handling ------------------------------------------------------------------------------
 
     def _now(self, event_ts: int) -> int:
         return event_ts if self.event_clock else int(time.time() * 1000)
 
+    def _require_replay_time(self) -> None:
+        """Refuse a halt, release or pause in a replay that has no time yet.
+
+        With CLOCK=event a command acts at the replay's time (the newest market data applied,
+        see `_engine_now`), so the engine's timers stay in the replay's time: the wall clock
+        would fire years of them at once (every symbol stale, the day's baseline rolled).
+
+        Raises:
+            HTTPException: 409 when a replay has not sent market data yet (no time to act at).
+        """
+        if self.event_clock and self.engine.last_data_ms is None:
+            raise HTTPException(409, "the replay has sent no market data yet: there is no "
+                                     "replay time to act at; retry once it runs")
+
     async def handle(self, stream: str, event: EventBase) -> HandlerResult:
         """Apply one event to the engine and queue its records."""
+        if self.command_lock.locked():  # a command is changing the engine: wait for it
+            async with self.command_lock:
+                pass
         entry = self.consumer.current
         assert entry is not None
         if self.ledger.seen(stream, entry.entry_id):
@@ -262,12 +347,13 @@ class RiskService(Service[RiskSettings]):
         last = self.engine.last_data_ms
         return last is not None and last >= sig.timestamp
 
-    def _apply(self, out: RiskOutput, outputs: list[Outgoing],
-               halted_by: str = "risk_manager") -> None:
+    def _apply(self, out: RiskOutput, outputs: list[Outgoing], by: str = "risk_manager") -> None:
         """Queue the records of one engine output and collect its events.
 
-        A halt that begins is recorded once in `halts`, by `halted_by` (the risk manager for
-        its own halts, the requester for a manual one).
+        Args:
+            out: The engine's output.
+            outputs: Where its events go.
+            by: Who a halt that began here is recorded as halted by.
         """
         if out.is_empty:
             return
@@ -291,6 +377,7 @@ class RiskService(Service[RiskSettings]):
                 o.trimmed, o.timestamp, o.model_dump_json(exclude_none=True),
             )
             outputs.append(Outgoing("orders", o))
+            self.awaiting[o.order_id] = time.monotonic()
         outputs.extend(counted_alert(a) for a in out.alerts)
         change = out.state_change
         if change is not None:
@@ -308,8 +395,7 @@ class RiskService(Service[RiskSettings]):
                 add(
                     "INSERT INTO halts (reason, halted_by, ts) VALUES ($1, $2, "
                     "to_timestamp($3 / 1000.0))",
-                    self.engine.halt_reason or change.reason, halted_by,
-                    change.halted_since_ms,
+                    self.engine.halt_reason or change.reason, by, change.halted_since_ms,
                 )
 
     async def record_alert(self, stream: str, event: EventBase) -> HandlerResult:
@@ -341,12 +427,107 @@ class RiskService(Service[RiskSettings]):
                 await asyncio.wait_for(stop.wait(), 1.0)
             if stop.is_set():
                 return
-            out = self.engine.on_tick(int(time.time() * 1000))
-            if not out.is_empty:
-                outputs: list[Outgoing] = []
-                self._apply(out, outputs)
-                await self.ledger.commit_now(outputs)
+            async with self.command_lock:
+                await self._transact(lambda now: Done(self.engine.on_tick(now)))
             self._update_gauges()  # equity, exposure and drawdown follow the prices
+
+    def _engine_now(self) -> int:
+        """The engine's time for a command: the wall clock, or the latest event time."""
+        if not self.event_clock:
+            return int(time.time() * 1000)
+        return max(self.last_tick, self.engine.last_data_ms or 0)
+
+    async def _transact(self, apply: Apply) -> Done:
+        """Run one command on the engine and commit it; roll it back if the commit fails.
+
+        The caller holds `command_lock`, so no event is handled between the change and its
+        commit, and the state is never seen before it is durable.
+
+        Returns:
+            What the command did.
+
+        Raises:
+            CommitFailedError: PostgreSQL refused the commit for good (the engine and the
+                ledger are back where they were).
+        """
+        before = self.engine.snapshot()
+        mark = self.ledger.mark()
+        try:
+            done = apply(self._engine_now())
+            if done.out.is_empty and not done.writes:
+                return done
+            outputs: list[Outgoing] = []
+            self._apply(done.out, outputs, done.by)
+            for sql, args in done.writes:
+                self.ledger.add(sql, *args)
+        except BaseException:
+            self.ledger.rewind(mark)
+            self._roll_back(before)
+            raise
+        try:
+            await self.ledger.commit_now(outputs, since=mark)
+        except CommitFailedError as exc:
+            self._roll_back(before)
+            logger.error("a command could not be saved; nothing changed", extra={
+                "error": str(exc)})
+            raise
+        self._update_gauges()
+        return done
+
+    def _roll_back(self, before: RiskSnapshot) -> None:
+        """Put the engine back in the state of `before` (its spread windows stay)."""
+        self.engine = self.engine.rolled_back(before)
+        self._update_gauges()
+
+    # -- orders whose result does not come -----------------------------------------------------
+
+    async def _order_timeouts(self, stop: asyncio.Event) -> None:
+        """Every second, settle the orders that have awaited their result too long."""
+        timeout = float(self.settings.ORDER_RESULT_TIMEOUT_SEC)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(1.0, timeout / 4))
+            if stop.is_set():
+                return
+            now = time.monotonic()
+            outstanding = self.engine.outstanding
+            awaiting = self.awaiting
+            for order_id in [o for o in awaiting if o not in outstanding]:
+                del awaiting[order_id]
+            for order_id in outstanding:
+                awaiting.setdefault(order_id, now)
+            for order_id in [o for o, t in awaiting.items() if now - t >= timeout]:
+                await self._settle_overdue(order_id)
+
+    async def _settle_overdue(self, order_id: str) -> None:
+        """Settle one overdue order by the execution's record of it, or give it up."""
+        async with self.command_lock:
+            if order_id not in self.engine.outstanding:
+                self.awaiting.pop(order_id, None)
+                return
+            recorded = await self._recorded_result(order_id)
+            done = await self._transact(
+                lambda now: Done(self.engine.order_timed_out(order_id, now, recorded)))
+            self.awaiting.pop(order_id, None)
+        ORDER_TIMEOUTS.labels("recorded" if recorded is not None else "lost").inc()
+        logger.warning("order result timed out", extra={
+            "order_id": order_id, "settled": "recorded" if recorded is not None else "lost",
+            "reissued": [o.order_id for o in done.out.orders]})
+
+    async def _recorded_result(self, order_id: str) -> OrderResult | None:
+        """What the execution recorded for `order_id` (its `order_results` row), if anything."""
+        row = await self.store.pool.fetchrow(
+            "SELECT payload::text AS payload FROM order_results WHERE order_id = $1::uuid",
+            order_id)
+        if row is None:
+            return None
+        try:
+            result = parse_event("order_results", row["payload"])
+        except EventValidationError:
+            logger.error("unreadable order result recorded", extra={"order_id": order_id})
+            return None
+        assert isinstance(result, OrderResult)
+        return result
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -368,8 +549,13 @@ class RiskService(Service[RiskSettings]):
             "positions": {
                 s: {"qty": p.qty, "avg_price": p.avg_price} for s, p in e.positions.items()
             },
+            "dust": {
+                s: {"qty": p.qty, "value": p.qty * e.prices.get(s, p.avg_price)}
+                for s, p in e.dust.items()
+            },
             "outstanding_orders": len(e.outstanding),
             "last_data_ms": e.last_data_ms,
+            "clock": self.settings.CLOCK,
         }
 
     def _authorize(self, authorization: str | None) -> None:
@@ -386,17 +572,51 @@ class RiskService(Service[RiskSettings]):
         if given is None or not hmac.compare_digest(given, expected):
             raise HTTPException(401, "missing or wrong bearer token")
 
-    async def _command(self, out: RiskOutput, extra_sql: tuple[str, tuple[Any, ...]] | None,
-                       halted_by: str = "risk_manager") -> None:
-        outputs: list[Outgoing] = []
-        self._apply(out, outputs, halted_by)
-        if extra_sql is not None:
-            self.ledger.add(extra_sql[0], *extra_sql[1])
-        self._update_gauges()
-        await self.ledger.commit_now(outputs)
+    async def _admin(self, command: str, request_id: str, body: BaseModel,
+                     apply: Apply) -> JSONResponse:
+        """Run an idempotent admin command once per `request_id`.
+
+        Under the command lock, in one step: look the id up; the same body again gets the
+        first answer (`duplicate: true`), another body 409; a new id runs the command and
+        records its answer in the same transaction as its effect.
+        """
+        digest = _digest(body)
+        async with self.command_lock:
+            try:
+                row = await self.store.pool.fetchrow(
+                    "SELECT body_sha256, answer::text AS answer FROM admin_requests "
+                    "WHERE command = $1 AND request_id = $2", command, request_id)
+            except PG_TRANSIENT:
+                raise HTTPException(503, "PostgreSQL is unavailable; nothing changed, "
+                                         "try again") from None
+            if row is not None:
+                if row["body_sha256"] != digest:
+                    return JSONResponse({"detail": f"request_id {request_id!r} was already "
+                                                   f"used for another {command} request"}, 409)
+                first: dict[str, Any] = orjson.loads(row["answer"])
+                return JSONResponse({**first, "duplicate": True})
+            answer: dict[str, Any] = {}
+
+            def run(now: int) -> Done:
+                done = apply(now)
+                answer.update(result=done.result, duplicate=False, state=self.state())
+                record = ("INSERT INTO admin_requests (command, request_id, body_sha256, answer) "
+                          "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
+                          (command, request_id, digest, orjson.dumps(answer).decode()))
+                return Done(done.out, done.result, (*done.writes, record), done.by)
+
+            await self._command(run)
+        return JSONResponse(answer)
+
+    async def _command(self, apply: Apply) -> Done:
+        """Run a command (the caller holds the lock); a refused commit answers 500."""
+        try:
+            return await self._transact(apply)
+        except CommitFailedError:
+            raise HTTPException(500, "the change could not be saved; nothing changed") from None
 
     def routes(self, app: FastAPI) -> None:
-        """Add the risk endpoints."""
+        """Add the risk endpoints (the token is checked before a body is read)."""
 
         @app.get("/risk/state")
         async def get_state() -> dict[str, Any]:
@@ -404,45 +624,52 @@ class RiskService(Service[RiskSettings]):
 
         @app.post("/risk/halt")
         async def post_halt(
-            body: HaltRequest, authorization: str | None = Header(default=None)
-        ) -> dict[str, Any]:
+            request: Request, authorization: str | None = Header(default=None)
+        ) -> JSONResponse:
             self._authorize(authorization)
-            now = int(time.time() * 1000)
-            out = self.engine.halt(body.reason, body.halted_by, now)
-            result = "halted" if out.state_change is not None else "already halted"
-            if out.state_change is not None:
-                await self._command(out, None, halted_by=body.halted_by)
-            logger.warning("halt requested", extra={"by": body.halted_by, "result": result})
-            return {"result": result, "state": self.state()}
+            body = await read_model(request, HaltRequest)
+            self._require_replay_time()
+
+            def halt(now: int) -> Done:
+                out = self.engine.halt(body.reason, body.halted_by, now)
+                result = "halted" if out.state_change is not None else "already halted"
+                return Done(out, result, by=body.halted_by)
+
+            answer = await self._admin("halt", body.request_id, body, halt)
+            logger.warning("halt requested", extra={"by": body.halted_by,
+                                                    "status": answer.status_code})
+            return answer
 
         @app.post("/risk/release")
         async def post_release(
-            body: ReleaseRequest, authorization: str | None = Header(default=None)
-        ) -> dict[str, Any]:
+            request: Request, authorization: str | None = Header(default=None)
+        ) -> JSONResponse:
             self._authorize(authorization)
-            async with self.ledger.lock:
-                known = await self.store.pool.fetchrow(
-                    "SELECT result FROM releases WHERE request_id = $1", body.request_id
-                )
-            if known is not None:
-                return {"result": known["result"], "duplicate": True, "state": self.state()}
-            now = int(time.time() * 1000)
-            out = self.engine.release(body.released_by, body.reason, now)
-            result = "released" if out.state_change is not None else "nothing to release"
-            await self._command(out, (
-                "INSERT INTO releases (request_id, released_by, reason, result) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-                (body.request_id, body.released_by, body.reason, result)))
-            logger.warning("release requested", extra={"by": body.released_by, "result": result})
-            return {"result": result, "duplicate": False, "state": self.state()}
+            body = await read_model(request, ReleaseRequest)
+            self._require_replay_time()
+
+            def release(now: int) -> Done:
+                out = self.engine.release(body.released_by, body.reason, now)
+                result = "released" if out.state_change is not None else "nothing to release"
+                return Done(out, result, ((
+                    "INSERT INTO releases (request_id, released_by, reason, result, ts) "
+                    "VALUES ($1, $2, $3, $4, to_timestamp($5 / 1000.0)) "
+                    "ON CONFLICT (request_id) DO NOTHING",
+                    (body.request_id, body.released_by, body.reason, result, now)),))
+
+            answer = await self._admin("release", body.request_id, body, release)
+            logger.warning("release requested", extra={"by": body.released_by,
+                                                       "status": answer.status_code})
+            return answer
 
         @app.post("/risk/pause")
         async def post_pause(
-            body: PauseRequest, authorization: str | None = Header(default=None)
+            request: Request, authorization: str | None = Header(default=None)
         ) -> dict[str, Any]:
             self._authorize(authorization)
-            out = self.engine.set_manual_pause(body.paused, int(time.time() * 1000))
-            outputs: list[Outgoing] = []
-            self._apply(out, outputs)
-            await self.ledger.commit_now(outputs)
-            return {"state": self.state()}
+            body = await read_model(request, PauseRequest)
+            self._require_replay_time()
+            async with self.command_lock:
+                await self._command(
+                    lambda now: Done(self.engine.set_manual_pause(body.paused, now)))
+                return {"state": self.state()}

@@ -45,8 +45,13 @@ class RiskView:
         self._stale = StaleData(config.data_stale_timeout_sec, config.data_interval_sec)
         self._exits = Exits(config)
         self._outstanding: dict[str, OutstandingOrder] = {}
+        self._lost: dict[str, OutstandingOrder] = {}
+        """Orders given up after the result timeout with no record at the execution, oldest
+        first: a result that still comes is applied."""
         self._due = -1
         """Lower bound of the next timer's due time (checked by every call)."""
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
 
     @property
     def config(self) -> RiskConfig:
@@ -119,6 +124,17 @@ class RiskView:
         return self._book.positions()
 
     @property
+    def dust(self) -> dict[str, Position]:
+        """Held positions worth less than the minimum order notional (no exits for them)."""
+        book = self._book
+        dust = self._exits.dust
+        return {
+            s: Position(symbol=s, qty=h.qty, avg_price=h.avg, entry_value=h.cost)
+            for s, h in book.holdings.items()
+            if dust(h.qty, book.prices.get(s, h.avg))
+        }
+
+    @property
     def outstanding(self) -> dict[str, OutstandingOrder]:
         """Orders emitted by this engine that have no result yet, by order id (a copy)."""
         return dict(self._outstanding)
@@ -142,6 +158,7 @@ class RiskView:
             manual_paused=self._manual_paused,
             pause_reasons=self.pause_reasons,
             outstanding=dict(self._outstanding),
+            lost_orders=dict(self._lost),
             **self._cb.dump(),
             **self._dd.dump(),
             **self._book.dump(),
@@ -166,9 +183,16 @@ class RiskView:
         )
 
     def _halt(self, out: Out, reason: str, detail: str | None = None) -> None:
+        """Halt (once): the circuit breaker is disarmed until a release.
+
+        A halted account takes no new risk, so a breaker pause on top of it has nothing left
+        to protect; left armed, its re-tests would end in a second CRITICAL "trading halted"
+        for the same halt (one halt, one page).
+        """
         if self._halted:
             return
         self._halted = True
         self._halt_reason = reason
         self._halted_since_ms = out.now
+        self._cb.clear()
         self._changed(out, detail or f"halt: {reason}", halt_began=True)

@@ -8,13 +8,16 @@ build one directly without touching the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from services.common.settings import BaseServiceSettings
 from services.common.values import WhitelistStr, parse_whitelist
+
+if TYPE_CHECKING:
+    from services.strategies.api import Strategy
 
 INTERVAL_MS: dict[str, int] = {
     "1m": 60_000,
@@ -41,7 +44,8 @@ class SignalSettings(BaseServiceSettings):
     INTERVAL: str = Field(
         default="1m",
         pattern=r"^(1m|5m|15m|30m|60m|4h|1d)$",
-        description="Ranking interval: the symbols are ranked at each interval boundary",
+        description="Bar interval: the strategy gets each symbol's closed bars of this length "
+        "(momentum ranks at each bar's end)",
     )
     TOP_N: int = Field(default=5, ge=1, le=50, description="Symbols in the buy set per ranking")
     SYMBOL_WHITELIST: WhitelistStr = Field(
@@ -70,6 +74,47 @@ class SignalSettings(BaseServiceSettings):
         description="Seconds without market data of a symbol before the ranking leaves it out "
         "(until its data resumes)",
     )
+    STRATEGY: str = Field(
+        default="momentum",
+        description="Strategy: a built-in name, an entry point of cdb.strategies, "
+        "package.module:Class or path/to/file.py:Class",
+    )
+    STRATEGY_PARAMS: str = Field(
+        default="{}", description="The strategy's parameters as a JSON object"
+    )
+    STRATEGY_TIMEOUT_MS: int = Field(
+        default=1000,
+        ge=10,
+        le=60_000,
+        description="Longest a strategy call may take with CLOCK=wall before it is dropped",
+    )
+    STRATEGY_MAX_FAILURES: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Intervals in a row with a failed strategy call that suspend its buys",
+    )
+
+    @field_validator("STRATEGY")
+    @classmethod
+    def _strategy_exists(cls, value: str) -> str:
+        """Resolve the strategy now: an unknown name or an import error stops the service."""
+        from services.strategies.loader import resolve_class
+
+        resolve_class(value)
+        return value.strip()
+
+    @field_validator("STRATEGY_PARAMS")
+    @classmethod
+    def _params_fit(cls, value: str, info: ValidationInfo) -> str:
+        """Validate the parameters against the strategy's model (when the strategy loaded)."""
+        from services.strategies.loader import parse_params, resolve_class, validate_params
+
+        parse_params(value)
+        name = info.data.get("STRATEGY")
+        if name is not None:
+            validate_params(resolve_class(name), name, value)
+        return value
 
 
 
@@ -104,6 +149,10 @@ class SignalConfig:
     min_quote_volume: float = 0.0
     signal_notional: float = 1000.0
     symbol_stale_timeout_sec: int = 90
+    strategy: str = "momentum"
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    strategy_timeout_ms: int = 1000
+    strategy_max_failures: int = 3
 
     def __post_init__(self) -> None:
         """Normalize the whitelist and refuse values the engine cannot work with.
@@ -124,6 +173,8 @@ class SignalConfig:
             raise ValueError("min_quote_volume must be >= 0 and signal_notional positive")
         if self.symbol_stale_timeout_sec < 1:
             raise ValueError("symbol_stale_timeout_sec must be at least 1")
+        if self.strategy_timeout_ms < 1 or self.strategy_max_failures < 1:
+            raise ValueError("strategy_timeout_ms and strategy_max_failures must be positive")
         object.__setattr__(self, "whitelist", parse_whitelist(",".join(self.whitelist)))
 
     @classmethod
@@ -147,4 +198,41 @@ class SignalConfig:
             min_quote_volume=s.MIN_QUOTE_VOLUME,
             signal_notional=s.SIGNAL_NOTIONAL,
             symbol_stale_timeout_sec=s.SYMBOL_STALE_TIMEOUT_SEC,
+            strategy=s.STRATEGY,
+            strategy_params=parse_params(s.STRATEGY_PARAMS),
+            strategy_timeout_ms=s.STRATEGY_TIMEOUT_MS,
+            strategy_max_failures=s.STRATEGY_MAX_FAILURES,
         )
+
+    def setting_values(self) -> dict[str, Any]:
+        """The settings a strategy parameter may take its default from, by variable name."""
+        return {
+            "LOOKBACK_MINUTES": self.lookback_minutes,
+            "TOP_N": self.top_n,
+            "MIN_MOMENTUM_PCT": self.min_momentum_pct,
+            "SELL_MOMENTUM_PCT": self.sell_momentum_pct,
+            "MIN_QUOTE_VOLUME": self.min_quote_volume,
+            "SYMBOL_STALE_TIMEOUT_SEC": self.symbol_stale_timeout_sec,
+        }
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """STRATEGY_PARAMS as a dict (see `services.strategies.loader.parse_params`)."""
+    from services.strategies.loader import parse_params as parse
+
+    return parse(text)
+
+
+def build_strategy(config: SignalConfig) -> Strategy[Any]:
+    """Load the configured strategy with its parameters.
+
+    Parameters the user did not set that declare a signal engine setting as their default
+    (momentum's `lookback_minutes` <- LOOKBACK_MINUTES, ...) take that setting's value.
+
+    Raises:
+        StrategyError: The strategy cannot be loaded or its parameters are unusable.
+    """
+    from services.strategies.loader import load_strategy
+
+    return load_strategy(config.strategy, config.strategy_params,
+                         settings=config.setting_values())

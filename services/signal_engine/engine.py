@@ -1,109 +1,199 @@
-"""Pure momentum engine: market data in, buy and sell signals out.
+"""The signal engine: hosts one strategy; market data in, closed bars to it, signals out.
 
-The engine keeps, per symbol, a rolling window of `(timestamp, price, quote volume)` samples
-covering LOOKBACK_MINUTES and ranks the symbols once per INTERVAL. It does no I/O and reads no
-clock: time comes from the events' timestamps (and `now_ms` in `rank_if_due`), so the same input
-always gives the same signals, ids included.
+Pure: no I/O and no clock. Time comes from the events' timestamps (and `now_ms` in
+`rank_if_due` / `flush`), so the same input always gives the same signals, ids included.
 
-Interval of an event: the one ending at `((ts - 1) // I + 1) * I` (I = interval in ms), so a
-1-minute candle stamped with its close time belongs to the interval ending at that time.
+Bars. Per symbol (the whitelist's, or every symbol seen), the engine aggregates market data
+into OHLCV bars of INTERVAL. An event belongs to the interval ending at
+`((ts - 1) // I + 1) * I` (I = interval in ms), so a 1-minute candle stamped with its close
+time belongs to the interval ending at that time. Events not newer than the symbol's last one
+(redeliveries, out of order) and non-finite prices are ignored; an event of an interval that
+is already closed is late: it is counted and left out (a bar never changes once handed over).
 
-When an interval is ranked (exactly these triggers, in this order):
+When an interval closes (exactly these triggers, in this order):
 
-a. Before applying an event whose interval ends later than the open interval, the open interval
-   is ranked (unless already ranked) and the event's interval becomes the open one.
+a. Before applying an event whose interval ends later than the open interval, the open
+   interval is closed (unless already closed) and the event's interval becomes the open one.
 b. After applying an event, when a whitelist is configured and every whitelisted symbol has an
-   event in the open interval, the open interval is ranked at once.
+   event stamped at the open interval's end (its last possible instant: a replayed candle),
+   the interval is closed at once.
+c. `rank_if_due(now)` (the live service's timer) closes it once `now` reaches its end;
+   `flush` closes it at the end of the data.
 
-Ranking at interval end E: a symbol's window is its samples with `ts >= E - lookback`; momentum
-is `last price / first price - 1` (at least two samples); its quote volume is the sum over the
-samples with `ts > E - lookback` (the sample at exactly `E - lookback` is the price at the window
-start; its volume belongs to the minute before the window). Candidates for buying are the
-symbols with quote volume >= MIN_QUOTE_VOLUME, sorted by momentum descending, then by symbol.
-The first TOP_N of them with momentum >= MIN_MOMENTUM_PCT form the top set; a symbol that enters
-the top set gets a `buy`. Any symbol with a momentum (the volume filter gates buys only: an exit
-is never blocked by thin volume) that falls below SELL_MOMENTUM_PCT, and was not below it at the
-previous ranking, gets a `sell`.
+Closing an interval at end E: first the pending order results stamped before E update the
+positions (see `positions`); then each symbol with market data in the interval gets its bar
+(symbols sorted), appended to its bounded history and handed to the strategy's `on_bar`; then
+`on_interval` runs across all symbols. The intents become signals stamped E, carrying the id
+of the market data event that closed the interval: buys and sells in the order returned, one
+per symbol and direction per interval (a repeat is dropped), ids
+`UUIDv5(signal|symbol|E|direction)`. Intents of a symbol with fewer closed bars than the
+strategy's `warmup` are ignored.
 
-Silent symbols: a symbol whose latest sample is older than `E - SYMBOL_STALE_TIMEOUT_SEC` is
-left out of the ranking at E (its frozen momentum is not evidence of anything): it is no
-candidate, leaves the top set, and gets no sell (whether it was below the sell threshold is
-remembered, so its return does not repeat a sell it already got). With its next market data it
-is ranked again like any other symbol; re-entering the top set then gives a new `buy`.
+A failing strategy never stops the engine or bypasses risk: a call that raises, returns
+something other than intents (an unknown object, a non-finite or out-of-range strength,
+notional or fraction, an untracked symbol) or exceeds its time budget (the injected runner)
+is dropped whole, and a STRATEGY_ERROR alert names the strategy, the hook, the symbol and the
+error. After STRATEGY_MAX_FAILURES intervals in a row with a failed call, the strategy's buys
+are suspended (STRATEGY_SUSPENDED) until an interval passes without a failure
+(STRATEGY_RESUMED); its sells always pass.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from services.common.events import Direction, MarketData, Signal, fast_derive_id
+from services.common.events import (
+    Alert,
+    AlertLevel,
+    Direction,
+    MarketData,
+    OrderResult,
+    Signal,
+    fast_derive_id,
+)
 from services.signal_engine.config import SignalConfig
+from services.signal_engine.positions import PositionBook
+from services.strategies.api import Bar, Buy, Position, RawBar, Sell, Strategy
 
-_MINUTE_MS = 60_000
+SOURCE = "signal_engine"
+"""Source of the alerts this engine raises."""
+
+MAX_ERROR_ALERTS_PER_INTERVAL = 20
+"""STRATEGY_ERROR alerts per interval at most (every failure is still counted)."""
+
 _INF = math.inf
-_DEFAULT_STRENGTH_SCALE = 0.02
-"""Momentum (fraction) that gives full strength when the threshold is zero."""
-
-
-
-
+_REASON_MAX = 200
 _NO_SIGNALS: list[Signal] = []
 """Returned by the many calls that emit nothing (shared: callers never mutate results)."""
 
+_new_bar = tuple.__new__
+"""Builds a `Bar` from a `RawBar` in C (the NamedTuple constructor is a Python function)."""
 
-class _Series:
-    """Rolling samples of one symbol (parallel deques, oldest first)."""
-
-    __slots__ = ("last_end", "last_ts", "prices", "times", "volumes")
-
-    def __init__(self) -> None:
-        self.times: deque[int] = deque()
-        self.prices: deque[float] = deque()
-        self.volumes: deque[float] = deque()
-        self.last_ts = -1
-        self.last_end = -1
+Runner = Callable[[Callable[[], Any]], Any]
+"""Runs one strategy call; may raise `StrategyTimeout` (the live service's time budget)."""
 
 
-def _strength(momentum: float, threshold: float) -> float:
-    """Map a momentum to 0..1: full strength at four times the (absolute) threshold."""
-    scale = 4.0 * threshold if threshold > 0 else _DEFAULT_STRENGTH_SCALE
-    return min(1.0, abs(momentum) / scale)
+class StrategyTimeout(Exception):
+    """A strategy call exceeded its time budget (raised by a runner)."""
+
+
+class BadIntent(Exception):
+    """A strategy returned something that is not a valid intent."""
+
+
+class _Context:
+    """What the hooks see (the `Context` protocol); updated in place per interval."""
+
+    __slots__ = ("_closed", "interval_ms", "now", "positions", "series", "symbols")
+
+    def __init__(self, interval_ms: int, series: Mapping[str, Sequence[RawBar]],
+                 positions: Mapping[str, Position]) -> None:
+        self.now = 0
+        self.interval_ms = interval_ms
+        self.symbols: Sequence[str] = ()
+        self._closed: Sequence[str] | None = None
+        self.positions = positions
+        self.series = series
+
+    @property
+    def closed(self) -> Sequence[str]:
+        found = self._closed
+        if found is None:
+            now = self.now
+            series = self.series
+            found = self._closed = tuple(
+                s for s in self.symbols if (h := series[s]) and h[-1][1] == now)
+        return found
+
+    def bars(self, symbol: str) -> list[Bar]:
+        return [_new_bar(Bar, raw) for raw in self.series.get(symbol, ())]
+
+    def position(self, symbol: str) -> Position | None:
+        return self.positions.get(symbol)
+
+
+def _is_number(value: object) -> bool:
+    """True for an int or float (numpy's included), never for a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return (f"{name}: {text}" if text else name)[:300]
 
 
 class SignalEngine:
-    """Momentum top-N ranking over the tracked symbols (see the module docstring for the rules).
+    """Builds bars, hosts the strategy, turns its intents into signals (module docstring).
 
-    Feed every market data event to `on_market_data` and publish what it returns; call `flush`
-    at the end of the data (backtest) and, in a live service, `rank_if_due` on a timer.
+    Feed every market data event to `on_market_data` and every order result to
+    `on_order_result`, publish what `on_market_data` returns and what `take_alerts` hands
+    over; call `flush` at the end of the data (backtest) and, in a live service, `rank_if_due`
+    on a timer.
     """
 
-    def __init__(self, config: SignalConfig) -> None:
+    def __init__(
+        self,
+        config: SignalConfig,
+        strategy: Strategy[Any] | None = None,
+        runner: Runner | None = None,
+    ) -> None:
         """Create an engine with no history.
 
         Args:
-            config: The signal parameters.
+            config: The signal parameters (whitelist, interval, notional, strategy name and
+                parameters).
+            strategy: The strategy to host; None loads `config.strategy` with
+                `config.strategy_params` (raises `StrategyError` when that fails).
+            runner: Runs each strategy call (the live service's time budget); None calls
+                directly.
         """
         self._config = config
+        if strategy is None:
+            from services.signal_engine.config import build_strategy
+
+            strategy = build_strategy(config)
+        self.strategy = strategy
+        self._runner = runner
         self._interval = config.interval_ms
-        self._lookback_ms = config.lookback_minutes * _MINUTE_MS
         self._stale_ms = config.symbol_stale_timeout_sec * 1000
         self._whitelist = frozenset(config.whitelist)
         self._n_whitelist = len(self._whitelist)
-        self._buy_threshold = config.min_momentum_pct / 100.0
-        self._sell_threshold = config.sell_momentum_pct / 100.0
-        self._series: dict[str, _Series] = {}
-        self._track_volume = config.min_quote_volume > 0.0  # volumes matter only then
+        self._notional = config.signal_notional
+        self._max_failures = config.strategy_max_failures
+        self._warmup = max(0, int(strategy.warmup))
+        self._history_len = max(1, int(strategy.history), self._warmup)
+        cls = type(strategy)
+        self._on_bar = strategy.on_bar if cls.on_bar is not Strategy.on_bar else None
+        self._on_interval = (strategy.on_interval
+                             if cls.on_interval is not Strategy.on_interval else None)
+        self._history: dict[str, deque[RawBar]] = {}
+        self._symbols: tuple[str, ...] = ()
         self._open_end: int | None = None
-        self._ranked = False
-        self._seen_in_open = 0
-        self._top: tuple[str, ...] = ()
-        self._stale: tuple[str, ...] = ()
-        self._below: set[str] = set()
-        self._ordered: list[tuple[str, _Series]] | None = None
-        self._last_ranking_ms: int | None = None
-        self._rankings = 0
+        self._closed = False
+        self._at_end = 0
         self._last_event_id: str | None = None
+        self._last_close_ms: int | None = None
+        self._intervals = 0
+        self.book = PositionBook()
+        self._pending = self.book.pending_results
+        self._ctx = _Context(self._interval, self._history, self.book.view)
+        self.pending_alerts: list[Alert] = []
+        """Alerts raised and not taken yet (`take_alerts`); read it, never change it."""
+        self._failing = 0
+        self._suspended = False
+        self._errors_in_interval = 0
+        self.late_events = 0
+        """Events of an already closed interval (left out of the bars)."""
+        self.late_market_data = 0
+        """Market data ignored because it was older than its symbol's newest (a metric)."""
+        self.errors = 0
+        """Strategy calls dropped so far."""
+        self.dropped_buys = 0
+        """Buys dropped while the strategy was suspended."""
 
     # ------------------------------------------------------------------ properties (metrics)
 
@@ -114,18 +204,18 @@ class SignalEngine:
 
     @property
     def symbols_tracked(self) -> int:
-        """Number of symbols with a rolling window (whitelisted ones only, if configured)."""
-        return len(self._series)
+        """Number of symbols with bars (whitelisted ones only, if configured)."""
+        return len(self._symbols)
 
     @property
     def last_ranking_ms(self) -> int | None:
-        """Interval end of the latest ranking (Unix ms), None before the first."""
-        return self._last_ranking_ms
+        """End of the latest closed interval (Unix ms), None before the first."""
+        return self._last_close_ms
 
     @property
     def rankings(self) -> int:
-        """Number of rankings done so far."""
-        return self._rankings
+        """Number of intervals closed (handed to the strategy) so far."""
+        return self._intervals
 
     @property
     def open_interval_end(self) -> int | None:
@@ -134,209 +224,348 @@ class SignalEngine:
 
     @property
     def top_set(self) -> tuple[str, ...]:
-        """The top set of the latest ranking, best first."""
-        return self._top
+        """The strategy's current selection, when it keeps one (momentum's top set)."""
+        return tuple(getattr(self.strategy, "top", ()))
 
     @property
     def stale_symbols(self) -> tuple[str, ...]:
-        """Symbols the latest ranking left out because their data had stopped, sorted."""
-        return self._stale
+        """Symbols without market data for SYMBOL_STALE_TIMEOUT_SEC at the latest close."""
+        if self._last_close_ms is None:
+            return ()
+        stale_before = self._last_close_ms - self._stale_ms
+        history = self._history
+        return tuple(s for s in self._symbols
+                     if not (h := history[s]) or h[-1][8] < stale_before)
+
+    @property
+    def suspended(self) -> bool:
+        """True while the strategy's buys are suspended after repeated failures."""
+        return self._suspended
+
+    def bars(self, symbol: str) -> list[Bar]:
+        """The symbol's closed bars kept for the strategy, oldest first."""
+        bars = [_new_bar(Bar, raw) for raw in self._history.get(symbol, ())]
+        if bars and bars[-1].time == self._open_end and not self._closed:
+            bars.pop()  # the open bar
+        return bars
+
+    @property
+    def positions(self) -> Mapping[str, Position]:
+        """The open positions as the strategy sees them."""
+        return self.book.view
 
     # ------------------------------------------------------------------ input
 
-    def on_market_data(self, md: MarketData) -> list[Signal]:
-        """Apply one market data event; rank when an interval completes.
+    def on_order_result(self, result: OrderResult) -> None:
+        """Take one order result; it counts from the first interval ending after its time."""
+        self.book.add(result)
 
-        Events of symbols outside a configured whitelist, events not newer than the symbol's
-        last one (redelivery, out of order) and events with a non-finite price are ignored.
+    def on_market_data(self, md: MarketData) -> list[Signal]:
+        """Apply one market data event; close the interval when it is complete.
 
         Args:
             md: The market data event.
 
         Returns:
-            The signals of the ranking this event triggered (buys in rank order, then sells by
-            symbol); usually empty (then a shared empty list: never mutate a result).
+            The signals of the interval this event closed (usually none: then a shared empty
+            list; never mutate a result).
         """
         symbol = md.symbol
         ts = md.timestamp
         price = md.price
-        series = self._series.get(symbol)
-        if series is None:
+        # The open bar is the newest entry of the symbol's series between two closes (no
+        # strategy code runs then); a close hands over only bars of the interval it closes.
+        # Bars are kept as plain tuples (`RawBar`): a `Bar` is built only for `on_bar`.
+        bars = self._history.get(symbol)
+        if bars is None:
             if self._n_whitelist and symbol not in self._whitelist:
-                return []
+                return _NO_SIGNALS
             if not 0.0 < price < _INF:
-                return []
-            series = self._series[symbol] = _Series()
-            self._ordered = None
-        elif ts <= series.last_ts or not 0.0 < price < _INF:
-            return []
+                return _NO_SIGNALS
+            bars = self._track(symbol)
+            bar = None
+        else:
+            bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
+            if ts <= bar[8] or not 0.0 < price < _INF:
+                if ts < bar[8]:
+                    self.late_market_data += 1
+                return _NO_SIGNALS
         interval = self._interval
         end = ((ts - 1) // interval + 1) * interval
-        signals: list[Signal] = _NO_SIGNALS
+        signals = _NO_SIGNALS
         open_end = self._open_end
         if open_end is None or end > open_end:
-            if open_end is not None and not self._ranked:
-                signals = self._rank(open_end, md.event_id)
+            if open_end is not None and not self._closed:
+                signals = self._close(open_end, md.event_id)
             self._open_end = open_end = end
-            self._ranked = False
-            self._seen_in_open = 0
-        # apply the sample
-        series.last_ts = ts
-        times = series.times
-        times.append(ts)
-        series.prices.append(price)
-        track_volume = self._track_volume
-        if track_volume:
-            series.volumes.append(md.volume)
-        cutoff = ts - self._lookback_ms
-        if times[0] < cutoff:
-            prices = series.prices
-            volumes = series.volumes
-            while times[0] < cutoff:
-                times.popleft()
-                prices.popleft()
-                if track_volume:
-                    volumes.popleft()
+            self._closed = False
+            self._at_end = 0
+        elif end < open_end or self._closed:
+            self.late_events += 1
+            return signals
+        if bar is None or bar[1] != end:
+            bars.append((symbol, end, price, price, price, price, md.volume, ts, ts, 1))
+        else:
+            high, low = bar[3], bar[4]
+            bars[-1] = (symbol, end, bar[2], price if price > high else high,
+                        price if price < low else low, price, bar[6] + md.volume, bar[7], ts,
+                        bar[9] + 1)
         self._last_event_id = md.event_id
-        if end == open_end and series.last_end != end:
-            series.last_end = end
-            if self._n_whitelist:
-                self._seen_in_open += 1
-                if self._seen_in_open == self._n_whitelist and not self._ranked:
-                    ranked = self._rank(end, md.event_id)
-                    signals = signals + ranked if signals else ranked
+        if ts == end and self._n_whitelist:
+            self._at_end += 1
+            if self._at_end == self._n_whitelist:
+                closed = self._close(end, md.event_id)
+                signals = signals + closed if signals else closed
         return signals
 
     def flush(self, now_ms: int) -> list[Signal]:
-        """Rank the open interval now if it was not ranked yet (end of data).
+        """Close the open interval now if it was not closed yet (end of data).
 
         Args:
             now_ms: Current time, Unix epoch ms UTC. The signals are stamped with the interval
                 end, not with `now_ms`; it is accepted for symmetry with the other engines.
 
         Returns:
-            The signals of that ranking; empty if there is nothing to rank.
+            The signals of that interval; empty if there is nothing to close.
         """
         del now_ms
-        if self._open_end is None or self._ranked or self._last_event_id is None:
+        if self._open_end is None or self._closed or self._last_event_id is None:
             return []
-        return self._rank(self._open_end, self._last_event_id)
+        return self._close(self._open_end, self._last_event_id)
 
     def rank_if_due(self, now_ms: int) -> list[Signal]:
-        """Rank the open interval if it has ended by `now_ms` and was not ranked yet.
+        """Close the open interval if it has ended by `now_ms` and is still open.
 
-        Lets a live service rank on a timer when no event of the next interval arrives (no
-        whitelist, quiet market). Events of the interval that arrive later are still applied to
-        the windows but do not rank it again.
+        Lets a live service close intervals on a timer when no event of the next one arrives.
 
         Args:
             now_ms: Current time, Unix epoch ms UTC.
 
         Returns:
-            The signals of that ranking; empty if nothing was due.
+            The signals of that interval; empty if nothing was due.
         """
         if self._open_end is None or now_ms < self._open_end:
             return []
         return self.flush(now_ms)
 
-    # ------------------------------------------------------------------ ranking
+    @property
+    def has_alerts(self) -> bool:
+        """True when alerts wait for `take_alerts`."""
+        return bool(self.pending_alerts)
 
-    def _rank(self, end: int, market_event_id: str) -> list[Signal]:
-        """Rank the interval ending at `end` and return the signals it produces."""
-        self._ranked = True
-        self._rankings += 1
-        self._last_ranking_ms = end
-        cutoff = end - self._lookback_ms
-        stale_before = end - self._stale_ms
-        min_volume = self._config.min_quote_volume
-        sell_threshold = self._sell_threshold
-        previous_below = self._below
-        below: set[str] = set()
-        stale: list[str] = []
-        sells: list[tuple[str, float]] = []
-        candidates: list[tuple[float, str]] = []
-        if self._ordered is None:
-            self._ordered = sorted(self._series.items())
-        for symbol, series in self._ordered:  # symbol order: sells come out sorted
-            times = series.times
-            if times and times[0] < cutoff:
-                prices = series.prices
-                volumes = series.volumes
-                while times and times[0] < cutoff:
-                    times.popleft()
-                    prices.popleft()
-                    if volumes:
-                        volumes.popleft()
-            if series.last_ts < stale_before:
-                stale.append(symbol)
-                if symbol in previous_below:
-                    below.add(symbol)
-                continue
-            if len(times) < 2:
-                continue
-            prices = series.prices
-            momentum = prices[-1] / prices[0] - 1.0
-            if momentum < sell_threshold:
-                below.add(symbol)
-                if symbol not in previous_below:
-                    sells.append((symbol, momentum))
-            if min_volume > 0.0:
-                volumes = series.volumes
-                volume = sum(volumes) if times[0] > cutoff else sum(volumes) - volumes[0]
-                if volume < min_volume:
-                    continue
-            candidates.append((-momentum, symbol))
-        self._below = below
-        self._stale = tuple(stale)
-        candidates.sort()
-        n_candidates = len(candidates)
-        buy_threshold = self._buy_threshold
-        top_n = self._config.top_n
-        previous_top = self._top
-        top: list[str] = []
-        signals: list[Signal] = []
-        for rank, (neg_momentum, symbol) in enumerate(candidates, start=1):
-            momentum = -neg_momentum
-            if rank > top_n or momentum < buy_threshold:
-                break
-            top.append(symbol)
-            if symbol not in previous_top:
-                reason = f"momentum {momentum * 100:.2f}% rank {rank}/{n_candidates}"
-                signals.append(
-                    self._signal(
-                        symbol, "buy", momentum, buy_threshold, end, market_event_id, reason
-                    )
+    def take_alerts(self) -> list[Alert]:
+        """Hand over (and forget) the alerts raised since the last call."""
+        alerts, self.pending_alerts = self.pending_alerts, []
+        return alerts
+
+    # ------------------------------------------------------------------ closing an interval
+
+    def _track(self, symbol: str) -> deque[RawBar]:
+        bars = self._history[symbol] = deque(maxlen=self._history_len)
+        self._symbols = tuple(sorted((*self._symbols, symbol)))
+        return bars
+
+    def _close(self, end: int, market_event_id: str) -> list[Signal]:
+        """Close the interval ending at `end`: bars to the strategy, intents to signals."""
+        self._closed = True
+        self._intervals += 1
+        self._last_close_ms = end
+        if self._pending:
+            self.book.apply_before(end)
+        ctx = self._ctx
+        ctx.now = end
+        ctx.symbols = self._symbols
+        ctx._closed = None
+        self._errors_in_interval = 0
+        failed = False
+        intents: list[Buy | Sell] = []
+        on_bar = self._on_bar
+        if on_bar is not None:
+            history = self._history
+            for symbol in ctx.closed:
+                bar = _new_bar(Bar, history[symbol][-1])
+                got = self._call(on_bar, (bar, ctx), "on_bar", symbol, end)
+                if got is None:
+                    failed = True
+                elif got:
+                    intents.extend(got)
+        on_interval = self._on_interval
+        if on_interval is not None:
+            got = self._call(on_interval, (ctx,), "on_interval", "", end)
+            if got is None:
+                failed = True
+            elif not intents:
+                intents = got
+            elif got:
+                intents.extend(got)
+        if failed or self._suspended:
+            self._after_interval(failed, end)
+        else:
+            self._failing = 0
+        if not intents:
+            return []
+        return self._signals(intents, end, market_event_id)
+
+    def _call(
+        self, hook: Callable[..., Any], args: tuple[Any, ...], name: str, symbol: str, end: int,
+    ) -> list[Buy | Sell] | None:
+        """One strategy call, guarded: its intents, or None when the call was dropped."""
+        try:
+            runner = self._runner
+            result = hook(*args) if runner is None else runner(lambda: hook(*args))
+            kind = type(result)
+            if kind is list or kind is tuple:
+                check = self._check
+                for item in result:
+                    check(item)
+                return result if kind is list else list(result)
+            if result is None:
+                return _NO_INTENTS
+            if kind is Buy or kind is Sell:
+                self._check(result)
+                return [result]
+            if isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
+                raise BadIntent(f"returned {kind.__name__}, not an intent")
+            found: list[Buy | Sell] = list(result)
+            for item in found:
+                self._check(item)
+            return found
+        except StrategyTimeout as exc:
+            self._failure(name, symbol, end, f"timeout: {exc}")
+        except BadIntent as exc:
+            self._failure(name, symbol, end, str(exc))
+        except (Exception, SystemExit) as exc:  # a strategy can never stop the engine
+            self._failure(name, symbol, end, _describe(exc))
+        return None
+
+    def _check(self, intent: Any) -> None:
+        """Refuse anything that is not a well-formed intent for a tracked symbol."""
+        kind = type(intent)
+        if kind is Buy:
+            symbol, strength, notional, reason = intent
+            if notional is not None and not (_is_number(notional) and 0.0 < notional < _INF):
+                raise BadIntent(f"Buy notional {notional!r} is not a positive number")
+        elif kind is Sell:
+            symbol, fraction, strength, reason = intent
+            if not (_is_number(fraction) and 0.0 < fraction <= 1.0):
+                raise BadIntent(f"Sell fraction {fraction!r} is not in (0, 1]")
+        else:
+            raise BadIntent(f"unknown intent {kind.__name__} (return Buy or Sell)")
+        if type(symbol) is not str or symbol not in self._history:
+            raise BadIntent(f"{kind.__name__} for an untracked symbol {symbol!r}")
+        if not (_is_number(strength) and 0.0 <= strength <= 1.0):  # NaN fails the range
+            raise BadIntent(f"{kind.__name__} strength {strength!r} is not in 0..1")
+        if type(reason) is not str:
+            raise BadIntent(f"{kind.__name__} reason is not text")
+
+    def _failure(self, hook: str, symbol: str, end: int, error: str) -> None:
+        self.errors += 1
+        self._errors_in_interval += 1
+        if self._errors_in_interval > MAX_ERROR_ALERTS_PER_INTERVAL:
+            return
+        name = self.strategy.name
+        where = f"{hook} of {symbol}" if symbol else hook
+        self._alert(
+            "STRATEGY_ERROR", "WARNING", f"strategy|{name}|{end}|{hook}|{symbol}",
+            end, f"strategy {name} failed in {where}: {error}; the call was dropped",
+            {"strategy": name, "hook": hook, "symbol": symbol or None, "error": error,
+             "interval_end": end},
+        )
+
+    def _after_interval(self, failed: bool, end: int) -> None:
+        name = self.strategy.name
+        if failed:
+            self._failing += 1
+            if not self._suspended and self._failing >= self._max_failures:
+                self._suspended = True
+                self._alert(
+                    "STRATEGY_SUSPENDED", "WARNING", f"suspended|{name}|{end}", end,
+                    f"strategy {name} failed in {self._failing} intervals in a row: its buys "
+                    "are suspended until an interval passes without a failure (sells pass)",
+                    {"strategy": name, "failed_intervals": self._failing},
                 )
-        self._top = tuple(top)
-        for symbol, momentum in sells:
-            reason = f"momentum {momentum * 100:.2f}% below {self._config.sell_momentum_pct:.2f}%"
-            signals.append(
-                self._signal(
-                    symbol, "sell", momentum, -sell_threshold, end, market_event_id, reason
-                )
+            return
+        self._failing = 0
+        if self._suspended:
+            self._suspended = False
+            self._alert(
+                "STRATEGY_RESUMED", "INFO", f"resumed|{name}|{end}", end,
+                f"strategy {name} ran an interval without a failure: its buys resume",
+                {"strategy": name},
             )
+
+    def _alert(self, code: str, level: AlertLevel, key: str, end: int, message: str,
+               context: dict[str, Any]) -> None:
+        self.pending_alerts.append(Alert(
+            event_id=fast_derive_id("strategy-alert|" + key), timestamp=end, code=code,
+            level=level, message=message[:1000], source=SOURCE, context=context,
+        ))
+
+    def _signals(self, intents: list[Buy | Sell], end: int, market_event_id: str) -> list[Signal]:
+        """Turn valid intents into signals (warm-up, suspension and repeats filtered)."""
+        warmup = self._warmup
+        history = self._history
+        suspended = self._suspended
+        seen: set[tuple[str, str]] = set()
+        signals: list[Signal] = []
+        name = self.strategy.name
+        for intent in intents:
+            symbol = intent.symbol
+            if warmup and len(history[symbol]) < warmup:
+                continue
+            if isinstance(intent, Buy):
+                if suspended:
+                    self.dropped_buys += 1
+                    continue
+                direction: Direction = "buy"
+                size = self._notional if intent.notional is None else float(intent.notional)
+                fraction = None
+            else:
+                direction = "sell"
+                size = self._notional
+                fraction = None if intent.fraction >= 1.0 else float(intent.fraction)
+            key = (symbol, direction)
+            if key in seen:
+                continue
+            seen.add(key)
+            signal_id = fast_derive_id(f"signal|{symbol}|{end}|{direction}")
+            event_id = fast_derive_id("signal-event|" + signal_id)
+            reason = (intent.reason or f"{name} {direction}")[:_REASON_MAX]
+            strength = float(intent.strength)
+            if fraction is None:  # validating a None would cost a failed union: leave it out
+                signal = Signal(
+                    event_id=event_id, timestamp=end, symbol=symbol, direction=direction,
+                    size=size, signal_strength=strength, signal_id=signal_id,
+                    market_event_id=market_event_id, reason=reason)
+            else:
+                signal = Signal(
+                    event_id=event_id, timestamp=end, symbol=symbol, direction=direction,
+                    size=size, signal_strength=strength, signal_id=signal_id,
+                    market_event_id=market_event_id, reason=reason, fraction=fraction)
+            signals.append(signal)
         return signals
 
-    def _signal(
-        self,
-        symbol: str,
-        direction: Direction,
-        momentum: float,
-        threshold: float,
-        end: int,
-        market_event_id: str,
-        reason: str,
-    ) -> Signal:
-        """Build one signal with its deterministic ids."""
-        signal_id = fast_derive_id(f"signal|{symbol}|{end}|{direction}")
-        return Signal(
-            event_id=fast_derive_id("signal-event|" + signal_id),
-            timestamp=end,
-            symbol=symbol,
-            direction=direction,
-            size=self._config.signal_notional,
-            signal_strength=_strength(momentum, threshold),
-            signal_id=signal_id,
-            market_event_id=market_event_id,
-            reason=reason,
-        )
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state worth keeping across a restart (positions, suspension)."""
+        return {
+            "strategy": self.strategy.name,
+            "params": self.strategy.params.model_dump(mode="json"),
+            "rankings": self._intervals,
+            "top": list(self.top_set),
+            "book": self.book.snapshot(),
+            "failing": self._failing,
+            "suspended": self._suspended,
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Load the positions and the suspension state of a `snapshot`."""
+        book = saved.get("book")
+        if isinstance(book, Mapping):
+            self.book.restore(book)
+        self._failing = int(saved.get("failing", 0))
+        self._suspended = bool(saved.get("suspended", False))
+
+
+_NO_INTENTS: list[Buy | Sell] = []

@@ -52,10 +52,21 @@ class WsScreenerSettings(BaseServiceSettings):
         pattern=r"^wss?://[^\s/]+(/[^\s]*)?$",
         description="MEXC spot WebSocket URL (tests point it at a local server)",
     )
+    MEXC_REST_URL: str = Field(
+        default="https://api.mexc.com",
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="Base URL of the MEXC spot REST API (its /exchangeInfo says which "
+        "whitelisted pairs are tradeable)",
+    )
     SYMBOL_WHITELIST: WhitelistStr = Field(
         default="",
         pattern=r"^[A-Za-z0-9, ]*$",
         description="Comma-separated symbols; empty follows the REST screener's top movers",
+    )
+    EXCHANGE_INFO_REFRESH_SEC: float = Field(
+        default=3600.0, ge=10, le=86_400,
+        description="How often /exchangeInfo is re-read (with a whitelist) to skip pairs not "
+        "tradeable by API",
     )
     WS_CHANNELS: str = Field(
         default="deals,kline,book_ticker",

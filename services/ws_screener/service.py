@@ -8,7 +8,11 @@ limit nor a planned 24 h reconnect with an injected clock could be controlled.
 
 Symbols: SYMBOL_WHITELIST, else the REST screener's list in `<prefix>screener:top_movers`
 (re-read every WS_SYMBOLS_REFRESH_SEC; when the key is missing or unreadable the last list is
-kept). Symbols are sharded over connections of at most WS_MAX_SUBSCRIPTIONS topics
+kept). The REST screener's list holds only pairs a live account can trade (and the held ones);
+a whitelist is checked here against MEXC's /exchangeInfo (read before the first subscription,
+then every EXCHANGE_INFO_REFRESH_SEC): a pair not tradeable through the API is skipped,
+counted (`cdb_screener_rejected_total{reason="not_tradeable"}`) and named once in the log.
+Symbols are sharded over connections of at most WS_MAX_SUBSCRIPTIONS topics
 (`engine.plan_shards`, stable: a change moves only the symbols that changed).
 
 Each connection: handshake (timeout), SUBSCRIPTION of its topics, PING every
@@ -39,7 +43,13 @@ from services.common.runtime import Service, Task
 from services.common.store import Store
 from services.common.values import parse_whitelist
 from services.rest_screener.config import TOP_MOVERS_KEY
-from services.rest_screener.engine import FaultTracker, Rejection
+from services.rest_screener.engine import (
+    FaultTracker,
+    MalformedResponseError,
+    Rejection,
+    Tradeable,
+    parse_exchange_info,
+)
 from services.ws_screener import engine
 from services.ws_screener.config import WsConfig, WsScreenerSettings
 
@@ -242,6 +252,10 @@ class WsScreenerService(Service[WsScreenerSettings]):
         self._stop = asyncio.Event()
         self._retired: set[asyncio.Task[None]] = set()
         self.published = 0
+        self.tradeable: Tradeable | None = None
+        """The pairs a live account can trade (None until /exchangeInfo was read)."""
+        self._info_due = 0.0
+        self.untradeable_named: set[str] = set()
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -300,7 +314,11 @@ class WsScreenerService(Service[WsScreenerSettings]):
 
     async def refresh_symbols(self) -> None:
         """Re-read the wanted symbols and reshape the connections when they changed."""
-        wanted = self.whitelist or await self._read_top_movers()
+        if self.whitelist:
+            await self._refresh_tradeable()
+            wanted: list[str] | None = self._tradeable_only(list(self.whitelist))
+        else:
+            wanted = await self._read_top_movers()
         if wanted is None:
             return
         wanted = wanted[: self.settings.WS_MAX_SYMBOLS]
@@ -329,6 +347,46 @@ class WsScreenerService(Service[WsScreenerSettings]):
             elif conn.topics != topics:
                 conn.set_topics(topics)
         self.shards = plan
+
+    async def _refresh_tradeable(self) -> None:
+        """Re-read /exchangeInfo when due; on failure the last answer stands (retried in 60 s)."""
+        now = time.monotonic()
+        if now < self._info_due:
+            return
+        url = self.settings.MEXC_REST_URL.rstrip("/") + "/api/v3/exchangeInfo"
+        try:
+            async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status != 200:
+                    raise MalformedResponseError(f"exchangeInfo: HTTP {response.status}")
+                fresh = parse_exchange_info(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            m.ERRORS.labels(SOURCE, "exchange_info").inc()
+            self._info_due = now + min(60.0, self.settings.EXCHANGE_INFO_REFRESH_SEC)
+            logger.warning("exchangeInfo unavailable (%s); %s", type(exc).__name__,
+                           "the last answer stands" if self.tradeable is not None
+                           else "no whitelisted pair is skipped until it can be read")
+            return
+        self._info_due = now + self.settings.EXCHANGE_INFO_REFRESH_SEC
+        self.untradeable_named &= set(fresh.blocked)
+        self.tradeable = fresh
+
+    def _tradeable_only(self, symbols: list[str]) -> list[str]:
+        """`symbols` without the pairs a live account cannot trade (each named once)."""
+        tradeable = self.tradeable
+        if tradeable is None:
+            return symbols
+        kept = []
+        for symbol in symbols:
+            why = tradeable.why_not(symbol)
+            if why is None:
+                kept.append(symbol)
+                continue
+            m.REJECTED.labels(SOURCE, "not_tradeable").inc()
+            if symbol not in self.untradeable_named:
+                self.untradeable_named.add(symbol)
+                logger.warning("skipping %s: not tradeable through the API (%s)", symbol, why,
+                               extra={"symbol": symbol, "why": why})
+        return kept
 
     async def _read_top_movers(self) -> list[str] | None:
         """Return the REST screener's list, or None to keep the current one."""

@@ -39,3 +39,29 @@ def test_the_pipeline_benchmark_reports_every_hop(infra: Infrastructure) -> None
     for hop in ("tick_to_order", "tick_to_signal", "signal_to_order", "order_to_result"):
         assert int(out[f"{hop}_samples"]) > 0, hop
         assert float(out[f"{hop}_p50_ms"]) <= float(out[f"{hop}_max_ms"]), hop
+
+
+def test_the_backtest_benchmark_prints_candles_per_second_for_every_builtin_strategy(
+    infra: Infrastructure,
+) -> None:
+    from services.strategies.loader import BUILTINS
+
+    out = figures(infra, "benchmarks.backtest", "services/replay/sample")
+    assert float(out["backtest_candles_per_s"]) > 0
+    for name in BUILTINS:
+        assert float(out[f"strategy_{name}_candles_per_s"]) > 0, name
+        assert int(out[f"strategy_{name}_orders"]) >= 0, name
+    assert out["strategy_momentum_orders"] == out["backtest_orders"]
+
+
+def test_the_optimize_benchmark_reports_throughput_memory_and_digest_equality(
+    infra: Infrastructure,
+) -> None:
+    out = figures(infra, "benchmarks.optimize", "services/replay/sample", "--trials", "4",
+                  "--workers", "2", "--minutes", "300")
+    assert out["optimize_trials"] == "4" and out["optimize_errors"] == "0"
+    assert float(out["optimize_trials_per_s"]) > 0
+    assert int(out["optimize_candles_per_s_per_trial"]) > 0
+    assert 0.0 <= float(out["optimize_outside_engines_in_trials"]) <= 1.0
+    assert 0.0 < float(out["optimize_peak_rss_mb_per_worker"]) < 1024
+    assert out["optimize_best_equals_plain_backtest"] == "True"

@@ -26,6 +26,7 @@ from tests.e2e.pipeline import (
     pipeline_env,
     recorded,
 )
+from tests.support.btc_pipeline import BTC_MIN_NOTIONAL
 
 pytestmark = pytest.mark.slow
 MINUTES = 240
@@ -72,7 +73,7 @@ def test_a_lock_step_replay_through_the_services_equals_the_backtest(
 ) -> None:
     database_url, _ = run_pipeline(infra, prefix)
     reference, trace = backtest(MINUTES)
-    record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
+    record = asyncio.run(load_record(database_url, reference.symbols, 1.0, BTC_MIN_NOTIONAL))
     record.candles, record.first_ms, record.last_ms, record.gaps = (
         reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
     record.first_prices, record.last_prices = reference.first_prices, reference.last_prices
@@ -162,5 +163,5 @@ def test_malformed_market_data_is_dead_lettered_with_an_alert_while_trading_goes
     reference, trace = backtest(120)
     rows = asyncio.run(recorded(database_url))
     assert [o[0] for o in rows["orders"]] == [o.order_id for o in trace.orders]
-    record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
+    record = asyncio.run(load_record(database_url, reference.symbols, 1.0, BTC_MIN_NOTIONAL))
     assert [c for c, _ in record.alerts].count("DEAD_LETTER") == 6

@@ -22,6 +22,7 @@ from services.common.infra import EmbeddedPostgres, Infrastructure
 from services.research.report import build_report, comparable, load_record
 from tests.conftest import fresh_database
 from tests.e2e.pipeline import SERVICES, PipelineProcesses, backtest, pipeline_env, recorded
+from tests.support.btc_pipeline import BTC_MIN_NOTIONAL
 from tests.support.waiting import wait_for as support_wait_for
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,7 @@ def pending_total(client: redis.Redis, prefix: str) -> int:
 def assert_same_as_backtest(database_url: str) -> None:
     """The replay's report (digest included) and decisions equal the in-process backtest's."""
     reference, trace = backtest(MINUTES)
-    record = asyncio.run(load_record(database_url, reference.symbols, 1.0))
+    record = asyncio.run(load_record(database_url, reference.symbols, 1.0, BTC_MIN_NOTIONAL))
     record.candles, record.first_ms, record.last_ms, record.gaps = (
         reference.candles, reference.first_ms, reference.last_ms, reference.gaps)
     record.first_prices, record.last_prices = reference.first_prices, reference.last_prices

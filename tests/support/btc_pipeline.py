@@ -7,6 +7,9 @@ from services.research.backtest import Pipeline
 from services.risk_manager.config import RiskConfig
 from services.signal_engine.config import SignalConfig
 
+BTC_MIN_NOTIONAL = 0.0001
+"""MIN_ORDER_NOTIONAL of the BTC profile (what a replay's report needs to name the dust)."""
+
 
 def btc_pipeline(symbols: tuple[str, ...]) -> Pipeline:
     """A pipeline on a 1 BTC account: 0.02 BTC signals, orders from 0.0001 BTC.
@@ -16,6 +19,6 @@ def btc_pipeline(symbols: tuple[str, ...]) -> Pipeline:
     """
     return Pipeline(
         SignalConfig(whitelist=symbols, signal_notional=0.02),
-        RiskConfig(paper_start_equity=1.0, min_order_notional=0.0001),
+        RiskConfig(paper_start_equity=1.0, min_order_notional=BTC_MIN_NOTIONAL),
         ExecutionConfig(start_equity=1.0),
     )

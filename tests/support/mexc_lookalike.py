@@ -1,8 +1,10 @@
 """A local MEXC spot look-alike (REST + WebSocket) on 127.0.0.1, with fault injection.
 
 REST (shapes of MEXC spot v3): `GET /api/v3/ticker/24hr`, `/api/v3/klines`,
-`/api/v3/ticker/bookTicker`, `/api/v3/depth`. Unknown symbols answer 400
-`{"code": -1121, "msg": "Invalid symbol."}` as MEXC does.
+`/api/v3/ticker/bookTicker`, `/api/v3/depth`, `/api/v3/exchangeInfo`. Unknown symbols answer
+400 `{"code": -1121, "msg": "Invalid symbol."}` as MEXC does. `/exchangeInfo` serves each
+market in the shape of a recorded MEXC row (`recorded_exchange_info`) with the market's
+`status` and `api_trading` (`isSpotTradingAllowed`).
 
 Faults, queued per endpoint (`inject`) or sticky per symbol (`fail_symbol`): `429` / `418`
 (with an optional Retry-After), `500`, `slow` (sleeps longer than the client's timeout),
@@ -40,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -70,6 +73,25 @@ class Market:
     change: float = 0.01  # fraction, as MEXC's priceChangePercent
     quote_volume: float = 5_000_000.0
     listed_ms: int = 0  # first kline open time served (0: as far back as asked)
+    status: str = "1"  # exchangeInfo status: "1" online, "2" paused, "3" offline
+    api_trading: bool = True  # exchangeInfo isSpotTradingAllowed
+
+
+RECORDED_EXCHANGE_INFO = Path(__file__).with_name("mexc_exchange_info.json")
+
+
+def recorded_exchange_info() -> dict[str, Any]:
+    """A real MEXC `/api/v3/exchangeInfo` body: nine spot pairs as MEXC answered them.
+
+    The `symbols` rows are the raw `info` objects of the spot markets in ccxt's recorded MEXC
+    markets (github.com/ccxt/ccxt, `ts/src/test/static/markets/mexc.json`, commit 1f086143),
+    in the envelope ccxt's MEXC client documents for the endpoint (`timezone`, `serverTime`,
+    `rateLimits`, `exchangeFilters`, `symbols`). In that recording BTC, ETH, LTC, ADA, XRP, SOL
+    and TRX against USDT have `isSpotTradingAllowed: false` (blocked from API trading, status
+    "1"); ATLASUSDT and PYTHUSDT are tradeable.
+    """
+    body: dict[str, Any] = json.loads(RECORDED_EXCHANGE_INFO.read_text())
+    return body
 
 
 @dataclass
@@ -94,6 +116,8 @@ class MexcLookalike:
         self.faults: dict[str, deque[Fault]] = {}
         self.symbol_faults: dict[str, Fault] = {}
         self.extra_ticker_rows: list[Any] = []
+        self.extra_info_symbols: list[str] = []
+        """Symbols /exchangeInfo lists as tradeable besides the markets (no klines served)."""
         self.kline_gaps: dict[str, set[int]] = {}
         self.kline_from_faults: dict[str, tuple[int, Fault]] = {}
         self.kline_rate_limit: int | None = None
@@ -119,6 +143,7 @@ class MexcLookalike:
         app.router.add_get("/api/v3/klines", self._klines)
         app.router.add_get("/api/v3/ticker/bookTicker", self._book_ticker)
         app.router.add_get("/api/v3/depth", self._depth)
+        app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
         app.router.add_get("/ws", self._ws)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -251,6 +276,23 @@ class MexcLookalike:
             })
         rows.extend(self.extra_ticker_rows)
         return json.dumps(rows).encode()
+
+    async def _exchange_info(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        faulty = await self._fault("exchange_info", None)
+        self._record("exchange_info", None, faulty.status if faulty else 200, arrived)
+        if faulty is not None:
+            return faulty
+        body = recorded_exchange_info()
+        template = body["symbols"][0]
+        body["serverTime"] = self.clock()
+        body["symbols"] = [
+            {**template, "symbol": mk.symbol, "baseAsset": mk.symbol.removesuffix("USDT"),
+             "fullName": mk.symbol, "status": mk.status, "isSpotTradingAllowed": mk.api_trading}
+            for mk in self.markets.values()
+        ] + [{**template, "symbol": symbol, "isSpotTradingAllowed": True}
+             for symbol in self.extra_info_symbols]
+        return web.json_response(body)
 
     async def _klines(self, request: web.Request) -> web.StreamResponse:
         symbol = request.query.get("symbol", "")

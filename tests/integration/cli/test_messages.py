@@ -130,3 +130,78 @@ def test_cdb_risk_release_prints_the_refusal_body_verbatim(refusing_server: str)
                  RISK_ADMIN_TOKEN="some-token")
     assert result.returncode == 1
     assert f"refused (403): {_Refusing.body.decode()}" in result.stderr
+
+
+def test_cdb_config_check_marks_an_out_of_range_value_names_its_range_and_fails() -> None:
+    result = cdb("config", "check", REDIS_URL="redis://127.0.0.1:1/0",
+                 DATABASE_URL="postgresql://cdb@127.0.0.1:1/cdb", MAX_POSITION_PCT="0.9")
+    assert result.returncode == 1
+    [row] = [line for line in result.stdout.splitlines() if "MAX_POSITION_PCT" in line]
+    assert "FELL BACK: 0.9 is outside 0.01..0.25" in row
+    assert ("risk_manager: MAX_POSITION_PCT=0.9 is out of range (0.01..0.25); using the "
+            "default 0.1") in result.stderr
+
+
+def test_cdb_backtest_warns_on_the_console_when_a_value_falls_back(tmp_path: Path) -> None:
+    result = cdb("backtest", "--minutes", "30", STOP_LOSS_PCT="0.5")
+    assert result.returncode == 0, result.stderr
+    assert ("warning: STOP_LOSS_PCT=0.5 is out of range (0.005..0.1); using the default 0.02"
+            in result.stderr)
+
+
+def test_cdb_backtest_names_a_misnamed_candle_file_instead_of_skipping_it(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "ETH_BTC-1m.json", [good(0), good(1), good(2)])
+    misnamed = write(tmp_path, "LTCBTC-1m.json", [good(0), good(1), good(2)])
+    write(tmp_path, "manifest.json", {})  # what `cdb data download` writes: not a candle file
+    result = cdb("backtest", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {misnamed} is not read" in result.stderr
+    assert "manifest.json" not in result.stderr
+    alone = tmp_path / "only-misnamed"
+    alone.mkdir()
+    write(alone, "ETHBTC.json", [good(0)])
+    refused = cdb("backtest", str(alone))
+    assert refused.returncode == 1
+    assert "ETHBTC.json: not named like ETH_BTC-1m.json, so not read" in refused.stderr
+
+
+def test_cdb_up_names_a_candle_directory_that_does_not_exist(tmp_path: Path) -> None:
+    result = cdb("up", "--data", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path / "c"))
+    assert result.returncode == 1
+    assert f"cannot read candles: {tmp_path / 'nowhere'}: does not exist" in result.stderr
+
+
+def test_cdb_db_migrate_on_an_unreachable_database_prints_one_line() -> None:
+    from services.common.infra import free_port
+
+    port = free_port()
+    result = cdb("db", "migrate", DATABASE_URL=f"postgresql://cdb:s3cret-pw@127.0.0.1:{port}/x")
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert f"cannot migrate the database at 127.0.0.1:{port}/x (DATABASE_URL)" in lines[0]
+    assert "connection refused" in lines[0] and "s3cret-pw" not in result.stderr
+
+
+def test_cdb_risk_status_without_a_running_cdb_up_says_where_it_looked(tmp_path: Path) -> None:
+    result = cdb("risk", "status", "--data-dir", str(tmp_path))
+    assert result.returncode == 1
+    text = " ".join(result.stderr.split())
+    assert "risk manager unreachable at http://127.0.0.1:8002" in text
+    assert f"no cdb up runs with {tmp_path}" in text and "RISK_URL" in text
+
+
+def test_cdb_up_on_an_unreachable_external_database_prints_one_line(tmp_path: Path) -> None:
+    from services.common.infra import free_port
+
+    port = free_port()
+    result = cdb("up", "--minutes", "5", "--data-dir", str(tmp_path / "cdb"),
+                 REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                 DATABASE_URL=f"postgresql://cdb:pg-s3cret@127.0.0.1:{port}/cdb")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "pg-s3cret" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("cannot start")]
+    assert f"cannot create the run's database on 127.0.0.1:{port} (DATABASE_URL)" in line
+    assert not (tmp_path / "cdb" / "run.json").exists()

@@ -143,8 +143,7 @@ async def test_download_when_every_page_is_truncated_then_no_file_and_a_clear_er
         ex.fail_symbol("BTCUSDT", Fault("truncated"))
         [result] = await downloader(ex, tmp_path).download([BTC], SINCE, SINCE + 100 * M)
     assert result.error is not None and "truncated or invalid JSON" in result.error
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
-    assert orjson.loads((tmp_path / MANIFEST).read_bytes())["symbols"] == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # not even an empty manifest
 
 
 async def test_download_when_a_page_goes_backwards_then_it_is_retried(tmp_path: Path) -> None:
@@ -202,6 +201,24 @@ async def test_cdb_data_download_top_movers_then_cdb_backtest_reads_the_folder(
     assert code == 0, err
     report = orjson.loads((tmp_path / "r.json").read_bytes())
     assert report["symbols"] == ["ETHUSDT", "SOLUSDT"] and report["candles"] == 720
+
+
+async def test_cdb_data_download_without_a_network_names_the_host_and_its_variable(
+    tmp_path: Path,
+) -> None:
+    from services.common.infra import free_port
+
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    code, out, err = await _cdb(
+        "data", "download", "--symbols", "BTCUSDT,ETHUSDT", "--days", "1", "--retries", "2",
+        "--dir", str(tmp_path / "mexc"), MEXC_REST_URL=f"http://{closed}")
+    assert code == 1
+    text = " ".join(err.split())
+    assert f"cannot reach {closed}" in text
+    assert "MEXC_REST_URL points the download at another server" in text
+    assert "Traceback" not in err and "manifest written" not in out
+    assert "nothing was downloaded" in text
+    assert not (tmp_path / "mexc" / MANIFEST).exists()
 
 
 async def test_cdb_data_download_when_both_symbols_and_top_then_usage_error() -> None:

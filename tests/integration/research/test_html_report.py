@@ -29,7 +29,14 @@ DOM_CHECK = """(() => {
   const markers = document.querySelectorAll('#trades .scatterlayer .point').length;
   const bars = document.querySelectorAll('#decisions .barlayer .point').length;
   const heat = document.querySelectorAll('.heatmaplayer image, .heatmaplayer .hm').length;
-  return {ids, texts, shapes, markers, bars, heat,
+  const legend = id => Array.from(document.querySelectorAll(`#${id} .legendtext`))
+    .map(t => t.textContent);
+  const stateBars = Array.from(document.querySelectorAll('#states .barlayer .point path'))
+    .map(p => p.getBoundingClientRect().width);
+  const periodRows = document.querySelectorAll('table.periods tr').length - 1;
+  const halt = Array.from(document.querySelectorAll('table.halt')).map(t => t.textContent);
+  return {ids, texts, shapes, markers, bars, heat, stateBars, periodRows, halt,
+          legends: {states: legend('states'), equity: legend('equity')},
           svgs: document.querySelectorAll('svg.main-svg').length};
 })()"""
 
@@ -67,10 +74,37 @@ def test_html_report_of_a_backtest_when_opened_then_every_chart_is_drawn(
     assert set(value["ids"]) >= {"equity", "drawdown", "trades", "decisions", "alerts"}
     assert value["svgs"] >= 5 and value["shapes"] > 0
     # The sample run pauses on the circuit breaker and ends in a HALT: both are labelled.
-    assert any(t.startswith("PAUSE: circuit_breaker") for t in value["texts"])
     assert any(t.startswith("HALT: ") for t in value["texts"])
     assert value["markers"] >= report["trades"]["fills"] > 0
     assert value["bars"] >= len(report["decisions"]["by_outcome_and_check"])
+
+
+@needs_chromium
+def test_html_report_when_the_run_pauses_and_halts_then_every_period_is_visible_and_explained(
+    tmp_path: Path,
+) -> None:
+    page = tmp_path / "run.html"
+    done = cdb("backtest", "--html", str(page), "--report", str(tmp_path / "run.json"))
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads((tmp_path / "run.json").read_bytes())
+    result = open_page(page, DOM_CHECK)
+    _assert_offline_and_drawn(page, result)
+    value = result.value
+    # One lane per state and check, with a legend, on the state chart and on the equity.
+    for chart in ("states", "equity"):
+        assert {"PAUSE: circuit_breaker", "HALT: circuit_breaker"} <= set(
+            value["legends"][chart]), value["legends"]
+    # Every period is a bar, and every bar (the sample's pauses last about two minutes of
+    # two days) is wide enough to see.
+    assert value["periodRows"] > 50
+    assert len(value["stateBars"]) == value["periodRows"]
+    assert min(value["stateBars"]) >= 2.0
+    # The halt is explained: why, the alert that announced it, and that nothing released it.
+    [halt] = report["halts"]
+    [shown] = value["halt"]
+    assert "circuit_breaker_retries_exhausted" in shown and "10 re-tests" in shown
+    assert "never" in shown and "cdb risk release" in shown
+    assert f"{halt['buys_refused']} (counted under circuit_breaker)" in shown
 
 
 @needs_chromium

@@ -59,3 +59,32 @@ def test_sweep_when_a_value_is_out_of_range_then_refused_before_running(tmp_path
     assert done.returncode == 2
     assert "MAX_POSITION_PCT=0.3 is outside its range 0.01..0.25" in done.stderr
     assert " points over " not in done.stderr and not (tmp_path / "sweep.json").exists()
+
+
+def test_sweep_of_a_strategy_parameter_when_in_range_then_each_point_equals_its_backtest(
+    tmp_path: Path,
+) -> None:
+    done = cdb("backtest", "--strategy", "ema_cross", "--param", "slow=40", "--sweep",
+               "fast=5,20", "--report", str(tmp_path / "sweep.json"), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    points = orjson.loads((tmp_path / "sweep.json").read_bytes())["points"]
+    assert [p["params"] for p in points] == [{"fast": "5"}, {"fast": "20"}]
+    for point, fast in zip(points, (5, 20), strict=True):
+        assert point["report"]["strategy"] == {"name": "ema_cross",
+                                               "params": {"fast": fast, "slow": 40}}
+        out = tmp_path / "single.json"
+        single = cdb("backtest", "--strategy", "ema_cross", "--param", f"fast={fast}",
+                     "--param", "slow=40", "--report", str(out))
+        assert single.returncode == 0, single.stderr
+        assert point["digest"] == orjson.loads(out.read_bytes())["digest"]
+    assert points[0]["digest"] != points[1]["digest"]
+
+
+def test_sweep_of_a_strategy_parameter_outside_its_declared_range_is_refused(
+    tmp_path: Path,
+) -> None:
+    done = cdb("backtest", "--strategy", "ema_cross", "--sweep", "fast=5,500")
+    assert done.returncode == 2
+    assert "fast=500 is outside its range 2..100" in done.stderr
+    crossed = cdb("backtest", "--strategy", "ema_cross", "--sweep", "fast=5,30")
+    assert crossed.returncode == 2 and "fast (30) must be below slow (26)" in crossed.stderr

@@ -13,6 +13,7 @@ import httpx
 import redis
 
 from services.common.events import MarketData, OrderResult, Signal, new_id, parse_event
+from services.common.infra import Infrastructure
 from tests.integration.risk_manager.conftest import TOKEN
 from tests.support.risk_process import RiskProcess
 
@@ -98,11 +99,12 @@ def test_cdb_risk_halts_shows_and_releases_through_the_http_api(risk: RiskProces
     halted = cdb_risk(risk, "halt", "--reason", "maintenance", "--by", "ops")
     assert halted.returncode == 0, halted.stderr
     status = cdb_risk(risk, "status")
-    assert status.returncode == 0 and '"HALTED"' in status.stdout
+    assert status.returncode == 0 and "HALTED" in status.stdout
+    assert "halted by hand: maintenance" in status.stdout and "(wall clock" in status.stdout
     refused = cdb_risk(risk, "release", "--reason", "done", token="nope")
     assert refused.returncode == 1 and "401" in refused.stderr
     released = cdb_risk(risk, "release", "--reason", "done", "--request-id", "cli-1")
-    assert released.returncode == 0 and '"released"' in released.stdout
+    assert released.returncode == 0 and "release: released" in released.stdout
     assert risk.state()["state"] == "ACTIVE"
 
 
@@ -170,3 +172,86 @@ def test_a_signal_published_again_is_decided_once_also_after_a_restart(
 
     assert asyncio.run(decisions()) == 1
     assert [o.signal_id for o in orders].count(signal.signal_id) == 1
+
+
+def test_a_release_resets_the_baseline_to_the_equity_at_release_so_trading_resumes(
+    risk: RiskProcess,
+) -> None:
+    halted = risk.drive_into_drawdown_halt()
+    assert halted["halt_reason"] == "daily_drawdown" and halted["drawdown"] >= 0.05
+    body = {"request_id": "r-baseline", "released_by": "alice", "reason": "loss reviewed"}
+    released = risk.request("/risk/release", body).json()
+    assert released["result"] == "released"
+    state = released["state"]
+    assert state["state"] == "ACTIVE"
+    assert state["baseline_equity"] == state["equity"] == halted["equity"]
+    assert state["drawdown"] == 0.0
+    # The same loss does not halt again: the price that halted it comes once more.
+    risk.publish("market_data", MarketData(
+        timestamp=int(time.time() * 1000), symbol="BTCUSDT", price=10.0, volume=5_000_000.0,
+        pct_change=-90.0, bid=9.999, ask=10.001, source="mexc_rest"))
+    risk.wait_consumed("market_data")
+    assert risk.state()["state"] == "ACTIVE"
+    assert risk.stop() == 0  # and the baseline survives a restart
+    risk.start()
+    assert risk.state()["baseline_equity"] == halted["equity"]
+
+
+def test_cdb_risk_release_help_says_what_a_release_does_to_the_baseline() -> None:
+    result = subprocess.run([sys.executable, "-m", "services.cli", "risk", "release", "--help"],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "resets the day's drawdown baseline to the equity at the release" in text
+    assert "another MAX_DAILY_DRAWDOWN_PCT of loss" in text
+def test_with_event_time_a_halt_a_pause_and_a_release_act_at_the_replays_time(
+    infra: Infrastructure, prefix: str,
+) -> None:
+    from tests.conftest import fresh_database, service_env
+
+    database = fresh_database(infra.database_url)
+    risk = RiskProcess(service_env(infra, database, prefix, RISK_ADMIN_TOKEN=TOKEN,
+                                   CLOCK="event"), TOKEN)
+    risk.start()
+    try:
+        early = risk.request("/risk/halt", {"request_id": "h0", "halted_by": "t",
+                                            "reason": "too early"})
+        assert early.status_code == 409 and "no market data yet" in early.text
+        replay_now = 1_516_424_040_000  # 2018-01-20T04:54Z: the replay's time
+        for symbol in ("ETHBTC", "LTCBTC"):
+            for ts in (replay_now - 10_000, replay_now):
+                risk.publish("market_data", MarketData(
+                    timestamp=ts, symbol=symbol, price=0.09, volume=10.0, pct_change=0.0,
+                    source="replay"))
+        risk.wait_consumed("market_data")
+        halted = risk.request("/risk/halt", {"request_id": "h1", "halted_by": "t",
+                                             "reason": "drill"}).json()["state"]
+        assert halted["state"] == "HALTED" and halted["halted_since_ms"] == replay_now
+        paused = risk.request("/risk/pause", {"paused": True}).json()["state"]
+        assert paused["manual_paused"] is True
+        assert risk.request("/risk/pause", {"paused": False}).status_code == 200
+        baseline = risk.state()["baseline_equity"]
+        released = risk.request("/risk/release", {"request_id": "r1", "released_by": "t",
+                                                  "reason": "drill over"}).json()
+        assert released["result"] == "released"
+        after = released["state"]
+        # No years of timers fired at once: nothing went stale, the day did not roll.
+        assert after["state"] == "ACTIVE", after
+        assert after["stale_symbols"] == [] and after["pause_reasons"] == []
+        assert after["last_data_ms"] == replay_now
+        assert after["baseline_equity"] == baseline
+    finally:
+        risk.stop()
+
+    async def recorded() -> tuple[int, int]:
+        conn = await asyncpg.connect(database)
+        try:
+            halt_ts = await conn.fetchval("SELECT max(extract(epoch FROM ts) * 1000) FROM halts")
+            release_ts = await conn.fetchval(
+                "SELECT extract(epoch FROM ts) * 1000 FROM releases WHERE request_id = 'r1'")
+        finally:
+            await conn.close()
+        return round(float(halt_ts)), round(float(release_ts))
+
+    assert asyncio.run(recorded()) == (replay_now, replay_now)

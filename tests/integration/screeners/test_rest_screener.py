@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -181,6 +182,7 @@ async def test_one_symbol_failing_never_stops_the_others(
 ) -> None:
     exchange.extra_ticker_rows = [{**{"symbol": "GHOSTUSDT", "lastPrice": "2",
                                       "priceChangePercent": "0.01", "quoteVolume": "1e6"}}]
+    exchange.extra_info_symbols = ["GHOSTUSDT"]  # listed as tradeable, yet its klines fail
     exchange.fail_symbol("ETHUSDT", Fault("500"))
     exchange.fail_symbol("SOLUSDT", Fault("truncated"))
     exchange.fail_symbol("DOGEUSDT", Fault("slow", delay=1.0))
@@ -243,3 +245,46 @@ async def test_runs_as_a_process_with_health_ready_metrics_and_clean_sigterm(
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def test_movers_not_tradeable_through_the_api_are_skipped_counted_and_named_once(
+    infra: Infrastructure, prefix: str, bus: Bus, exchange: MexcLookalike,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exchange.markets["BTCUSDT"].api_trading = False  # as MEXC answered for BTCUSDT
+    exchange.markets["SOLUSDT"].status = "2"  # paused
+    skipped = metric(m.REJECTED, "mexc_rest", "not_tradeable")
+    svc = RestScreenerService(settings_for(infra, prefix, exchange), bus, None)
+
+    async def polled_four_times() -> bool:
+        return svc.polls >= 4 and bool(await market_data(bus))
+
+    with caplog.at_level(logging.INFO, logger="cdb.rest_screener"):
+        await run_until(svc, polled_four_times)
+    doc = orjson.loads(await bus.redis.get(bus.key(TOP_MOVERS_KEY)))
+    assert doc["symbols"] == ["ETHUSDT", "DOGEUSDT"]  # the next movers take their places
+    assert {e.symbol for e in await market_data(bus)} == {"ETHUSDT", "DOGEUSDT"}
+    assert metric(m.REJECTED, "mexc_rest", "not_tradeable") >= skipped + 2 * 4
+    named = [r.getMessage() for r in caplog.records if "not tradeable" in r.getMessage()]
+    assert sorted(named) == [
+        "skipping BTCUSDT: not tradeable through the API (isSpotTradingAllowed False)",
+        "skipping SOLUSDT: not tradeable through the API (status '2')",
+    ]
+    assert len(exchange.times("exchange_info")) == 1  # read once per EXCHANGE_INFO_REFRESH_SEC
+
+
+async def test_while_exchange_info_cannot_be_read_nothing_is_skipped_until_it_can(
+    infra: Infrastructure, prefix: str, bus: Bus, exchange: MexcLookalike,
+) -> None:
+    exchange.markets["BTCUSDT"].api_trading = False
+    exchange.inject("exchange_info", Fault("500"))
+    svc = RestScreenerService(settings_for(infra, prefix, exchange,
+                                           EXCHANGE_INFO_REFRESH_SEC=10), bus, None)
+
+    async def polled() -> bool:
+        return svc.polls >= 2
+
+    await run_until(svc, polled)
+    doc = orjson.loads(await bus.redis.get(bus.key(TOP_MOVERS_KEY)))
+    assert "BTCUSDT" in doc["symbols"] and svc.tradeable is None
+    assert metric(m.ERRORS, "mexc_rest", "server_error") >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -54,7 +55,8 @@ def settings_for(infra: Infrastructure, prefix: str, ex: MexcLookalike,
                  **extra: Any) -> WsScreenerSettings:
     values: dict[str, Any] = {
         "REDIS_URL": infra.redis_url, "STREAM_PREFIX": prefix, "MEXC_WS_URL": ex.ws_url,
-        "WS_EMIT_INTERVAL_MS": 200, "WS_PING_INTERVAL_SEC": 0.1, "WS_PONG_TIMEOUT_SEC": 1.0,
+        "MEXC_REST_URL": ex.rest_url, "WS_EMIT_INTERVAL_MS": 200,
+        "WS_PING_INTERVAL_SEC": 0.1, "WS_PONG_TIMEOUT_SEC": 1.0,
         "WS_RECONNECT_BASE_SEC": 0.05, "WS_RECONNECT_MAX_SEC": 0.2,
         "WS_SYMBOLS_REFRESH_SEC": 0.1, "WS_STALE_AFTER_SEC": 2.0,
         "SYMBOL_WHITELIST": "BTCUSDT,ETHUSDT,SOLUSDT",
@@ -267,6 +269,7 @@ async def test_runs_as_a_process_with_health_ready_metrics_and_clean_sigterm(
 ) -> None:
     port = free_port()
     env = service_env(infra, "postgresql://unused/unused", prefix, MEXC_WS_URL=exchange.ws_url,
+                      MEXC_REST_URL=exchange.rest_url,
                       HTTP_PORT=str(port), SYMBOL_WHITELIST="BTCUSDT,ETHUSDT",
                       WS_EMIT_INTERVAL_MS="100", WS_PING_INTERVAL_SEC="0.2")
     env.pop("DATABASE_URL")  # the screener needs no PostgreSQL
@@ -298,3 +301,31 @@ async def test_runs_as_a_process_with_health_ready_metrics_and_clean_sigterm(
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def test_a_whitelisted_pair_not_tradeable_through_the_api_is_skipped_and_named_once(
+    infra: Infrastructure, prefix: str, bus: Bus, exchange: MexcLookalike,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exchange.markets["BTCUSDT"].api_trading = False  # as MEXC answered for BTCUSDT
+    exchange.markets["SOLUSDT"].status = "2"  # paused
+    skipped = metric(m.REJECTED, "mexc_ws", "not_tradeable")
+    svc = WsScreenerService(settings_for(infra, prefix, exchange, WS_CHANNELS="kline"), bus,
+                            None)
+    with caplog.at_level(logging.WARNING, logger="cdb.ws_screener"):
+        async with running(svc):
+            await until(lambda: any(c.subscriptions == {"spot@public.kline.v3.api.pb@ETHUSDT@Min1"}
+                                    for c in exchange.open_connections()))
+
+            async def eth_flowing_after_refreshes() -> bool:
+                return any(e.symbol == "ETHUSDT" for e in await market_data(bus)) and (
+                    metric(m.REJECTED, "mexc_ws", "not_tradeable") >= skipped + 6)
+
+            await until(eth_flowing_after_refreshes)
+    assert svc.symbols == ("ETHUSDT",)
+    assert {e.symbol for e in await market_data(bus)} == {"ETHUSDT"}
+    named = [r.getMessage() for r in caplog.records if "not tradeable" in r.getMessage()]
+    assert sorted(named) == [
+        "skipping BTCUSDT: not tradeable through the API (isSpotTradingAllowed False)",
+        "skipping SOLUSDT: not tradeable through the API (status '2')",
+    ]

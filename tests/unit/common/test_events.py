@@ -289,3 +289,52 @@ def test_derived_ids_are_the_standard_uuid5_of_the_joined_parts() -> None:
         expected = uuid.uuid5(NAMESPACE, "|".join(str(p) for p in parts))
         assert derive_id(*parts) == str(expected)
         assert uuid.UUID(derive_id(*parts)).version == 5
+
+
+@pytest.mark.parametrize(
+    ("stream", "field"),
+    [("signals", "reason"), ("orders", "approved_by"), ("order_results", "reason"),
+     ("alerts", "message"), ("alerts", "source")],
+)
+def test_a_nul_character_in_free_text_on_the_wire_is_refused_by_both_sides(
+    stream: str, field: str,
+) -> None:
+    document = {**EXAMPLES[stream], field: "before\u0000after"}
+    with pytest.raises(EventValidationError) as info:
+        parse_event(stream, json.dumps(document))
+    assert info.value.field == field
+    assert not _file_accepts({**document, "type": stream})
+    fine = {**document, field: "before \u00e9\u20ac\U0001f600 after"}  # any other Unicode
+    assert getattr(parse_event(stream, json.dumps(fine)), field) == fine[field]
+    assert _file_accepts({**fine, "type": stream})
+
+
+def test_a_lone_surrogate_on_the_wire_is_refused_as_invalid_json() -> None:
+    raw = json.dumps({**EXAMPLES["signals"], "reason": "x"}).replace('"x"', '"\\ud800"')
+    with pytest.raises(EventValidationError):
+        parse_event("signals", raw)
+
+
+@pytest.mark.parametrize(
+    "context", [{"why": "a\u0000b"}, {"a\u0000": 1}, {"nested": {"deep": ["ok", "\u0000"]}}],
+)
+def test_a_nul_anywhere_in_a_received_alert_context_is_refused(context: dict[str, Any]) -> None:
+    document = {**EXAMPLES["alerts"], "context": context}
+    with pytest.raises(EventValidationError) as info:
+        parse_event("alerts", json.dumps(document))
+    assert info.value.field == "context" and "NUL" in info.value.detail
+    assert not _file_accepts({**document, "type": "alerts"})
+
+
+def test_alert_built_in_process_with_a_nul_in_its_context_keeps_the_alert_scrubbed() -> None:
+    alert = Alert(code="MANUAL_HALT", level="WARNING", message="halted", source="risk_manager",
+                  timestamp=1, context={"reason": "a\u0000b", "n": [NAN, "\u0000"]})
+    assert alert.context == {"reason": "a\ufffdb", "n": [None, "\ufffd"]}
+    assert parse_event("alerts", dump_event(alert)) == alert
+
+
+def test_alert_built_in_process_with_unstorable_text_keeps_the_alert_scrubbed() -> None:
+    alert = Alert(code="FEED_DEGRADED", level="WARNING", message="exchange said a\u0000b\ud800",
+                  source="rest\u0000screener", timestamp=1)
+    assert alert.message == "exchange said a\ufffdb\ufffd" and alert.source == "rest\ufffdscreener"
+    assert parse_event("alerts", dump_event(alert)) == alert

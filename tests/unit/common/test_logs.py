@@ -51,3 +51,11 @@ def test_password_inside_a_registered_url_is_redacted_on_its_own() -> None:
     log, stream = _logger()
     log.error("password was pw-inside-url-123")
     assert "pw-inside-url-123" not in stream.getvalue()
+
+
+def test_a_line_with_a_lone_surrogate_from_outside_is_still_one_json_line() -> None:
+    log, stream = _logger()
+    log.warning("refused %s", "by\ud800", extra={"reason": "x\udcff\u0000"})
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "refused by\ufffd"
+    assert line["extra"]["reason"] == "x\ufffd\ufffd"

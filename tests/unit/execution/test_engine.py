@@ -280,6 +280,7 @@ def test_older_market_data_is_ignored() -> None:
     engine.on_market_data(quote(50.0, ts=NOW))
     engine.on_market_data(quote(60.0, ts=NOW - 1))
     assert engine.last_price(SYM) == 100.0
+    assert engine.late_market_data == 1  # the older one; a repeat of the newest is not late
     engine.on_market_data(quote(101.0, ts=NOW + 1))
     assert engine.last_price(SYM) == 101.0
     assert engine.last_price("BTCUSDT") is None

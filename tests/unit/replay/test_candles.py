@@ -17,6 +17,7 @@ from services.replay.candles import (
     find_candle_files,
     load_bars,
     make_market_data,
+    misnamed_candle_files,
     read_candles,
     read_series,
     replay_event_id,
@@ -63,19 +64,39 @@ def test_candle_becomes_market_data_at_close_time(tmp_path: Path) -> None:
     assert MarketData.model_validate_json(orjson.dumps(first.model_dump())) == first
 
 
-def test_bars_group_symbols_in_symbol_order_over_common_range(tmp_path: Path) -> None:
+def test_bars_group_symbols_in_symbol_order_from_the_latest_start_to_the_end(
+    tmp_path: Path,
+) -> None:
     write(tmp_path, "LTC_BTC-1m.json", [row(m, 0.01 + m / 1000) for m in range(0, 6)])
     write(tmp_path, "ETH_BTC-1m.json.gz", [row(m, 0.08) for m in range(2, 9)], compress=True)
     candles = read_candles(tmp_path)
     assert candles.symbols == ("ETHBTC", "LTCBTC")
-    assert len(candles) == 4  # minutes 2..5: latest first candle .. earliest last candle
+    assert len(candles) == 7  # minutes 2..8: latest first candle .. the end of the data
     bars = list(candles)
     assert all(isinstance(bar, Bar) for bar in bars)
-    assert [[e.symbol for e in bar.events] for bar in bars] == [["ETHBTC", "LTCBTC"]] * 4
-    assert bars[0].timestamp == T0 + 3 * M and bars[-1].timestamp == T0 + 6 * M
-    assert [bar.events[1].price for bar in bars] == pytest.approx([0.012, 0.013, 0.014, 0.015])
-    assert candles.candles == 8
-    assert candles.first_timestamp == T0 + 3 * M and candles.last_timestamp == T0 + 6 * M
+    assert [[e.symbol for e in bar.events] for bar in bars] == (
+        [["ETHBTC", "LTCBTC"]] * 4 + [["ETHBTC"]] * 3)
+    assert bars[0].timestamp == T0 + 3 * M and bars[-1].timestamp == T0 + 9 * M
+    assert [bar.events[1].price for bar in bars[:4]] == pytest.approx(
+        [0.012, 0.013, 0.014, 0.015])
+    assert candles.candles == 11
+    assert candles.first_timestamp == T0 + 3 * M and candles.last_timestamp == T0 + 9 * M
+    assert candles.ended == [("LTCBTC", T0 + 6 * M)]  # its last candle closed then
+    assert candles.gaps == []  # an ending is no gap
+
+
+def test_a_symbol_whose_file_ends_early_does_not_end_the_others(tmp_path: Path) -> None:
+    write(tmp_path, "AAA_USDT-1m.json", [row(m, 1.0) for m in range(0, 720)])  # ends at noon
+    write(tmp_path, "BBB_USDT-1m.json", [row(m, 2.0) for m in range(0, 1440) if m != 900])
+    candles = read_candles(tmp_path)
+    assert candles.last_timestamp == T0 + 1440 * M
+    assert candles.ended == [("AAAUSDT", T0 + 720 * M)]
+    assert candles.gaps == [("BBBUSDT", T0 + 901 * M, 1)]
+    last = list(candles)[-1]
+    assert [e.symbol for e in last.events] == ["BBBUSDT"]
+    assert sum(1 for bar in candles for e in bar.events if e.symbol == "AAAUSDT") == 720
+    # A limit that stops before the ending leaves nobody ended.
+    assert read_candles(tmp_path, limit_minutes=600).ended == []
 
 
 def test_missing_minutes_are_gaps_without_invented_candles(tmp_path: Path) -> None:
@@ -130,15 +151,16 @@ def test_files_whose_periods_do_not_overlap_are_refused_naming_both_files(
     assert info.value.path == late and info.value.row == 0
     assert f"{early} (row 1, 2018-01-20T04:54Z)" in str(info.value)
     assert "opens at 2018-01-20T04:58Z" in str(info.value)
-    # any two of them that do overlap still replay
-    assert len(read_candles(tmp_path, ["AAABTC", "CCCBTC"])) == 2
+    # any two of them that do overlap still replay, to the end of the data
+    both = read_candles(tmp_path, ["AAABTC", "CCCBTC"])
+    assert len(both) == 8 and both.ended == [("AAABTC", T0 + 2 * M)]
 
 
-def test_files_that_share_a_single_minute_give_one_bar(tmp_path: Path) -> None:
+def test_files_that_share_a_single_minute_give_one_common_bar(tmp_path: Path) -> None:
     write(tmp_path, "AAA_BTC-1m.json", [row(0, 1.0), row(1, 1.0)])
     write(tmp_path, "BBB_BTC-1m.json", [row(1, 2.0), row(2, 2.0)])
     bars = list(load_bars(tmp_path))
-    assert [[e.price for e in b.events] for b in bars] == [[1.0, 2.0]]
+    assert [[e.price for e in b.events] for b in bars] == [[1.0, 2.0], [2.0]]
 
 
 def test_iteration_is_repeatable(tmp_path: Path) -> None:
@@ -237,8 +259,21 @@ def test_symbol_too_long_for_the_contract_is_refused(tmp_path: Path) -> None:
 def test_empty_or_missing_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CandleFileError, match="holds no"):
         load_bars(tmp_path)
-    with pytest.raises(CandleFileError, match="not a directory"):
+    with pytest.raises(CandleFileError, match="missing: does not exist"):
         load_bars(tmp_path / "missing")
+    write(tmp_path, "ETH_BTC-1m.json", [row(0, 1.0)])
+    with pytest.raises(CandleFileError, match=r"ETH_BTC-1m\.json: not a directory"):
+        load_bars(tmp_path / "ETH_BTC-1m.json")
+
+
+def test_a_directory_of_misnamed_files_names_them_instead_of_holding_nothing(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "ETHBTC-1m.json", [row(0, 1.0)])
+    write(tmp_path, "manifest.json", [])
+    with pytest.raises(CandleFileError, match=r"ETHBTC-1m.json: not named like ETH_BTC-1m"):
+        load_bars(tmp_path)
+    assert [p.name for p in misnamed_candle_files(tmp_path)] == ["ETHBTC-1m.json"]
 
 
 def test_fast_constructor_builds_what_model_construct_builds() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from services.replay.candles import read_candles
 from services.research.backtest import Pipeline, run_backtest
 from services.research.report import build_report
@@ -51,3 +53,27 @@ def test_when_one_symbol_misses_minutes_then_only_it_goes_stale_and_no_candle_is
     assert [a.context.get("symbol") for a in stale] == ["BBBBTC"]
     assert pipeline.risk.state == "ACTIVE" and pipeline.risk.stale_symbols == ()
     assert report["candles"] == 55
+
+
+def test_when_one_symbol_is_delisted_at_noon_then_the_others_run_to_the_end_of_the_data(
+    tmp_path: Path,
+) -> None:
+    day = 24 * 60
+    write(tmp_path, "AAA_BTC-1m.json", [row(m, 1.0 * 1.002 ** m) for m in range(day // 2)])
+    write(tmp_path, "BBB_BTC-1m.json", [row(m, 2.0 + (m % 7) / 1000) for m in range(day)])
+    pipeline, report = _run(tmp_path)
+    assert report["candles"] == day // 2 + day
+    noon = datetime.fromtimestamp((T0 + (day // 2) * M) / 1000, UTC).isoformat()
+    assert report["period"] == {
+        "first": datetime.fromtimestamp((T0 + M) / 1000, UTC).isoformat(),
+        "last": datetime.fromtimestamp((T0 + day * M) / 1000, UTC).isoformat(),
+    }
+    assert report["ended_symbols"] == [{"symbol": "AAABTC", "last": noon}]
+    assert report["data_gaps"] == []
+    # The ended symbol is stale from then on; its position is still held and valued.
+    assert pipeline.risk.stale_symbols == ("AAABTC",)
+    assert pipeline.trace is not None
+    stale = [a for a in pipeline.trace.alerts if a.code == "DATA_STALE"]
+    assert [a.context.get("symbol") for a in stale] == ["AAABTC"]
+    assert "AAABTC" in report["held"]
+    assert pipeline.risk.positions["AAABTC"].qty == pytest.approx(report["held"]["AAABTC"])

@@ -21,6 +21,7 @@ def test_render_html_when_a_backtest_then_one_page_with_every_chart_and_plotly_i
     assert page.count("<script") == page.count("</script>") >= 6
     assert "https://cdn" not in page.split("</head>")[1]
     assert "Plotly.newPlot" in page and page.startswith("<!DOCTYPE html>")
+    assert "momentum (lookback_minutes=15, min_momentum_pct=0.5," in page  # and its parameters
 
 
 def test_render_html_when_names_hold_markup_then_they_are_escaped() -> None:
@@ -32,7 +33,7 @@ def test_render_html_when_names_hold_markup_then_they_are_escaped() -> None:
         "decisions": {"total": 0, "by_outcome_and_check": {}},
     }
     timeline = Timeline(equity=[(60_000, 1.0), (120_000, 1.0)],
-                        periods=[Period(60_000, None, "HALTED", "manual")])
+                        periods=[Period(60_000, None, "HALTED", "manual_halt")])
     page = render_html(report, timeline)
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "A&amp;B" in page and "<b>x</b>" not in page
     assert "HALT: manual" in page

@@ -9,7 +9,7 @@ from rich.console import Console
 from services.replay.candles import read_candles
 from services.replay.config import SAMPLE_DIR
 from services.research.backtest import run_backtest
-from services.research.report import RunRecord, build_report, comparable, render
+from services.research.report import RunRecord, build_report, comparable, dust_of, render
 from services.research.statistics import max_drawdown
 from tests.support.btc_pipeline import btc_pipeline
 
@@ -72,6 +72,23 @@ def test_the_digest_changes_when_an_order_or_a_fill_price_differs() -> None:
     assert build_report(extra, "backtest")["digest"]["orders"] != digest["orders"]
 
 
+def test_the_report_shows_dust_and_the_symbols_whose_data_ended_early() -> None:
+    held = {"AAAUSDT": (0.5, 1.5), "BBBUSDT": (2.0, 100.0)}  # 0.75 and 200 USDT
+    record = RunRecord(start_equity=1_000.0, final_cash=800.0, final_equity=1_000.75,
+                       held={s: q for s, (q, _) in held.items()},
+                       dust=dust_of(held, 1.0), ended=[("AAAUSDT", 1_516_466_400_000)])
+    report = build_report(record, "backtest")
+    assert report["dust"] == {"AAAUSDT": 0.5}
+    assert report["held"] == {"AAAUSDT": 0.5, "BBBUSDT": 2.0}
+    assert report["ended_symbols"] == [{"symbol": "AAAUSDT",
+                                        "last": "2018-01-20T16:40:00+00:00"}]
+    console = Console(record=True, width=200)
+    render(report, console)
+    text = console.export_text()
+    assert "of which dust" in text and "AAAUSDT 0.5" in text
+    assert "AAAUSDT at 2018-01-20T16:40:00+00:00" in text
+
+
 def _printed(report: dict[str, object], width: int) -> str:
     buffer = io.StringIO()
     render(report, Console(file=buffer, width=width, markup=False, no_color=True))
@@ -112,3 +129,50 @@ def test_render_when_no_trades_then_the_undefined_figures_read_n_a() -> None:
         assert cells[cells.index(label) + 1] == "n/a", line
     assert any("10.000 %" in line and "buy and hold" in line for line in lines)
     assert any("0 (0 won, 0 lost)" in line for line in lines)
+
+
+def test_a_run_that_ends_halted_explains_the_halt_and_counts_its_refusals_under_its_check(
+) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from services.research.report import render
+
+    candles = read_candles(SAMPLE_DIR, None, None)
+    record = run_backtest(candles, btc_pipeline(candles.symbols))
+    report = build_report(record, "backtest")
+    assert report["trading_state"] == "HALTED"
+    [halt] = report["halts"]
+    assert halt["reason"] == "circuit_breaker_retries_exhausted"
+    assert halt["check"] == "circuit_breaker"
+    assert "10 re-tests" in halt["detail"]  # the alert that announced it, with its figures
+    assert halt["released"] is None and halt["since"].startswith("2018-01-20T14:43")
+    # The drawdown limit was never reached: nothing is refused by "drawdown".
+    assert report["max_drawdown_pct"] < 5.0
+    assert not any(k.endswith(":drawdown") for k in report["decisions"]["by_outcome_and_check"])
+    assert 0 < halt["buys_refused"] <= report["decisions"]["by_outcome_and_check"][
+        "rejected:circuit_breaker"]
+    out = StringIO()
+    render(report, Console(file=out, width=100))
+    text = out.getvalue()
+    assert "Halt (circuit_breaker)" in text and "never:" in text and "cdb risk release" in text
+
+
+def test_halts_from_recorded_rows_take_the_first_alert_and_count_refusals_until_the_release(
+) -> None:
+    from services.research.report import halts_from_rows
+
+    halts = halts_from_rows(
+        halts=[(1_000, "manual drill"), (1_000, "manual drill"), (9_000, "daily_drawdown")],
+        releases=[5_000],
+        alerts=[(1_000, "MANUAL_HALT", "WARNING", "Trading halted by ops: manual drill", "b"),
+                (9_000, "RISK_LIMIT", "CRITICAL", "Daily drawdown 5.00% reached", "z"),
+                (9_000, "RISK_LIMIT", "CRITICAL", "Exposure 81% above 80%", "a"),
+                (9_000, "DATA_STALE", "WARNING", "No market data", "0")],
+        refusals=[1_000, 4_999, 5_000, 9_000, 9_500],
+    )
+    assert [(h.since_ms, h.until_ms, h.refused) for h in halts] == [
+        (1_000, 5_000, 2), (9_000, None, 2)]
+    assert halts[0].detail == "Trading halted by ops: manual drill"
+    assert halts[1].detail == "Exposure 81% above 80%"  # the first by event id

@@ -7,8 +7,8 @@ from services.replay.config import SAMPLE_DIR
 from services.research.backtest import Pipeline, run_backtest
 from services.research.engines import engine_configs
 from services.research.html_report import drawdown_series, thin
-from services.research.report import build_report
-from services.research.timeline import halt_label, pause_periods_from_alerts, run_backtest_timeline
+from services.research.report import build_report, halt_check
+from services.research.timeline import pause_periods_from_alerts, run_backtest_timeline
 
 
 def test_backtest_timeline_when_recorded_then_the_report_equals_the_plain_backtest() -> None:
@@ -25,7 +25,7 @@ def test_backtest_timeline_when_recorded_then_the_report_equals_the_plain_backte
     # The sample run ends HALTED: the last period is an open HALT labelled by its check.
     assert plain["trading_state"] == "HALTED"
     halts = [p for p in timeline.periods if p.state == "HALTED"]
-    assert len(halts) == 1 and halts[0].end_ms is None and halts[0].label != "manual"
+    assert len(halts) == 1 and halts[0].end_ms is None and halts[0].label != "manual_halt"
     assert any(p.label == "circuit_breaker" for p in timeline.periods)
     starts = [p.start_ms for p in timeline.periods]
     assert starts == sorted(starts)
@@ -50,10 +50,10 @@ def test_pause_periods_when_breaker_trips_and_clears_then_one_period_per_trip() 
         (10_000, 20_000, "circuit_breaker")]
 
 
-def test_halt_label_when_reason_is_known_then_its_check_else_manual() -> None:
-    assert halt_label("daily_drawdown") == "drawdown"
-    assert halt_label("exposure_above_halt_level") == "exposure"
-    assert halt_label("maintenance") == "manual"
+def test_halt_check_when_reason_is_known_then_its_check_else_manual() -> None:
+    assert halt_check("daily_drawdown") == "drawdown"
+    assert halt_check("exposure_above_halt_level") == "exposure"
+    assert halt_check("maintenance") == "manual_halt"
 
 
 def test_thin_when_longer_than_the_limit_then_keeps_ends_and_the_deepest_points() -> None:

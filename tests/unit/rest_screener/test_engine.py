@@ -16,11 +16,13 @@ from services.rest_screener.engine import (
     build_market_data,
     parse_book_tickers,
     parse_depth,
+    parse_exchange_info,
     parse_klines,
     parse_retry_after,
     parse_tickers,
     select_symbols,
 )
+from tests.support.mexc_lookalike import recorded_exchange_info
 
 T0 = 1_700_000_040_000 // 60_000 * 60_000  # a minute boundary
 
@@ -255,3 +257,66 @@ def test_held_symbols_are_added_to_a_whitelist_too() -> None:
                                       held=["ETHUSDT", "BTCUSDT"])
     assert chosen == ["BTCUSDT", "ETHUSDT"]
     assert rejected == []
+
+
+# ---------------------------------------------------------------------- tradeable pairs
+
+
+def test_exchange_info_as_mexc_answered_it_marks_the_api_blocked_majors_untradeable() -> None:
+    tradeable = parse_exchange_info(recorded_exchange_info())
+    assert tradeable.symbols == {"ATLASUSDT", "PYTHUSDT"}
+    for major in ("BTCUSDT", "ETHUSDT", "LTCUSDT", "ADAUSDT", "XRPUSDT", "SOLUSDT", "TRXUSDT"):
+        assert tradeable.why_not(major) == "isSpotTradingAllowed False"
+    assert tradeable.why_not("ATLASUSDT") is None
+    assert tradeable.why_not("NEWUSDT") == "not listed in exchangeInfo"
+
+
+@pytest.mark.parametrize(
+    ("status", "allowed", "why"),
+    [("2", True, "status '2'"), ("3", True, "status '3'"), (None, True, "status None"),
+     ("1", None, "isSpotTradingAllowed None"), ("1", "true", "isSpotTradingAllowed 'true'"),
+     ("ENABLED", True, None), (1, True, None)],
+)
+def test_a_pair_trades_only_when_online_and_allowed_for_api_spot_trading(
+    status: object, allowed: object, why: str | None,
+) -> None:
+    body = recorded_exchange_info()
+    row = {**body["symbols"][-1], "status": status, "isSpotTradingAllowed": allowed}
+    if status is None:
+        del row["status"]
+    tradeable = parse_exchange_info({**body, "symbols": [row]})
+    assert tradeable.why_not("PYTHUSDT") == why
+
+
+@pytest.mark.parametrize("body", [[], {"symbols": "x"}, {"code": 700}, "html"])
+def test_an_exchange_info_body_of_another_shape_is_malformed(body: object) -> None:
+    with pytest.raises(MalformedResponseError):
+        parse_exchange_info(body)
+
+
+def test_the_movers_skip_untradeable_pairs_and_take_the_next_tradeable_ones() -> None:
+    tickers, _ = parse_tickers([
+        ticker("BTCUSDT", "0.09"), ticker("ETHUSDT", "-0.08"), ticker("ATLASUSDT", "0.05"),
+        ticker("PYTHUSDT", "0.04"), ticker("XRPUSDT", "0.03"), ticker("DOGEUSDT", "0.02"),
+    ])
+    tradeable = parse_exchange_info(recorded_exchange_info())
+    config = RestConfig(top_n=2, min_quote_volume=0.0)
+    chosen, rejected = select_symbols(tickers, config, (), tradeable)
+    assert chosen == ["ATLASUSDT", "PYTHUSDT"]
+    assert [(r.symbol, r.reason) for r in rejected] == [
+        ("BTCUSDT", "not_tradeable"), ("ETHUSDT", "not_tradeable")]
+    # Unknown (exchangeInfo never read): nothing is skipped.
+    assert select_symbols(tickers, config, (), None)[0] == ["BTCUSDT", "ETHUSDT"]
+    # A held pair is still followed for its prices, tradeable or not.
+    held, _ = select_symbols(tickers, config, ("XRPUSDT",), tradeable)
+    assert held == ["ATLASUSDT", "PYTHUSDT", "XRPUSDT"]
+
+
+def test_a_whitelist_skips_its_untradeable_pairs() -> None:
+    tickers, _ = parse_tickers([ticker("BTCUSDT", "0.01"), ticker("PYTHUSDT", "0.01")])
+    config = RestConfig(whitelist=("BTCUSDT", "PYTHUSDT", "ZZZUSDT"))
+    chosen, rejected = select_symbols(tickers, config, (),
+                                      parse_exchange_info(recorded_exchange_info()))
+    assert chosen == ["PYTHUSDT"]
+    assert {(r.symbol, r.reason) for r in rejected} == {
+        ("ZZZUSDT", "unknown_symbol"), ("BTCUSDT", "not_tradeable")}

@@ -273,14 +273,14 @@ def test_signal_when_drawdown_exceeded_then_halts_and_alerts() -> None:
     assert state(engine) is TradingState.HALTED
 
 
-def test_buy_when_halted_then_rejected_by_drawdown_layer_without_new_alert() -> None:
+def test_buy_when_halted_by_hand_then_rejected_by_the_manual_halt_without_new_alert() -> None:
     engine = RiskEngine(RiskConfig())
     engine.on_market_data(md(), T0)
     engine.halt("maintenance", "alice", T0)
     out = engine.on_signal(sig(), T0 + SEC)
     assert out is not None
     assert out.orders == []
-    assert out.decisions[0].check == "drawdown"
+    assert out.decisions[0].check == "manual_halt"
     assert out.decisions[0].values["halt_reason"] == "maintenance"
     assert out.alerts == []
 
@@ -398,6 +398,25 @@ def test_breaker_retries_every_60s_and_halts_after_10_failed_retries() -> None:
     assert halted_at == 600
     assert engine.halt_reason == "circuit_breaker_retries_exhausted"
     assert engine.pause_reasons == ()
+
+
+def test_buy_while_the_breaker_halts_counts_under_the_breaker_not_the_untouched_drawdown(
+) -> None:
+    engine = RiskEngine(RiskConfig())
+    start = _warm_spreads(engine, "BTCUSDT", 10, T0)
+    engine.on_market_data(quote("BTCUSDT", 100.0, 0.01, start), start)
+    now = start
+    for second in range(1, 601):
+        now = start + second * SEC
+        engine.on_market_data(md("ETHUSDT", 50.0, ts=now), now)
+        engine.on_tick(now)
+    assert engine.halt_reason == "circuit_breaker_retries_exhausted"
+    assert engine.drawdown < RiskConfig().max_daily_drawdown_pct
+    out = engine.on_signal(sig("ETHUSDT", key="after-the-halt"), now + SEC)
+    assert out is not None
+    (decision,) = out.decisions
+    assert (decision.outcome, decision.check) == ("rejected", "circuit_breaker")
+    assert decision.values["halt_reason"] == "circuit_breaker_retries_exhausted"
 
 
 def test_fill_when_slippage_above_limit_then_pauses_and_retry_resumes() -> None:
@@ -525,7 +544,7 @@ def test_buy_when_exposure_above_80pct_then_halts_critical() -> None:
     out = engine.on_signal(sig("EEEUSDT", size=10.0, key="e"), T0)
     assert out is not None
     assert out.orders == []
-    assert out.decisions[0].check == "drawdown"
+    assert out.decisions[0].check == "exposure"
     assert out.decisions[0].values["halt_reason"] == "exposure_above_halt_level"
     assert state(engine) is TradingState.HALTED
     assert engine.halt_reason == "exposure_above_halt_level"
@@ -817,7 +836,7 @@ def test_halt_survives_snapshot_and_restore() -> None:
     restored.on_market_data(md(ts=T0 + DAY_MS), T0 + DAY_MS)
     out = restored.on_signal(sig(), T0 + DAY_MS)
     assert out is not None
-    assert out.decisions[0].check == "drawdown"
+    assert out.decisions[0].check == "manual_halt"
 
 
 def test_snapshot_restore_preserves_portfolio_outstanding_and_breaker() -> None:

@@ -304,13 +304,13 @@ def test_when_an_exit_cannot_fill_then_it_is_retried_at_a_bounded_rate_with_one_
     engine = RiskEngine(RiskConfig())
     open_position(engine, "BTCUSDT", 1_000.0)
     orders, alerts = 0, 0
-    for minute in range(1, 301):  # 300 one-minute bars at a collapsed price, no volume
+    for minute in range(1, 301):  # 300 one-minute bars at half the entry, no volume
         now = T0 + minute * MIN
-        out = engine.on_market_data(md("BTCUSDT", 1e-12, ts=now), now)
+        out = engine.on_market_data(md("BTCUSDT", 50.0, ts=now), now)
         alerts += sum(1 for a in out.alerts if a.code == "RISK_LIMIT" and a.level == "WARNING")
         for order in out.orders:
             orders += 1
-            engine.on_order_result(fill(order, 1e-12, qty=0.0, status="rejected", ts=now), now)
+            engine.on_order_result(fill(order, 50.0, qty=0.0, status="rejected", ts=now), now)
     assert alerts == 1
     assert 2 <= orders <= 12
     assert engine.positions["BTCUSDT"].qty == pytest.approx(10.0)

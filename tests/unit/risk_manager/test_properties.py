@@ -7,7 +7,11 @@ partially or not at all), and checks at every step:
 (a) an approved buy never takes exposure (at decision prices) above MAX_EXPOSURE_PCT, nor the
     position above MAX_POSITION_PCT;
 (b) every emitted order comes with a Decision carrying the same order_id;
-(c) a sell order's quantity never exceeds the quantity held.
+(c) a sell order's quantity never exceeds the quantity held, and no order is below the
+    minimum order notional (a remainder under it is dust: no exits);
+(d) market data older than its symbol's newest moves no price, fires nothing, changes nothing;
+(e) one halt, one CRITICAL: a CRITICAL alert comes only with the halt it announces, and nothing
+    trips the circuit breaker while HALTED.
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ fill_op = st.tuples(
     st.sampled_from([1.0, 1.0, 1.0, 0.5, 0.0]),
 )
 tick_op = st.tuples(st.just("tick"))
+lost_op = st.tuples(st.just("lost"), st.booleans(), st.sampled_from([1.0, 0.5, 0.0]))
+late_op = st.tuples(
+    st.just("late"),
+    st.integers(0, len(SYMBOLS) - 1),
+    st.floats(0.5, 1.5),
+    st.integers(1, 120_000),
+)
 control_op = st.tuples(st.just("control"), st.sampled_from(["halt", "release", "pause", "resume"]))
 OP_STRATEGIES = {
     "md": md_op,
@@ -56,10 +67,12 @@ OP_STRATEGIES = {
     "fill": fill_op,
     "tick": tick_op,
     "control": control_op,
+    "late": late_op,
+    "lost": lost_op,
 }
 # Weighted choice of the operation kind (one_of would weigh every branch alike).
 op_kinds = st.sampled_from(
-    ["md"] * 4 + ["buy"] * 3 + ["sell"] * 2 + ["fill"] * 3 + ["tick", "control"]
+    ["md"] * 4 + ["buy"] * 3 + ["sell"] * 2 + ["fill"] * 3 + ["tick", "control", "late", "lost"]
 )
 ops_strategy = st.lists(
     st.tuples(
@@ -95,6 +108,7 @@ class Driver:
     pending: list[Order] = field(default_factory=list)
     seq: int = 0
     outputs: list[RiskOutput | None] = field(default_factory=list)
+    newest: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.seq == 0:  # a fresh account first sees a price of every symbol
@@ -108,6 +122,10 @@ class Driver:
         out: RiskOutput | None
         if kind == "md":
             out = self._market_data(SYMBOLS[op[1]], op[2], op[3])
+        elif kind == "late":
+            out = self._late(SYMBOLS[op[1]], op[2], op[3])
+        elif kind == "lost":
+            out = self._lost(op[1], op[2])
         elif kind == "buy":
             out = self._signal(SYMBOLS[op[1]], "buy", op[2])
         elif kind == "sell":
@@ -129,15 +147,25 @@ class Driver:
         self.outputs.append(out)
         return out
 
+    def _late(self, sym: str, factor: float, lag: int) -> RiskOutput:
+        """A print older than the symbol's newest (another screener's, delayed)."""
+        newest = self.newest.get(sym, self.now)
+        price = max(0.01, self.prices[sym] * factor)
+        return self.engine.on_market_data(self._event(sym, price, None, newest - lag), self.now)
+
     def _market_data(self, sym: str, factor: float, spread: float | None) -> RiskOutput:
         price = max(0.01, self.prices[sym] * factor)
         self.prices[sym] = price
+        self.newest[sym] = self.now
+        return self.engine.on_market_data(self._event(sym, price, spread, self.now), self.now)
+
+    def _event(self, sym: str, price: float, spread: float | None, ts: int) -> MarketData:
         bid = ask = None
         if spread is not None:
             bid, ask = price * (1 - spread / 2), price * (1 + spread / 2)
-        event = MarketData(
+        return MarketData(
             event_id=derive_id("md", self.seq),
-            timestamp=self.now,
+            timestamp=ts,
             symbol=sym,
             price=price,
             volume=1_000.0,
@@ -146,7 +174,6 @@ class Driver:
             ask=ask,
             source="replay",
         )
-        return self.engine.on_market_data(event, self.now)
 
     def _signal(self, sym: str, direction: str, size: float) -> RiskOutput | None:
         signal = Signal(
@@ -161,10 +188,21 @@ class Driver:
         )
         return self.engine.on_signal(signal, self.now)
 
-    def _fill(self, slippage: float, fraction: float) -> RiskOutput | None:
+    def _lost(self, recorded: bool, fraction: float) -> RiskOutput:
+        """The oldest pending order's result never comes; the execution has it or not."""
         if not self.pending:
             return self.engine.on_tick(self.now)
         order = self.pending.pop(0)
+        result = self._result(order, 0.0, fraction) if recorded else None
+        return self.engine.order_timed_out(order.order_id, self.now, result)
+
+    def _fill(self, slippage: float, fraction: float) -> RiskOutput | None:
+        if not self.pending:
+            return self.engine.on_tick(self.now)
+        return self.engine.on_order_result(
+            self._result(self.pending.pop(0), slippage, fraction), self.now)
+
+    def _result(self, order: Order, slippage: float, fraction: float) -> OrderResult:
         last = self.prices[order.symbol]
         price = last * (1 + slippage) if order.side == "buy" else last * (1 - slippage)
         if order.quantity is not None:
@@ -172,7 +210,7 @@ class Driver:
         else:
             qty = order.size / price * fraction
         status = "filled" if fraction == 1.0 else "partially_filled" if fraction else "rejected"
-        result = OrderResult(
+        return OrderResult(
             event_id=derive_id("result", order.order_id),
             timestamp=self.now,
             order_id=order.order_id,
@@ -185,7 +223,6 @@ class Driver:
             filled_notional=qty * price,
             slippage_pct=slippage,
         )
-        return self.engine.on_order_result(result, self.now)
 
 
 def positions_value(engine: RiskEngine) -> float:
@@ -206,11 +243,33 @@ def test_risk_invariants_hold_for_any_event_sequence(
         qty_before = {s: p.qty for s, p in engine.positions.items()}
         prices_before = engine.prices
         was_outstanding = bool(engine.outstanding)
+        was_halted = engine.state is TradingState.HALTED
         blocked = engine.state is not TradingState.ACTIVE or engine.manual_paused
+        snapshot = engine.snapshot()
         out = driver.play(op, dt)
+
+        if op[0] == "late" and out is not None:
+            # (d) a late print changes nothing but the clock's timers
+            assert out.orders == [] and out.decisions == []
+            assert engine.prices == prices_before
+            after = engine.snapshot()
+            assert after.positions == snapshot.positions and after.cash == snapshot.cash
+            assert after.outstanding == snapshot.outstanding
+        if out is not None:
+            # (e) one halt, one CRITICAL
+            began = out.state_change is not None and out.state_change.halt_began
+            critical = [a for a in out.alerts if a.level == "CRITICAL"]
+            assert len(critical) <= 1 and (not critical or (began and not was_halted))
+            if was_halted and engine.state is TradingState.HALTED:
+                assert not [a for a in out.alerts if a.code == "CIRCUIT_BREAKER"]
+                assert engine.pause_reasons == () or "circuit_breaker" not in (
+                    engine.pause_reasons)
 
         if op[0] in ("buy", "sell") and was_outstanding:
             assert out is None  # deferred while an order awaits its result
+        if op[0] == "lost" and out is not None and out.orders:
+            # a lost exit is re-issued at once, for what is held
+            assert all(o.side == "sell" for o in out.orders)
         if out is None:
             continue
         # (b) every order has its decision
@@ -227,9 +286,10 @@ def test_risk_invariants_hold_for_any_event_sequence(
                 assert not blocked  # no new risk while HALTED, PAUSED or manually paused
                 assert engine.state is TradingState.ACTIVE
             else:
-                # (c) sells never exceed the position
+                # (c) sells never exceed the position, and never sell dust
                 assert order.quantity is not None
                 assert order.quantity <= qty_before.get(order.symbol, 0.0) * (1 + EPS)
+                assert order.size >= config.min_order_notional * (1 - EPS)
         # the engine's incremental valuation matches a full one
         assert abs(engine.equity - (engine.cash + positions_value(engine))) <= 1e-6 * max(
             1.0, abs(engine.equity)
@@ -287,6 +347,7 @@ def test_restore_from_snapshot_continues_like_the_original(
         prices=dict(original.prices),
         pending=list(original.pending),
         seq=original.seq,
+        newest=dict(original.newest),
     )
     assert restored.engine.state is original.engine.state
     for op, dt in ops[split:]:

@@ -130,12 +130,12 @@ def test_whitelist_ranks_as_soon_as_every_whitelisted_symbol_reported() -> None:
     assert engine.rankings == 3  # T0, T0 + 1m, T0 + 2m, all by trigger (b)
 
 
-def test_late_event_of_an_earlier_interval_is_applied_but_does_not_count() -> None:
+def test_late_event_of_a_closed_interval_is_counted_and_left_out_of_the_bars() -> None:
     engine = SignalEngine(
         config(
             whitelist=("AAAUSDT", "BBBUSDT"),
             interval_ms=INTERVAL_MS["5m"],
-            lookback_minutes=8,
+            lookback_minutes=10,
             top_n=2,
             symbol_stale_timeout_sec=600,  # sparse samples here are not silent symbols
         )
@@ -143,14 +143,36 @@ def test_late_event_of_an_earlier_interval_is_applied_but_does_not_count() -> No
     base = 1_700_000_100_000  # divisible by 300 000
     feed(engine, [md("BBBUSDT", base + MIN, 100.0), md("AAAUSDT", base + 6 * MIN, 100.0)])
     assert engine.open_interval_end == base + 10 * MIN
-    assert engine.last_ranking_ms == base + 5 * MIN  # ranked by trigger (a)
-    assert engine.on_market_data(md("BBBUSDT", base + 2 * MIN, 101.0)) == []  # late, applied
+    assert engine.last_ranking_ms == base + 5 * MIN  # closed by trigger (a)
+    assert engine.on_market_data(md("BBBUSDT", base + 2 * MIN, 150.0)) == []  # late
+    assert engine.late_events == 1
     assert engine.last_ranking_ms == base + 5 * MIN
-    out = engine.on_market_data(md("BBBUSDT", base + 7 * MIN, 102.0))
-    assert engine.last_ranking_ms == base + 10 * MIN  # trigger (b): both reported
+    feed(engine, [md("AAAUSDT", base + 10 * MIN, 100.0), md("BBBUSDT", base + 7 * MIN, 102.0)])
+    assert engine.last_ranking_ms == base + 5 * MIN  # BBB has not reached the interval's end
+    out = engine.on_market_data(md("BBBUSDT", base + 10 * MIN, 102.0))
+    assert engine.last_ranking_ms == base + 10 * MIN  # trigger (b): both at the end
     assert [(s.symbol, s.reason.split(" rank")[0]) for s in out] == [
-        ("BBBUSDT", "momentum 0.99%")  # 101 -> 102: the late sample starts the window
+        ("BBBUSDT", "momentum 2.00%")  # 100 -> 102: the late 150 never entered a bar
     ]
+    bars = [(b.time, b.open, b.high, b.close, b.samples) for b in engine.bars("BBBUSDT")]
+    assert bars == [(base + 5 * MIN, 100.0, 100.0, 100.0, 1),
+                    (base + 10 * MIN, 102.0, 102.0, 102.0, 2)]
+
+
+def test_whitelist_with_longer_bars_closes_only_when_every_symbol_reached_the_end() -> None:
+    engine = SignalEngine(config(whitelist=("AAAUSDT", "BBBUSDT"), interval_ms=INTERVAL_MS["5m"],
+                                 lookback_minutes=10, top_n=2))
+    base = 1_700_000_100_000  # divisible by 300 000
+    paths = {"AAAUSDT": [100.0, 101.0, 102.0, 103.0, 104.0],
+             "BBBUSDT": [50.0, 50.0, 50.0, 50.0, 50.0]}
+    events = minute_bars(paths, start=base + MIN)  # minutes 1..5 of the interval ending at 5
+    assert feed(engine, events[:-1]) == []
+    assert engine.rankings == 0  # every symbol reported, but not the interval's last minute
+    feed(engine, events[-1:])
+    assert engine.rankings == 1 and engine.last_ranking_ms == base + 5 * MIN
+    (bar,) = engine.bars("AAAUSDT")
+    assert (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.samples) == (
+        100.0, 104.0, 100.0, 104.0, 5_000.0, 5)
 
 
 def test_whitelist_with_missing_symbol_falls_back_to_next_interval_trigger() -> None:
@@ -419,6 +441,7 @@ def test_duplicates_and_out_of_order_events_are_ignored() -> None:
     got = feed(noisy, noisy_events) + noisy.flush(T0 + 10_000 * MIN)
     assert got == expected
     assert len(expected) > 5
+    assert noisy.late_market_data == len(events) - 12  # the late ones, not the repeats
 
 
 def test_redelivered_event_returns_no_signals() -> None:
