@@ -69,6 +69,11 @@ class OperatorConfig(BaseSettings):
     RETRY_DELAY_SEC: float = Field(
         default=10.0, ge=0.1, le=3600, description="Delay before a failed handler is retried"
     )
+    UNINSTALL_WAIT_SEC: float = Field(
+        default=60.0, ge=1, le=3600,
+        description="How long the uninstall hook waits for the operator to release a "
+        "deleted TradingSystem before it removes the operator's finalizer itself",
+    )
     LIVENESS_ENDPOINT: str = Field(
         default="http://0.0.0.0:8080/healthz",
         description="Liveness probe endpoint kopf serves (empty: none)",

@@ -35,7 +35,7 @@ logger = logging.getLogger("cdb.settings")
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
-S = TypeVar("S", bound="BaseServiceSettings")
+S = TypeVar("S", bound="SeedRuleSettings")
 
 
 @dataclass(frozen=True)
@@ -127,10 +127,11 @@ class SettingsError(SystemExit):
         super().__init__(1)
 
 
-class BaseServiceSettings(BaseSettings):
-    """Settings every service shares: infrastructure, bus tuning, HTTP and logging.
+class SeedRuleSettings(BaseSettings):
+    """Frozen settings from the environment with the seed's rule for out-of-range values.
 
-    Subclasses add their own fields; each service has exactly one settings class.
+    The base of every settings class; `BaseServiceSettings` adds what the pipeline services
+    share, processes without Redis or PostgreSQL (the market simulator) use this directly.
     """
 
     model_config = SettingsConfigDict(
@@ -139,41 +140,6 @@ class BaseServiceSettings(BaseSettings):
 
     SERVICE_NAME: ClassVar[str] = "service"
     DEFAULT_PORT: ClassVar[int] = 8000
-
-    REDIS_URL: SecretStr = Field(description="Redis URL, redis://host:port/db")
-    REDIS_PASSWORD: SecretStr | None = Field(
-        default=None, description="Redis password (overrides the URL's)"
-    )
-    DATABASE_URL: SecretStr = Field(description="PostgreSQL URL, postgresql://user:pw@host/db")
-    STREAM_PREFIX: str = Field(
-        default="", pattern=r"^[a-z0-9_.:-]*$", description="Prefix of every stream name"
-    )
-    BUS_MAX_DELIVERIES: int = Field(
-        default=5, ge=1, le=100, description="Deliveries before an entry is dead-lettered"
-    )
-    BUS_MAXLEN: int = Field(
-        default=100_000, ge=1_000, le=10_000_000, description="Approximate MAXLEN per stream"
-    )
-    BUS_CLAIM_IDLE_MS: int = Field(
-        default=30_000, ge=100, le=3_600_000, description="Idle time before an entry is reclaimed"
-    )
-    BUS_CLAIM_INTERVAL_MS: int = Field(
-        default=5_000, ge=100, le=600_000, description="How often the reclaim sweep runs"
-    )
-    BUS_BATCH: int = Field(default=100, ge=1, le=10_000, description="Entries read per call")
-    HTTP_HOST: str = Field(default="127.0.0.1", description="Address the HTTP server binds")
-    HTTP_PORT: int = Field(default=0, ge=0, le=65535, description="HTTP port (0: default)")
-    LOG_LEVEL: str = Field(
-        default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level"
-    )
-    CONSUMER_NAME: str = Field(
-        default="", description="Consumer name in the groups (default: service-hostname)"
-    )
-    CLOCK: str = Field(
-        default="wall",
-        pattern=r"^(wall|event)$",
-        description="Time source of decisions: wall clock (live) or event time (replay)",
-    )
 
     @field_validator("*", mode="wrap")
     @classmethod
@@ -214,6 +180,48 @@ class BaseServiceSettings(BaseSettings):
         if isinstance(result, SecretStr):
             register_secret(result.get_secret_value())
         return result
+
+
+class BaseServiceSettings(SeedRuleSettings):
+    """Settings every service shares: infrastructure, bus tuning, HTTP and logging.
+
+    Subclasses add their own fields; each service has exactly one settings class.
+    """
+
+    REDIS_URL: SecretStr = Field(description="Redis URL, redis://host:port/db")
+    REDIS_PASSWORD: SecretStr | None = Field(
+        default=None, description="Redis password (overrides the URL's)"
+    )
+    DATABASE_URL: SecretStr = Field(description="PostgreSQL URL, postgresql://user:pw@host/db")
+    STREAM_PREFIX: str = Field(
+        default="", pattern=r"^[a-z0-9_.:-]*$", description="Prefix of every stream name"
+    )
+    BUS_MAX_DELIVERIES: int = Field(
+        default=5, ge=1, le=100, description="Deliveries before an entry is dead-lettered"
+    )
+    BUS_MAXLEN: int = Field(
+        default=100_000, ge=1_000, le=10_000_000, description="Approximate MAXLEN per stream"
+    )
+    BUS_CLAIM_IDLE_MS: int = Field(
+        default=30_000, ge=100, le=3_600_000, description="Idle time before an entry is reclaimed"
+    )
+    BUS_CLAIM_INTERVAL_MS: int = Field(
+        default=5_000, ge=100, le=600_000, description="How often the reclaim sweep runs"
+    )
+    BUS_BATCH: int = Field(default=100, ge=1, le=10_000, description="Entries read per call")
+    HTTP_HOST: str = Field(default="127.0.0.1", description="Address the HTTP server binds")
+    HTTP_PORT: int = Field(default=0, ge=0, le=65535, description="HTTP port (0: default)")
+    LOG_LEVEL: str = Field(
+        default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level"
+    )
+    CONSUMER_NAME: str = Field(
+        default="", description="Consumer name in the groups (default: service-hostname)"
+    )
+    CLOCK: str = Field(
+        default="wall",
+        pattern=r"^(wall|event)$",
+        description="Time source of decisions: wall clock (live) or event time (replay)",
+    )
 
     @property
     def port(self) -> int:

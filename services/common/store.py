@@ -8,12 +8,14 @@ to rewrite the database. Migrations only add.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -26,6 +28,7 @@ _MIGRATION_LOCK = 0x0CDB_0001
 LOCK_TIMEOUT_MS = 2_000
 """Longest wait of a pooled statement for a lock before it fails and is retried."""
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 PG_TRANSIENT: tuple[type[BaseException], ...] = (
@@ -244,10 +247,37 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
+def account_schema(dsn: str) -> str | None:
+    """The schema an account's URL names with `?search_path=NAME` (None: the default).
+
+    asyncpg hands the URL's unknown query parameters to the server as settings, so every
+    connection of the account then works in that schema; several accounts can share one
+    database, each with its own tables (DESIGN 12).
+
+    Raises:
+        ValueError: The name is not a plain lower-case identifier.
+    """
+    values = parse_qs(urlsplit(dsn).query).get("search_path")
+    if not values:
+        return None
+    name = values[0].split(",")[0].strip()
+    if not _SCHEMA.match(name):
+        raise ValueError(f"search_path {name!r} is not a lower-case identifier ([a-z_][a-z0-9_]*)")
+    return name
+
+
 async def run_migrations(dsn: str) -> list[int]:
-    """Connect once and apply migrations (used by `cdb db migrate` and `Store.open`)."""
+    """Connect once and apply migrations (used by `cdb db migrate` and `Store.open`).
+
+    The account's schema (`?search_path=NAME` in the URL) is created first when missing.
+    """
+    schema = account_schema(dsn)
     conn = await asyncpg.connect(dsn)
     try:
+        if schema is not None:
+            # another service of the account may create it at the same moment
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         return await migrate(conn)
     finally:
         await conn.close()

@@ -537,6 +537,19 @@ class CandleSet:
                 i = present.find(0, end, stop)
         return sorted(found, key=lambda g: (g[1], g[0]))
 
+    def column(self, symbol: str) -> tuple[Sequence[float], Sequence[float]]:
+        """Closes and quote volumes of one symbol for every minute of the grid.
+
+        A minute without a candle carries the previous close and no volume.
+
+        Raises:
+            KeyError: The set has no such symbol.
+        """
+        if symbol not in self.symbols:
+            raise KeyError(symbol)
+        i = self.symbols.index(symbol)
+        return self._closes[i], self._volumes[i]
+
     def first_and_last_closes(self) -> dict[str, tuple[float, float]]:
         """Each symbol's first and last close of the grid (symbols without a candle: none)."""
         found: dict[str, tuple[float, float]] = {}

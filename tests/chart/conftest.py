@@ -45,6 +45,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "exits": {"takeProfitPct": 0.05, "timeLimitMinutes": 240},
         }},
     },
+    "offline": {
+        "marketSimulator": {"enabled": True, "speed": 60},
+        "tradingSystem": {"spec": {"symbols": ["ETHBTC", "LTCBTC"]}},
+        "redis": {"securityContext": {"runAsUser": 999, "runAsGroup": 999, "fsGroup": 999}},
+        "postgresql": {"securityContext": {"runAsUser": 999, "runAsGroup": 999,
+                                           "fsGroup": 999}},
+        "networkPolicy": {"dns": {"to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]}},
+    },
+    "k8s/values-offline.yaml": yaml.safe_load((ROOT / "k8s" / "values-offline.yaml").read_text()),
 }
 """The value sets every chart test renders."""
 

@@ -83,9 +83,11 @@ def test_every_pod_is_hardened_and_bounded(render: Render, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
-def test_only_the_operator_mounts_a_service_account_token(render: Render, name: str) -> None:
+def test_only_the_operator_and_its_uninstall_hook_mount_a_service_account_token(
+    render: Render, name: str,
+) -> None:
     for where, spec in pod_specs(render(VALUE_SETS[name])):
-        expected = where == f"Deployment/{FULLNAME}-operator"
+        expected = where in (f"Deployment/{FULLNAME}-operator", f"Job/{FULLNAME}-uninstall")
         assert spec["automountServiceAccountToken"] is expected, where
 
 
@@ -140,7 +142,8 @@ def test_the_operator_runs_once_with_recreate_a_liveness_probe_and_namespaced_rb
     assert container["command"] == ["python", "-m", "cdb_operator"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
-    rules = [r for role in of_kind(docs, "Role") for r in role["rules"]]
+    rules = [r for role in of_kind(docs, "Role") for r in role["rules"]
+             if not role["metadata"]["name"].endswith("-uninstall")]
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert "delete" not in rule["verbs"] and "update" not in rule["verbs"]
@@ -152,7 +155,41 @@ def test_the_operator_runs_once_with_recreate_a_liveness_probe_and_namespaced_rb
     assert sorted(deployments[0]["resourceNames"]) == sorted(
         f"{FULLNAME}-{c}" for c in COMPONENTS)
     bindings = of_kind(docs, "RoleBinding")
-    assert {b["subjects"][0]["name"] for b in bindings} == {f"{FULLNAME}-operator"}
+    assert {b["subjects"][0]["name"] for b in bindings} == {f"{FULLNAME}-operator",
+                                                            f"{FULLNAME}-uninstall"}
+
+
+def test_uninstall_first_deletes_the_tradingsystem_with_a_hook_of_its_own(render: Render) -> None:
+    docs = render()
+    name = f"{FULLNAME}-uninstall"
+    hooks = {d["kind"]: d for d in docs if d["metadata"]["name"] == name}
+    assert set(hooks) == {"ServiceAccount", "Role", "RoleBinding", "Job"}
+    weights = {}
+    for kind, doc in hooks.items():
+        notes = doc["metadata"]["annotations"]
+        assert notes["helm.sh/hook"] == "pre-delete", kind
+        assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        weights[kind] = int(notes["helm.sh/hook-weight"])
+    # its identity exists before the Job runs
+    assert weights["ServiceAccount"] < weights["Job"] and weights["Role"] < weights["Job"]
+    assert weights["RoleBinding"] < weights["Job"]
+    assert hooks["Role"]["rules"] == [{"apiGroups": ["clairedebinaire.dev"],
+                                       "resources": ["tradingsystems"],
+                                       "resourceNames": [FULLNAME],
+                                       "verbs": ["get", "delete", "patch"]}]
+    pod = hooks["Job"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name and pod["restartPolicy"] == "Never"
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "cdb_operator.uninstall"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CDB_OPERATOR_TRADINGSYSTEM"] == FULLNAME
+    assert env["CDB_OPERATOR_UNINSTALL_WAIT_SEC"] == "60"
+    labels = hooks["Job"]["spec"]["template"]["metadata"]["labels"]
+    api = named(docs, "NetworkPolicy", f"{FULLNAME}-allow-operator-api")["spec"]["podSelector"]
+    assert labels["app.kubernetes.io/component"] in api["matchExpressions"][0]["values"]
+    # nothing to clean up without an operator or without a TradingSystem
+    for values in (VALUE_SETS["no-operator"], {"tradingSystem": {"enabled": False}}):
+        assert not [d for d in render(values) if d["metadata"]["name"] == name]
 
 
 def test_network_policies_deny_by_default_and_allow_dns_and_the_exchange(render: Render) -> None:
@@ -164,6 +201,8 @@ def test_network_policies_deny_by_default_and_allow_dns_and_the_exchange(render:
     assert "ingress" not in deny and "egress" not in deny
     dns = policies["allow-dns"]["egress"][0]
     assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    # any address on port 53: no namespace label that only Kubernetes 1.21+ sets by itself
+    assert "to" not in dns
     exchange = policies["allow-exchange"]
     assert exchange["podSelector"]["matchExpressions"][0]["values"] == [
         "rest-screener", "ws-screener"]
@@ -384,3 +423,59 @@ def test_an_existing_strategies_configmap_is_mounted_and_none_is_rendered(render
 def test_bad_strategy_values_are_refused(helm: Path, chart_tmp: Path, values: dict[str, Any],
                                          message: str) -> None:
     assert message in template_fails(helm, chart_tmp, values)
+
+
+def test_dns_egress_can_be_narrowed_to_given_peers(render: Render) -> None:
+    docs = render(VALUE_SETS["offline"])
+    dns = named(docs, "NetworkPolicy", f"{FULLNAME}-allow-dns")["spec"]["egress"][0]
+    assert dns["to"] == VALUE_SETS["offline"]["networkPolicy"]["dns"]["to"]
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+
+
+def test_the_datastores_run_as_the_users_of_their_images(render: Render) -> None:
+    defaults = {name: named(render(), "StatefulSet", f"{FULLNAME}-{name}")
+                ["spec"]["template"]["spec"]["securityContext"]
+                for name in ("redis", "postgresql")}
+    # the official alpine images (the chart's default tags)
+    assert (defaults["postgresql"]["runAsUser"], defaults["postgresql"]["runAsGroup"],
+            defaults["postgresql"]["fsGroup"]) == (70, 70, 70)
+    assert (defaults["redis"]["runAsUser"], defaults["redis"]["runAsGroup"],
+            defaults["redis"]["fsGroup"]) == (999, 1000, 1000)
+    debian = render(VALUE_SETS["offline"])
+    for name in ("redis", "postgresql"):
+        sc = named(debian, "StatefulSet", f"{FULLNAME}-{name}")["spec"]["template"]["spec"][
+            "securityContext"]
+        assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (999, 999, 999)
+        assert sc["runAsNonRoot"] is True
+
+
+def test_the_market_simulator_feeds_both_screeners_when_enabled(render: Render) -> None:
+    docs = render(VALUE_SETS["offline"])
+    name = f"{FULLNAME}-market-simulator"
+    container = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "services.replay.mexc_sim"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SIM_SPEED"] == "60" and env["HTTP_PORT"] == "8095"
+    assert named(docs, "Service", name)["spec"]["ports"][0]["port"] == 8095
+
+    def screener_env(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+        dep = named(docs, "Deployment", f"{FULLNAME}-{component}")
+        return {e["name"]: e.get("value")
+                for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert screener_env(docs, "rest-screener")["MEXC_REST_URL"] == f"http://{name}:8095"
+    assert screener_env(docs, "ws-screener")["MEXC_WS_URL"] == f"ws://{name}:8095/ws"
+    test = named(docs, "Pod", f"{FULLNAME}-test-health")["spec"]["containers"][0]["args"]
+    assert f"http://{name}:8095/health" in test
+    # off by default: MEXC itself
+    default = render()
+    assert not [d for d in default if d["metadata"]["name"] == name]
+    assert "MEXC_REST_URL" not in screener_env(default, "rest-screener")
+    assert "MEXC_WS_URL" not in screener_env(default, "ws-screener")
+    # a URL in the service's own env wins (and is not given twice)
+    own = render({"marketSimulator": {"enabled": True},
+                  "services": {"restScreener": {"env": {"MEXC_REST_URL": "http://x:1"}}}})
+    dep = named(own, "Deployment", f"{FULLNAME}-rest-screener")
+    urls = [e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "MEXC_REST_URL"]
+    assert urls == [{"name": "MEXC_REST_URL", "value": "http://x:1"}]

@@ -14,6 +14,7 @@ from services.common.store import (
     MIGRATIONS_DIR,
     MigrationError,
     Store,
+    account_schema,
     load_migrations,
     migrate,
     run_migrations,
@@ -136,3 +137,38 @@ def test_two_migration_files_with_the_same_version_are_refused(tmp_path: Path) -
     (tmp_path / "0001_two.sql").write_text("SELECT 2;")
     with pytest.raises(MigrationError, match="duplicate migration version 1"):
         load_migrations(tmp_path)
+
+
+async def test_an_account_named_by_search_path_gets_its_own_schema_and_tables(
+    own_database: str,
+) -> None:
+    accounts = [f"{own_database}?search_path=account_{n}" for n in "ab"]
+    results = await asyncio.gather(*(run_migrations(url) for url in [*accounts, *accounts]))
+    versions = [m.version for m in load_migrations()]
+    assert sorted(v for r in results for v in r) == sorted(versions * 2)
+    store = Store(accounts[0])
+    await store.open()
+    try:
+        async with store.pool.acquire() as c:
+            await c.execute("INSERT INTO alerts (event_id, code, level, message, source, "
+                            "context, ts) VALUES (gen_random_uuid(), 'X', 'INFO', 'm', 's', "
+                            "'{}', now())")
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(own_database)
+    try:
+        counts = {s: await conn.fetchval(f"SELECT count(*) FROM {s}.alerts")
+                  for s in ("account_a", "account_b")}
+        public = await conn.fetchval(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+    finally:
+        await conn.close()
+    assert counts == {"account_a": 1, "account_b": 0}
+    assert public == 0
+
+
+def test_a_search_path_that_is_no_plain_identifier_is_refused() -> None:
+    assert account_schema("postgresql://u:p@h/db") is None
+    assert account_schema("postgresql://u:p@h/db?search_path=acct_1") == "acct_1"
+    with pytest.raises(ValueError, match="not a lower-case identifier"):
+        account_schema('postgresql://u:p@h/db?search_path=x";drop')

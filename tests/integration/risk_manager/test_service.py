@@ -32,6 +32,25 @@ def test_a_halt_survives_a_restart_of_the_risk_manager(risk: RiskProcess) -> Non
     assert "drill" in (state["halt_reason"] or "")
 
 
+def test_a_manual_halt_is_recorded_once_with_who_asked_for_it(risk: RiskProcess) -> None:
+    halt(risk)
+    again = risk.request("/risk/halt", {"request_id": "h1b", "halted_by": "tester",
+                                        "reason": "drill"})
+    assert again.json()["result"] == "already halted"
+
+    async def halts() -> list[tuple[str, str]]:
+        conn = await asyncpg.connect(risk.env["DATABASE_URL"])
+        try:
+            return [(r["halted_by"], r["reason"])
+                    for r in await conn.fetch("SELECT halted_by, reason FROM halts")]
+        finally:
+            await conn.close()
+
+    recorded = asyncio.run(halts())
+    assert len(recorded) == 1
+    assert recorded[0][0] == "tester" and "drill" in recorded[0][1]
+
+
 def test_a_release_without_the_token_is_refused_and_changes_nothing(risk: RiskProcess) -> None:
     halt(risk)
     body = {"request_id": "r1", "released_by": "intruder", "reason": "let me trade"}
