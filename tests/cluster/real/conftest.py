@@ -340,6 +340,20 @@ class Release:
             r.close()
         return signal.signal_id
 
+    def decide_buy(self, reason: str) -> tuple[str, str, str]:
+        """Inject a buy signal once no automatic pause holds (the circuit breaker decides
+        before the manual pause and the halt) and wait for its decision; again if the breaker
+        tripped meanwhile. Returns (signal id, outcome, deciding check)."""
+        for _ in range(3):
+            wait_for(lambda: self.risk_state()["pause_reasons"] == [], 150,
+                     "no automatic pause", 2)
+            signal_id = self.inject_buy_signal(reason)
+            outcome, check = wait_for(lambda: self.decision(signal_id), 60,  # noqa: B023
+                                      "the signal decided", 1)
+            if check != "circuit_breaker":
+                return signal_id, outcome, check
+        raise AssertionError("the circuit breaker tripped at every attempt")
+
     def decision(self, signal_id: str) -> tuple[str, str] | None:
         """(outcome, deciding check) of one signal, None while it is undecided."""
         rows = self.sql("SELECT outcome, check_name FROM risk_decisions "

@@ -135,18 +135,19 @@ def test_spec_paused_stops_new_orders_and_unpausing_resumes(account_a: Release) 
     wait_for(lambda: account_a.status().get("manualPaused") is True, 30, "status paused", 2)
     since = account_a.sql("SELECT now()")[0][0].isoformat()
     # a buy signal as the signal engine publishes it: decided, refused, no order
-    paused = account_a.inject_buy_signal("e2e: a buy while paused")
-    assert wait_for(lambda: account_a.decision(paused), 60, "the signal decided", 1) == (
-        "rejected", "manual_pause")
+    paused, outcome, check = account_a.decide_buy("e2e: a buy while paused")
+    assert (outcome, check) == ("rejected", "manual_pause")
     assert account_a.count("orders", f"signal_id = '{paused}'") == 0
     # no buy became an order while paused, from any signal
     until = account_a.sql("SELECT now()")[0][0].isoformat()
     assert account_a.count("orders", f"side = 'buy' AND ts BETWEEN '{since}' AND '{until}'") == 0
     account_a.patch_spec({"paused": False})
     wait_for(lambda: account_a.risk_state()["manual_paused"] is False, 60, "resumed", 2)
-    resumed = account_a.inject_buy_signal("e2e: a buy after the pause")
-    outcome, check = wait_for(lambda: account_a.decision(resumed), 60, "decided", 1)
+    resumed, outcome, check = account_a.decide_buy("e2e: a buy after the pause")
     assert check != "manual_pause", (outcome, check)
+    if outcome != "rejected":
+        wait_for(lambda: account_a.count("orders", f"signal_id = '{resumed}'") == 1, 60,
+                 "its order", 1)
 
 
 def test_a_halt_survives_a_killed_risk_manager_and_nothing_is_decided_twice(

@@ -81,10 +81,12 @@ def test_a_halt_of_one_account_leaves_the_other_trading(
     wait_for(lambda: account_b.status().get("tradingState") == "HALTED", 60, "B HALTED", 2)
     since = account_a.sql("SELECT now()")[0][0].isoformat()
     assert account_a.risk_state()["state"] != "HALTED"
-    # A keeps deciding, and approves, after B's halt
-    wait_for(lambda: account_a.count(
-        "risk_decisions", f"ts > '{since}' AND outcome IN ('approved', 'trimmed')") > 0,
-        240, "an approved decision of A after B's halt", 5)
+    # the same buy signal to both accounts: A approves it and orders, B refuses it
+    in_a, outcome, check = account_a.decide_buy("e2e: A after B's halt")
+    assert outcome in ("approved", "trimmed"), (outcome, check)
+    wait_for(lambda: account_a.count("orders", f"signal_id = '{in_a}'") == 1, 60, "A's order", 1)
+    in_b, outcome, check = account_b.decide_buy("e2e: B while halted")
+    assert outcome == "rejected" and account_b.count("orders", f"signal_id = '{in_b}'") == 0
     assert account_a.status().get("tradingState") != "HALTED"
     assert account_b.risk_state()["state"] == "HALTED"
     b_since = account_b.sql(f"SELECT outcome FROM risk_decisions WHERE ts > '{since}' "
