@@ -9,6 +9,7 @@ must check something before the body (a bearer token) take the `Request` and cal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -75,11 +76,23 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float (JSON has none) written as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 def safe_errors(errors: Any) -> list[dict[str, Any]]:
     """Validation errors as JSON-safe details: type, location, message and (text) input.
 
-    The input is dropped when it is the raw body (bytes), and every text is scrubbed, so the
-    answer can always be encoded and holds no NUL.
+    The input is dropped when it is the raw body (bytes), every text is scrubbed and every
+    non-finite number (`Infinity` in a body) written as text, so the answer can always be
+    encoded and holds no NUL.
     """
     details: list[dict[str, Any]] = []
     for err in errors:
@@ -90,7 +103,7 @@ def safe_errors(errors: Any) -> list[dict[str, Any]]:
         }
         value = err.get("input")
         if isinstance(value, str | int | float | bool | list | dict) or value is None:
-            detail["input"] = scrub(value)
+            detail["input"] = _finite(scrub(value))
         details.append(detail)
     return details
 

@@ -297,3 +297,13 @@ def test_after_refused_and_accepted_commands_the_state_survives_a_restart_as_it_
     assert after["state"] == "HALTED" and after["halt_reason"] == "drill"
     assert fetch(risk, "SELECT count(*) AS n FROM halts")[0]["n"] == 1
     assert fetch(risk, "SELECT count(*) AS n FROM admin_requests")[0]["n"] == 10
+
+
+@pytest.mark.parametrize("content", [b"Infinity", b"-Infinity", b"NaN", b'{"paused": Infinity}'])
+def test_a_body_of_non_finite_numbers_gets_a_422_that_json_can_carry(
+    risk: RiskProcess, content: bytes,
+) -> None:
+    for path in ("/risk/halt", "/risk/release", "/risk/pause"):
+        r = post_raw(risk, path, content)
+        assert r.status_code == 422, (path, r.status_code, r.text)
+        assert isinstance(r.json()["detail"], list)
