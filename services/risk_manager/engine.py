@@ -349,11 +349,24 @@ class RiskEngine(RiskView):
                 "min_notional": self._cfg.min_order_notional,
             })
             return
+        held = qty
+        if sig.fraction is not None and sig.fraction < 1.0:
+            # A part of the position; a remainder that would be dust goes with it.
+            part = held * sig.fraction
+            if not self._exits.dust(held - part, price):
+                if self._exits.dust(part, price):
+                    self._reject(out, sig, Check.MIN_NOTIONAL, {
+                        "held_qty": held, "price": price, "value": part * price,
+                        "min_notional": self._cfg.min_order_notional,
+                    })
+                    return
+                qty = part
+                size = qty * price
         order_id = derive_id("order", sig.signal_id)
         self._emit_order(out, sym, "sell", size, qty, order_id, sig.signal_id, (), "signal")
         out.decide(sig.signal_id, sig.signal_id, order_id, sym, "sell", "approved",
                    Check.EXIT.value, sig.size, size,
-                   {"held_qty": qty, "quantity": qty, "price": price})
+                   {"held_qty": held, "quantity": qty, "price": price})
 
     def _decide_buy(self, out: Out, sig: Signal) -> None:
         cfg = self._cfg

@@ -690,6 +690,31 @@ def test_sell_when_position_held_then_exits_exact_held_quantity() -> None:
     assert engine.cash == pytest.approx(10_000 - 500 + 550 - 0.55)
 
 
+def test_sell_of_a_fraction_then_exits_that_part_of_the_held_quantity() -> None:
+    engine = RiskEngine(RiskConfig())
+    open_position(engine, "BTCUSDT", 500.0, price=100.0)
+    engine.on_market_data(md(price=110.0, ts=T0 + SEC), T0 + SEC)
+    part = sig("BTCUSDT", "sell", key="part").model_copy(update={"fraction": 0.4})
+    out = engine.on_signal(part, T0 + SEC)
+    assert out is not None
+    (order,) = out.orders
+    assert order.quantity == pytest.approx(2.0)
+    assert out.decisions[0].check == "exit"
+    engine.on_order_result(fill(order, 110.0, ts=T0 + SEC), T0 + SEC)
+    assert engine.positions["BTCUSDT"].qty == pytest.approx(3.0)
+
+
+def test_sell_of_a_fraction_that_would_leave_dust_then_exits_everything() -> None:
+    engine = RiskEngine(RiskConfig())
+    open_position(engine, "BTCUSDT", 500.0, price=100.0)
+    engine.on_market_data(md(price=100.0, ts=T0 + SEC), T0 + SEC)
+    most = sig("BTCUSDT", "sell", key="most").model_copy(update={"fraction": 0.9999})
+    out = engine.on_signal(most, T0 + SEC)
+    assert out is not None
+    (order,) = out.orders
+    assert order.quantity == pytest.approx(5.0)
+
+
 def test_sell_without_position_then_rejected() -> None:
     engine = RiskEngine(RiskConfig())
     engine.on_market_data(md(), T0)
