@@ -91,7 +91,7 @@ def real() -> Iterator[RealCluster]:
     failure; its stop must leave no process, mount, bridge, network namespace or iptables
     chain behind."""
     if os.environ.get("CDB_E2E_CLUSTER") != "1":
-        pytest.skip("real-cluster tests: set CDB_E2E_CLUSTER=1 (.ci/run does) on a machine "
+        pytest.skip("real-cluster tests: set CDB_E2E_CLUSTER=1 (opt-in, also for .ci/run) on a machine "
                     "with the real-cluster tool (root, containerd from Debian)")
     try:
         cluster = RealCluster()
