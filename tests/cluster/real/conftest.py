@@ -91,8 +91,8 @@ def real() -> Iterator[RealCluster]:
     failure; its stop must leave no process, mount, bridge, network namespace or iptables
     chain behind."""
     if os.environ.get("CDB_E2E_CLUSTER") != "1":
-        pytest.skip("real-cluster tests: set CDB_E2E_CLUSTER=1 (opt-in, also for .ci/run) on a machine "
-                    "with the real-cluster tool (root, containerd from Debian)")
+        pytest.skip("real-cluster tests: set CDB_E2E_CLUSTER=1 (opt-in, also for .ci/run) on a "
+                    "machine with the real-cluster tool (root, containerd from Debian)")
     try:
         cluster = RealCluster()
         cluster.check_machine()
