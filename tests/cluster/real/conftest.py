@@ -362,6 +362,9 @@ class Release:
 
     def redis_client(self) -> redis.Redis:
         """The Redis the account uses (its own, or the one it shares)."""
+        if not (self.values.get("redis") or {}).get("enabled", True):
+            return redis.Redis.from_url(self._from_host(self.secret("REDIS_URL")),
+                                        socket_timeout=10)
         svc = self.get("service", f"{self.name}-redis")
         return redis.Redis(host=svc["spec"]["clusterIP"], port=6379,
                            password=self.secret("REDIS_PASSWORD"), socket_timeout=10)
