@@ -21,7 +21,8 @@ VALUES = ["--set", f"fullnameOverride={RELEASE}", "--set", "optimize.enabled=tru
 def rendered_job(cluster: Cluster, *extra: str) -> dict[str, Any]:
     out = cluster.helm("template", RELEASE, str(CHART), "-n", NS, *VALUES, *extra,
                        "--skip-tests", "--kube-version", cluster.version).stdout
-    (job,) = [d for d in docs(out) if d["kind"] == "Job"]
+    (job,) = [d for d in docs(out) if d["kind"] == "Job"
+              and d["metadata"]["labels"].get("app.kubernetes.io/component") == "optimize"]
     return job
 
 

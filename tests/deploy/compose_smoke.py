@@ -567,6 +567,9 @@ class Smoke:
                          self.build_strategy_image):
                 self.step("own strategy through the strategy image = backtest",
                           self.own_strategy)
+            # A trader halts a live stack: with CLOCK=event a command acts at the replay's
+            # time, and a stack that has replayed nothing has none (409, by design).
+            self.write_env(CLOCK="wall")
             self.step("forced HALT survives restart; cdb risk release", self.halt_survives_restart)
             self.step("HALT pages the webhook via Alertmanager; release resolves",
                       self.halt_pages_the_webhook)
