@@ -519,6 +519,7 @@ class EmbeddedPostgres:
                                  f"{_last_line(exc.stderr.decode(errors='replace'))}") from exc
             finally:
                 pwfile.unlink(missing_ok=True)
+            self._create_database_offline()
             created = True
         else:
             created = False
@@ -546,6 +547,26 @@ class EmbeddedPostgres:
         self._wait_ready(created)
         logger.info("embedded postgres listening", extra={"port": self.port})
         return self
+
+    def _create_database_offline(self) -> None:
+        """Create the `cdb` database in single-user mode, before the server ever listens.
+
+        A client that connects as soon as the port opens (a service started before its
+        database) then never sees a server without the database, which it would rightly take
+        for a wrong DATABASE_URL.
+
+        Raises:
+            InfraError: The single-user server refused to create it.
+        """
+        done = subprocess.run(
+            [str(_pg_bin() / "postgres"), "--single", "-D", str(self.pgdata), "-j",
+             "postgres"],
+            input=f"CREATE DATABASE {PG_DB};\n".encode(), capture_output=True, check=False,
+            **_run_as(self.system_user),  # type: ignore[call-overload]
+        )
+        if done.returncode != 0 or b"ERROR" in done.stderr:
+            raise InfraError(f"creating the {PG_DB} database failed: "
+                             f"{_last_line(done.stderr.decode(errors='replace'))}")
 
     def leftover(self) -> int | None:
         """The pid of a PostgreSQL still running on this cluster, None when there is none."""
