@@ -93,13 +93,15 @@ class Pipeline:
                 record.halts[-1].refused += 1
         for a in out.alerts:
             record.alerts.append((a.code, a.level))
-        record.orders += len(out.orders)
-        record.order_ids.extend(str(o.order_id) for o in out.orders)
+        orders = out.orders
+        if orders:
+            record.orders += len(orders)
+            record.order_ids.extend(str(o.order_id) for o in orders)
         if self.trace is not None:
             self.trace.decisions.extend(out.decisions)
-            self.trace.orders.extend(out.orders)
+            self.trace.orders.extend(orders)
             self.trace.alerts.extend(out.alerts)
-        return out.orders
+        return orders
 
     def _halts(self, out: RiskOutput, change: StateChange) -> None:
         """Record a halt that began (with the alert announcing it) or was released."""
@@ -131,8 +133,8 @@ class Pipeline:
                 self.trace.alerts.extend(result.alerts)
             self.signal.on_order_result(result.result)
             followup = self.risk.on_order_result(result.result, result.result.timestamp)
-            if not followup.is_empty:
-                self._execute(self._risk_output(followup))
+            if not followup.is_empty and (orders := self._risk_output(followup)):
+                self._execute(orders)
 
     def _signal_alerts(self) -> None:
         alerts = self.signal.take_alerts()
@@ -199,7 +201,9 @@ class Pipeline:
             decided = risk.on_signal(sig, sig.timestamp)
             if decided is None:  # pragma: no cover - every result is returned above
                 raise RuntimeError("risk engine deferred a signal with no order outstanding")
-            self._execute(self._risk_output(decided))
+            orders = self._risk_output(decided)
+            if orders:
+                self._execute(orders)
 
     def finish(self) -> RunRecord:
         """Close the run and return its record."""

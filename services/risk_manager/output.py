@@ -85,21 +85,8 @@ class Out:
         values: dict[str, float | str],
     ) -> None:
         """Add a decision; its id is a UUIDv5 of `decision_key` (signal or order id)."""
-        self.decisions.append(
-            Decision(
-                decision_id=derive_id("decision", decision_key),
-                signal_id=signal_id,
-                order_id=order_id,
-                symbol=symbol,
-                side=side,
-                outcome=outcome,
-                check=check,
-                requested_size=requested,
-                approved_size=approved,
-                values=values,
-                ts_ms=self.now,
-            )
-        )
+        self.decisions.append(Decision(decision_key, signal_id, order_id, symbol, side, outcome,
+                                       check, requested, approved, values, self.now))
 
     def order(
         self,
