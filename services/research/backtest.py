@@ -5,7 +5,8 @@ execution engine in exactly the order the services see the events in a lock-step
 through Redis (see `backoffice/docs/ARCHITECTURE.md`, "Determinism"):
 
 1. every market data event of the bar: the risk engine (then a time tick when the event is
-   the first of a new timestamp), the execution engine, the signal engine;
+   the first of a new timestamp), the execution engine, the signal engine (the engines share
+   no state, so the last two take the whole bar in one call: the same as event by event);
 2. the exit orders the risk engine emitted on that market data, each filled and its result
    returned to the risk engine;
 3. the bar's signals in order, each decided, its order filled and the result returned.
@@ -168,14 +169,10 @@ class Pipeline:
         if self._unpriced or self._price_all:
             self._first_prices(events)
         risk = self.risk
-        execution = self.execution
         signal = self.signal
         exits: list[Order] = []
-        signals = []
         empty = EMPTY_OUTPUT
         risk_md = risk.on_market_data
-        execution_md = execution.on_market_data
-        signal_md = signal.on_market_data
         last_tick = self._last_tick
         for md in events:
             ts = md.timestamp
@@ -187,10 +184,10 @@ class Pipeline:
                 tick = risk.on_tick(ts)
                 if not tick.is_empty:
                     exits.extend(self._risk_output(tick))
-            execution_md(md)
-            found = signal_md(md)
-            if found:
-                signals.extend(found)
+        # The engines keep no reference to each other and everything a bar triggers runs
+        # after it, so each engine may take the whole bar at once.
+        self.execution.on_market_batch(events)
+        signals = signal.on_market_batch(events)
         record.candles += len(events)
         record.last_ms = timestamp
         if signal.pending_alerts:

@@ -270,52 +270,74 @@ class SignalEngine:
             The signals of the interval this event closed (usually none: then a shared empty
             list; never mutate a result).
         """
-        symbol = md.symbol
-        ts = md.timestamp
-        price = md.price
-        # The open bar is the newest entry of the symbol's series between two closes (no
-        # strategy code runs then); a close hands over only bars of the interval it closes.
-        # Bars are kept as plain tuples (`RawBar`): a `Bar` is built only for `on_bar`.
-        bars = self._history.get(symbol)
-        if bars is None:
-            if self._n_whitelist and symbol not in self._whitelist:
-                return _NO_SIGNALS
-            if not 0.0 < price < _INF:
-                return _NO_SIGNALS
-            bars = self._track(symbol)
-            bar = None
-        else:
-            bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
-            if ts <= bar[8] or not 0.0 < price < _INF:
-                if ts < bar[8]:
-                    self.late_market_data += 1
-                return _NO_SIGNALS
-        interval = self._interval
-        end = ((ts - 1) // interval + 1) * interval
+        return self.on_market_batch((md,))
+
+    def on_market_batch(self, events: Iterable[MarketData]) -> list[Signal]:
+        """Apply market data events in order, exactly as `on_market_data` one by one.
+
+        A backtest hands over a whole bar (every symbol's candle of one minute) at once.
+
+        Args:
+            events: The market data events, in arrival order.
+
+        Returns:
+            The signals of the intervals these events closed, in order (usually none: then a
+            shared empty list; never mutate a result).
+        """
         signals = _NO_SIGNALS
-        open_end = self._open_end
-        if open_end is None or end > open_end:
-            if open_end is not None and not self._closed:
-                signals = self._close(open_end, md.event_id)
-            self._open_end = open_end = end
-            self._closed = False
-            self._at_end = 0
-        elif end < open_end or self._closed:
-            self.late_events += 1
-            return signals
-        if bar is None or bar[1] != end:
-            bars.append((symbol, end, price, price, price, price, md.volume, ts, ts, 1))
-        else:
-            high, low = bar[3], bar[4]
-            bars[-1] = (symbol, end, bar[2], price if price > high else high,
-                        price if price < low else low, price, bar[6] + md.volume, bar[7], ts,
-                        bar[9] + 1)
-        self._last_event_id = md.event_id
-        if ts == end and self._n_whitelist:
-            self._at_end += 1
-            if self._at_end == self._n_whitelist:
-                closed = self._close(end, md.event_id)
-                signals = signals + closed if signals else closed
+        history = self._history
+        whitelist = self._whitelist
+        n_whitelist = self._n_whitelist
+        interval = self._interval
+        for md in events:
+            symbol = md.symbol
+            ts = md.timestamp
+            price = md.price
+            # The open bar is the newest entry of the symbol's series between two closes (no
+            # strategy code runs then); a close hands over only bars of the interval it
+            # closes. Bars are kept as plain tuples (`RawBar`): a `Bar` is built only for
+            # `on_bar`.
+            bars = history.get(symbol)
+            if bars is None:
+                if n_whitelist and symbol not in whitelist:
+                    continue
+                if not 0.0 < price < _INF:
+                    continue
+                bars = self._track(symbol)
+                bar = None
+            else:
+                bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
+                if ts <= bar[8] or not 0.0 < price < _INF:
+                    if ts < bar[8]:
+                        self.late_market_data += 1
+                    continue
+            end = ((ts - 1) // interval + 1) * interval
+            open_end = self._open_end
+            if open_end is None or end > open_end:
+                if open_end is not None and not self._closed:
+                    closed = self._close(open_end, md.event_id)
+                    if closed:
+                        signals = signals + closed if signals else closed
+                self._open_end = open_end = end
+                self._closed = False
+                self._at_end = 0
+            elif end < open_end or self._closed:
+                self.late_events += 1
+                continue
+            if bar is None or bar[1] != end:
+                bars.append((symbol, end, price, price, price, price, md.volume, ts, ts, 1))
+            else:
+                high, low = bar[3], bar[4]
+                bars[-1] = (symbol, end, bar[2], price if price > high else high,
+                            price if price < low else low, price, bar[6] + md.volume, bar[7],
+                            ts, bar[9] + 1)
+            self._last_event_id = md.event_id
+            if ts == end and n_whitelist:
+                self._at_end += 1
+                if self._at_end == n_whitelist:
+                    closed = self._close(end, md.event_id)
+                    if closed:
+                        signals = signals + closed if signals else closed
         return signals
 
     def flush(self, now_ms: int) -> list[Signal]:
