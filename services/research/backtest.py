@@ -61,6 +61,7 @@ class Pipeline:
         risk: RiskConfig,
         execution: ExecutionConfig,
         keep_trace: bool = True,
+        lean: bool = False,
     ) -> None:
         """Build the engines.
 
@@ -70,9 +71,19 @@ class Pipeline:
             risk: Risk engine configuration (its data interval becomes the candles' minute).
             execution: Execution engine configuration.
             keep_trace: Keep every decision, order and alert (for comparisons).
+            lean: Run a lean risk engine (no alerts, no decisions: see `RiskEngine`), for a
+                run read only through its statistics and digest, such as an optimisation
+                trial: the record then lacks the risk engine's decisions and alerts and the
+                halts' details; everything else is the same. Not with `keep_trace`.
+
+        Raises:
+            ValueError: Both `keep_trace` and `lean`.
         """
+        if keep_trace and lean:
+            raise ValueError("a lean pipeline keeps no trace")
         self.signal = SignalEngine(signal)
-        self.risk = RiskEngine(replace(risk, data_interval_sec=REPLAY_DATA_INTERVAL_SEC))
+        self.risk = RiskEngine(replace(risk, data_interval_sec=REPLAY_DATA_INTERVAL_SEC),
+                               lean=lean)
         self.execution = ExecutionEngine(execution)
         self.record = RunRecord(start_equity=execution.start_equity,
                                 symbols=list(signal.whitelist))

@@ -185,11 +185,13 @@ class Evaluator:
         self.bars = compact_bars(candles)
         self.objectives = tuple(objectives)
 
-    def record(self, env: Mapping[str, str]) -> RunRecord:
+    def record(self, env: Mapping[str, str], lean: bool = False) -> RunRecord:
         """Run one backtest with `env` set, as `cdb backtest` would run it.
 
         Args:
             env: Variables to set (a trial's parameters).
+            lean: Build no risk decisions and alerts (a trial reads only the statistics and
+                the digest, which are the same; see `Pipeline`).
 
         Returns:
             The run record.
@@ -199,7 +201,7 @@ class Evaluator:
 
         with patched_env(dict(env)):
             configs = engine_configs(self.symbols)
-        return run_backtest(self.bars, Pipeline(*configs, keep_trace=False))
+        return run_backtest(self.bars, Pipeline(*configs, keep_trace=False, lean=lean))
 
     def evaluate(self, env: Mapping[str, str]) -> Evaluation:
         """Run one trial and compute its objectives.
@@ -215,7 +217,7 @@ class Evaluator:
 
         cpu = time.process_time()
         started = time.perf_counter()
-        record = self.record(env)
+        record = self.record(env, lean=True)
         engine_s = time.perf_counter() - started
         engine_cpu_s = time.process_time() - cpu
         stats = statistics_of(record)

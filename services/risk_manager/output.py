@@ -141,3 +141,38 @@ class Out:
         )
         self.orders.append(order)
         return order
+
+
+class LeanOut(Out):
+    """An `Out` that drops alerts and decisions (a lean engine's; see `RiskEngine`).
+
+    The engine's rules never read either back, so its state, orders and state changes are
+    those of a full `Out`; only what a run's report would show of them is missing.
+    """
+
+    __slots__ = ()
+
+    def alert(
+        self,
+        code: str,
+        level: AlertLevel,
+        message: str,
+        context: dict[str, Any],
+        *id_parts: object,
+    ) -> None:
+        """Drop the alert."""
+
+    def decide(
+        self,
+        decision_key: str,
+        signal_id: str | None,
+        order_id: str | None,
+        symbol: str,
+        side: Side,
+        outcome: Outcome,
+        check: str,
+        requested: float,
+        approved: float,
+        values: dict[str, float | str],
+    ) -> None:
+        """Drop the decision."""
