@@ -311,8 +311,9 @@ class SignalEngine:
                     if ts < bar[8]:
                         self.late_market_data += 1
                     continue
-            end = ((ts - 1) // interval + 1) * interval
             open_end = self._open_end
+            # The interval's end: the open one's for the usual event stamped at it.
+            end = ts if ts == open_end else ((ts - 1) // interval + 1) * interval
             if open_end is None or end > open_end:
                 if open_end is not None and not self._closed:
                     closed = self._close(open_end, md.event_id)

@@ -25,6 +25,9 @@ SYMBOL_STALE_TIMEOUT_SEC); STRATEGY_PARAMS overrides them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from operator import itemgetter
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.strategies.api import (
@@ -40,6 +43,8 @@ from services.strategies.api import (
     Sell,
     Strategy,
 )
+
+_bar_time = itemgetter(TIME)
 
 _DEFAULT_STRENGTH_SCALE = 0.02
 """Momentum (fraction) that gives full strength when the threshold is zero."""
@@ -138,9 +143,7 @@ class Momentum(Strategy[MomentumParams]):
                 start = first[CLOSE]
                 i += 1
             else:
-                i = 0
-                while i < n and bars[i][TIME] < cutoff:
-                    i += 1
+                i = bisect_left(bars, cutoff, key=_bar_time)  # the first bar not before it
                 if i == n:
                     continue
                 first = bars[i]
