@@ -71,17 +71,19 @@ class Pipeline:
             risk: Risk engine configuration (its data interval becomes the candles' minute).
             execution: Execution engine configuration.
             keep_trace: Keep every decision, order and alert (for comparisons).
-            lean: Run a lean risk engine (no alerts, no decisions: see `RiskEngine`), for a
-                run read only through its statistics and digest, such as an optimisation
-                trial: the record then lacks the risk engine's decisions and alerts and the
-                halts' details; everything else is the same. Not with `keep_trace`.
+            lean: Run lean engines (see `RiskEngine` and `SignalEngine`: no risk alerts and
+                decisions, signals not validated again and their ids derived only when read),
+                for a run read only through its statistics and digest, such as an
+                optimisation trial: the record then lacks the risk engine's decisions and
+                alerts and the halts' details; everything else is the same. Not with
+                `keep_trace`.
 
         Raises:
             ValueError: Both `keep_trace` and `lean`.
         """
         if keep_trace and lean:
             raise ValueError("a lean pipeline keeps no trace")
-        self.signal = SignalEngine(signal)
+        self.signal = SignalEngine(signal, lean=lean)
         self.risk = RiskEngine(replace(risk, data_interval_sec=REPLAY_DATA_INTERVAL_SEC),
                                lean=lean)
         self.execution = ExecutionEngine(execution)

@@ -337,8 +337,7 @@ class RiskEngine(RiskView):
         return out.result()
 
     def _reject(self, out: Out, sig: Signal, check: Check, values: dict[str, float | str]) -> None:
-        out.decide(sig.signal_id, sig.signal_id, None, sig.symbol, sig.direction, "rejected",
-                   check.value, sig.size, 0.0, values)
+        out.reject(sig, check.value, values)
 
     def _decide_sell(self, out: Out, sig: Signal) -> None:
         sym = sig.symbol

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.events import Alert, AlertLevel, Order, OrderReason, derive_id
+from services.common.events import Alert, AlertLevel, Order, OrderReason, Signal, derive_id
 from services.risk_manager.models import (
     LAYERS,
     Decision,
@@ -87,6 +87,11 @@ class Out:
         """Add a decision; its id is a UUIDv5 of `decision_key` (signal or order id)."""
         self.decisions.append(Decision(decision_key, signal_id, order_id, symbol, side, outcome,
                                        check, requested, approved, values, self.now))
+
+    def reject(self, sig: Signal, check: str, values: dict[str, float | str]) -> None:
+        """Add the decision rejecting the signal `sig` under `check`."""
+        self.decide(sig.signal_id, sig.signal_id, None, sig.symbol, sig.direction, "rejected",
+                    check, sig.size, 0.0, values)
 
     def order(
         self,
@@ -176,3 +181,6 @@ class LeanOut(Out):
         values: dict[str, float | str],
     ) -> None:
         """Drop the decision."""
+
+    def reject(self, sig: Signal, check: str, values: dict[str, float | str]) -> None:
+        """Drop the decision (the signal's id is never read)."""
