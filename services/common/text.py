@@ -39,6 +39,11 @@ def text_problem(value: str) -> str | None:
     return "a NUL character" if match.group() == "\x00" else "a lone surrogate (not valid Unicode)"
 
 
+def storable(value: str) -> bool:
+    """True when PostgreSQL can store `value` (no NUL character, no lone surrogate)."""
+    return _UNSAFE.search(value) is None
+
+
 def check_text(value: str) -> str:
     """Return `value` unchanged, or raise when PostgreSQL could not store it.
 

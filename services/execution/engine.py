@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from services.common.events import (
@@ -43,6 +44,8 @@ from services.common.events import (
 )
 from services.execution.config import MAX_FILL_SLIPPAGE, ExecutionConfig
 from services.execution.models import ExecutionOutput, Fill, PortfolioSnapshot, Position
+
+_INF = math.inf
 
 SOURCE = "execution"
 RESULTS_KEPT = 50_000
@@ -192,17 +195,26 @@ class ExecutionEngine:
         Args:
             md: The market data event.
         """
+        self.on_market_batch((md,))
+
+    def on_market_batch(self, events: Iterable[MarketData]) -> None:
+        """Apply market data events in order, exactly as `on_market_data` one by one.
+
+        Args:
+            events: The market data events (a backtest hands over a whole bar at once).
+        """
         quotes = self._quotes
-        symbol = md.symbol
-        ts = md.timestamp
-        quote = quotes.get(symbol)
-        if quote is not None and ts <= quote[0]:
-            if ts < quote[0]:
-                self.late_market_data += 1
-            return
-        price = md.price
-        if 0.0 < price < math.inf:
-            quotes[symbol] = (ts, price, md.bid, md.ask, md.volume)
+        for md in events:
+            symbol = md.symbol
+            ts = md.timestamp
+            quote = quotes.get(symbol)
+            if quote is not None and ts <= quote[0]:
+                if ts < quote[0]:
+                    self.late_market_data += 1
+                continue
+            price = md.price
+            if 0.0 < price < _INF:
+                quotes[symbol] = (ts, price, md.bid, md.ask, md.volume)
 
     def on_order(self, order: Order, now_ms: int) -> ExecutionOutput:
         """Fill (or reject) one order against the latest quote of its symbol.

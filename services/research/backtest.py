@@ -5,7 +5,8 @@ execution engine in exactly the order the services see the events in a lock-step
 through Redis (see `backoffice/docs/ARCHITECTURE.md`, "Determinism"):
 
 1. every market data event of the bar: the risk engine (then a time tick when the event is
-   the first of a new timestamp), the execution engine, the signal engine;
+   the first of a new timestamp), the execution engine, the signal engine (the engines share
+   no state, so the last two take the whole bar in one call: the same as event by event);
 2. the exit orders the risk engine emitted on that market data, each filled and its result
    returned to the risk engine;
 3. the bar's signals in order, each decided, its order filled and the result returned.
@@ -60,6 +61,7 @@ class Pipeline:
         risk: RiskConfig,
         execution: ExecutionConfig,
         keep_trace: bool = True,
+        lean: bool = False,
     ) -> None:
         """Build the engines.
 
@@ -69,9 +71,21 @@ class Pipeline:
             risk: Risk engine configuration (its data interval becomes the candles' minute).
             execution: Execution engine configuration.
             keep_trace: Keep every decision, order and alert (for comparisons).
+            lean: Run lean engines (see `RiskEngine` and `SignalEngine`: no risk alerts and
+                decisions, signals not validated again and their ids derived only when read),
+                for a run read only through its statistics and digest, such as an
+                optimisation trial: the record then lacks the risk engine's decisions and
+                alerts and the halts' details; everything else is the same. Not with
+                `keep_trace`.
+
+        Raises:
+            ValueError: Both `keep_trace` and `lean`.
         """
-        self.signal = SignalEngine(signal)
-        self.risk = RiskEngine(replace(risk, data_interval_sec=REPLAY_DATA_INTERVAL_SEC))
+        if keep_trace and lean:
+            raise ValueError("a lean pipeline keeps no trace")
+        self.signal = SignalEngine(signal, lean=lean)
+        self.risk = RiskEngine(replace(risk, data_interval_sec=REPLAY_DATA_INTERVAL_SEC),
+                               lean=lean)
         self.execution = ExecutionEngine(execution)
         self.record = RunRecord(start_equity=execution.start_equity,
                                 symbols=list(signal.whitelist))
@@ -93,13 +107,15 @@ class Pipeline:
                 record.halts[-1].refused += 1
         for a in out.alerts:
             record.alerts.append((a.code, a.level))
-        record.orders += len(out.orders)
-        record.order_ids.extend(str(o.order_id) for o in out.orders)
+        orders = out.orders
+        if orders:
+            record.orders += len(orders)
+            record.order_ids.extend(str(o.order_id) for o in orders)
         if self.trace is not None:
             self.trace.decisions.extend(out.decisions)
-            self.trace.orders.extend(out.orders)
+            self.trace.orders.extend(orders)
             self.trace.alerts.extend(out.alerts)
-        return out.orders
+        return orders
 
     def _halts(self, out: RiskOutput, change: StateChange) -> None:
         """Record a halt that began (with the alert announcing it) or was released."""
@@ -131,8 +147,8 @@ class Pipeline:
                 self.trace.alerts.extend(result.alerts)
             self.signal.on_order_result(result.result)
             followup = self.risk.on_order_result(result.result, result.result.timestamp)
-            if not followup.is_empty:
-                self._execute(self._risk_output(followup))
+            if not followup.is_empty and (orders := self._risk_output(followup)):
+                self._execute(orders)
 
     def _signal_alerts(self) -> None:
         alerts = self.signal.take_alerts()
@@ -166,14 +182,10 @@ class Pipeline:
         if self._unpriced or self._price_all:
             self._first_prices(events)
         risk = self.risk
-        execution = self.execution
         signal = self.signal
         exits: list[Order] = []
-        signals = []
         empty = EMPTY_OUTPUT
         risk_md = risk.on_market_data
-        execution_md = execution.on_market_data
-        signal_md = signal.on_market_data
         last_tick = self._last_tick
         for md in events:
             ts = md.timestamp
@@ -185,10 +197,10 @@ class Pipeline:
                 tick = risk.on_tick(ts)
                 if not tick.is_empty:
                     exits.extend(self._risk_output(tick))
-            execution_md(md)
-            found = signal_md(md)
-            if found:
-                signals.extend(found)
+        # The engines keep no reference to each other and everything a bar triggers runs
+        # after it, so each engine may take the whole bar at once.
+        self.execution.on_market_batch(events)
+        signals = signal.on_market_batch(events)
         record.candles += len(events)
         record.last_ms = timestamp
         if signal.pending_alerts:
@@ -199,7 +211,9 @@ class Pipeline:
             decided = risk.on_signal(sig, sig.timestamp)
             if decided is None:  # pragma: no cover - every result is returned above
                 raise RuntimeError("risk engine deferred a signal with no order outstanding")
-            self._execute(self._risk_output(decided))
+            orders = self._risk_output(decided)
+            if orders:
+                self._execute(orders)
 
     def finish(self) -> RunRecord:
         """Close the run and return its record."""

@@ -37,7 +37,7 @@ import queue as queue_module
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -158,6 +158,7 @@ class Evaluation:
         statistics: The run's statistics (`Statistics.as_dict()` without the per-symbol part).
         digest: The run's order and fill digest (equal to `cdb backtest`'s).
         engine_s: Seconds spent in the engines.
+        engine_cpu_s: CPU seconds this process spent in the engines.
     """
 
     values: tuple[float, ...]
@@ -165,6 +166,7 @@ class Evaluation:
     statistics: dict[str, Any]
     digest: dict[str, str]
     engine_s: float
+    engine_cpu_s: float = 0.0
 
 
 class Evaluator:
@@ -183,11 +185,13 @@ class Evaluator:
         self.bars = compact_bars(candles)
         self.objectives = tuple(objectives)
 
-    def record(self, env: Mapping[str, str]) -> RunRecord:
+    def record(self, env: Mapping[str, str], lean: bool = False) -> RunRecord:
         """Run one backtest with `env` set, as `cdb backtest` would run it.
 
         Args:
             env: Variables to set (a trial's parameters).
+            lean: Build no risk decisions and alerts (a trial reads only the statistics and
+                the digest, which are the same; see `Pipeline`).
 
         Returns:
             The run record.
@@ -197,7 +201,7 @@ class Evaluator:
 
         with patched_env(dict(env)):
             configs = engine_configs(self.symbols)
-        return run_backtest(self.bars, Pipeline(*configs, keep_trace=False))
+        return run_backtest(self.bars, Pipeline(*configs, keep_trace=False, lean=lean))
 
     def evaluate(self, env: Mapping[str, str]) -> Evaluation:
         """Run one trial and compute its objectives.
@@ -211,14 +215,16 @@ class Evaluator:
         from services.research.report import digest
         from services.research.statistics import statistics_of
 
+        cpu = time.process_time()
         started = time.perf_counter()
-        record = self.record(env)
+        record = self.record(env, lean=True)
         engine_s = time.perf_counter() - started
+        engine_cpu_s = time.process_time() - cpu
         stats = statistics_of(record)
         values = tuple(float(OBJECTIVES[name](stats)) for name in self.objectives)
         summary = stats.as_dict()
         summary.pop("per_symbol", None)
-        return Evaluation(values, stats.trades, summary, digest(record), engine_s)
+        return Evaluation(values, stats.trades, summary, digest(record), engine_s, engine_cpu_s)
 
 
 # ---------------------------------------------------------------------------- the study
@@ -452,6 +458,9 @@ class TrialEvent:
         feasible: Reached the minimum of trades.
         engine_s: Seconds the backtest spent in the engines.
         total_s: Seconds of the whole trial (asking, running, telling).
+        engine_cpu_s: CPU seconds the worker spent in the engines.
+        cpu_s: CPU seconds the worker spent on the whole trial (what other work on the
+            machine does not stretch, unlike the seconds).
     """
 
     number: int
@@ -460,6 +469,8 @@ class TrialEvent:
     feasible: bool
     engine_s: float = 0.0
     total_s: float = 0.0
+    engine_cpu_s: float = 0.0
+    cpu_s: float = 0.0
 
 
 def run_trial(study: optuna.Study, spec: StudySpec, evaluator: Evaluator,
@@ -481,11 +492,13 @@ def run_trial(study: optuna.Study, spec: StudySpec, evaluator: Evaluator,
     from optuna.trial import TrialState
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     trial = study.ask()
     try:
         if started is not None:
             started(trial.number, trial._trial_id)
-        return _complete(study, trial, spec, evaluator, t0)
+        event = _complete(study, trial, spec, evaluator, t0)
+        return replace(event, cpu_s=time.process_time() - cpu0)
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):  # already told, or the storage is gone
             trial.set_user_attr("error", "interrupted")
@@ -516,11 +529,11 @@ def _complete(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, evaluat
         trial.set_user_attr("error", f"{', '.join(undefined)} undefined for this run")
         study.tell(trial, state=TrialState.FAIL)
         return TrialEvent(trial.number, "FAIL", None, feasible, result.engine_s,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, result.engine_cpu_s)
     trial.set_constraint("min_trades", float(spec.min_trades - result.trades))
     study.tell(trial, list(result.values))
     return TrialEvent(trial.number, "COMPLETE", result.values, feasible, result.engine_s,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, result.engine_cpu_s)
 
 
 # ---------------------------------------------------------------------------- workers

@@ -55,6 +55,7 @@ from services.risk_manager.output import (
     HALT_DRAWDOWN,
     HALT_EXPOSURE,
     SOURCE,
+    LeanOut,
     Out,
 )
 from services.risk_manager.portfolio import Holding
@@ -89,12 +90,20 @@ class RiskEngine(RiskView):
 
     Args:
         config: The risk parameters.
+        lean: Build no alerts and no decisions; everything else (the state, the orders, the
+            state changes) is the same. For a run read only through its orders, fills and
+            equity, such as an optimisation trial (a test compares both ways).
 
     Example:
         >>> engine = RiskEngine(RiskConfig())
         >>> out = engine.on_market_data(md, now_ms=md.timestamp)  # doctest: +SKIP
         >>> out = engine.on_signal(sig, now_ms=sig.timestamp)  # None: retry later  # doctest: +SKIP
     """
+
+    def __init__(self, config: RiskConfig, lean: bool = False) -> None:
+        super().__init__(config)
+        self._out: type[Out] = LeanOut if lean else Out
+        """What each call accumulates its outputs in."""
 
     # ------------------------------------------------------------------ time
 
@@ -117,7 +126,7 @@ class RiskEngine(RiskView):
                 self._due = _NEVER if due is None else due
                 break
             if out is None:
-                out = Out(now)
+                out = self._out(now)
             out.now = due
             if kind == 0:
                 dd.roll_to(due, self._book.equity)
@@ -177,7 +186,7 @@ class RiskEngine(RiskView):
             return EMPTY_OUTPUT if out is None else out.result()
         holding = book.holdings.get(sym)
         if not 0.0 < price < _INF or (holding is not None and not book.mark(sym, price)):
-            out = out or Out(now_ms)
+            out = out or self._out(now_ms)
             self._refuse(out, f"market data of {sym} with price {price!r}", md.event_id)
             return out.result()
         stamps[sym] = md.timestamp
@@ -193,7 +202,7 @@ class RiskEngine(RiskView):
             del stale.stale[sym]
         if stale.paused:
             stale.paused = False
-            out = out or Out(now_ms)
+            out = out or self._out(now_ms)
             self._changed(out, "market data resumed")
 
         cb = self._cb
@@ -205,7 +214,7 @@ class RiskEngine(RiskView):
             spread, limit = cb.sample(sym, bid, ask)
             anomalous = limit > 0 and spread > limit
             if anomalous and sym not in cb.symbols and not self._halted:
-                out = out or Out(now_ms)
+                out = out or self._out(now_ms)
                 if cb.trip_spread(out, sym, spread, limit, md.event_id):
                     self._changed(out, f"circuit breaker: spread anomaly on {sym}")
                     self._schedule(cb.next_ms)
@@ -221,7 +230,7 @@ class RiskEngine(RiskView):
                     exits.end(sym)
             elif exits.triggered(price, holding.avg):
                 if exits.may_exit(sym, now_ms):
-                    out = out or Out(now_ms)
+                    out = out or self._out(now_ms)
                     self._stop_loss(out, md, holding)
             else:
                 protect = self._protect
@@ -239,10 +248,10 @@ class RiskEngine(RiskView):
         """Halt on a drawdown at the limit or an exposure above the halt level."""
         book = self._book
         if self._dd.breached(book.equity):
-            out = out or Out(now)
+            out = out or self._out(now)
             self._drawdown_halt(out, trigger)
         elif book.exposure > self._cfg.exposure_halt_pct:
-            out = out or Out(now)
+            out = out or self._out(now)
             if exposure_halt_due(out, self._cfg, book, trigger):
                 self._halt(out, HALT_EXPOSURE)
         return out
@@ -296,7 +305,7 @@ class RiskEngine(RiskView):
         size = holding.qty * md.price
         if not exits.may_exit(sym, now) or not size > 0:  # dust never gets here
             return out
-        out = out or Out(now)
+        out = out or self._out(now)
         order_id = derive_id(kind, md.event_id, sym)
         self._emit_order(out, sym, "sell", size, holding.qty, order_id, None, (), kind)
         protect.decide(out, kind, sym, md.price, holding.qty, holding.avg, order_id,
@@ -318,7 +327,7 @@ class RiskEngine(RiskView):
         """
         if self._outstanding:
             return None
-        out = Out(now_ms)
+        out = self._out(now_ms)
         if now_ms >= self._due:
             self._advance(out, now_ms)
         if sig.direction == "sell":
@@ -328,8 +337,7 @@ class RiskEngine(RiskView):
         return out.result()
 
     def _reject(self, out: Out, sig: Signal, check: Check, values: dict[str, float | str]) -> None:
-        out.decide(sig.signal_id, sig.signal_id, None, sig.symbol, sig.direction, "rejected",
-                   check.value, sig.size, 0.0, values)
+        out.reject(sig, check.value, values)
 
     def _decide_sell(self, out: Out, sig: Signal) -> None:
         sym = sig.symbol
@@ -444,7 +452,7 @@ class RiskEngine(RiskView):
             rec = self._lost.pop(res.order_id, None)  # the late result of a lost order
             if rec is None:
                 return EMPTY_OUTPUT
-        out = Out(now_ms)
+        out = self._out(now_ms)
         if now_ms >= self._due:
             self._advance(out, now_ms)
         self._settle(out, rec, res, now_ms)
@@ -499,7 +507,7 @@ class RiskEngine(RiskView):
         rec = self._outstanding.pop(order_id, None)
         if rec is None:
             return EMPTY_OUTPUT
-        out = Out(now_ms)
+        out = self._out(now_ms)
         if now_ms >= self._due:
             self._advance(out, now_ms)
         sym = rec.symbol
@@ -579,7 +587,7 @@ class RiskEngine(RiskView):
         Returns:
             The state change and an alert; empty when already HALTED.
         """
-        out = Out(now_ms)
+        out = self._out(now_ms)
         if self._halted:
             return out.result()
         self._halt(out, reason, detail=f"manual halt by {by}: {reason}")
@@ -598,7 +606,7 @@ class RiskEngine(RiskView):
         Returns:
             The state change and an alert; empty (state_change None) when not HALTED.
         """
-        out = Out(now_ms)
+        out = self._out(now_ms)
         if not self._halted:
             return out.result()
         if now_ms >= self._due:
@@ -631,7 +639,7 @@ class RiskEngine(RiskView):
         Returns:
             The state change; empty when the switch already had that position.
         """
-        out = Out(now_ms)
+        out = self._out(now_ms)
         if paused != self._manual_paused:
             self._manual_paused = paused
             self._changed(out, "manual pause on" if paused else "manual pause off")

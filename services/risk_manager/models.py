@@ -1,6 +1,6 @@
 """Data classes of the risk manager: trading state, decisions, outputs and the snapshot.
 
-All classes are frozen: the engine hands them out and never changes them afterwards.
+All classes are immutable: the engine hands them out and never changes them afterwards.
 `RiskSnapshot` holds everything the engine must keep across a restart; `to_dict()` and
 `from_dict()` convert it to and from JSON-compatible values for storage.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from services.common.events import Alert, Order
+from services.common.events import Alert, Order, fast_derive_id
 
 Side = Literal["buy", "sell"]
 Outcome = Literal["approved", "trimmed", "rejected"]
@@ -71,12 +71,14 @@ LAYERS: tuple[Check, ...] = (
 """The six risk layers in priority order."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """One risk decision about a signal, a stop-loss or a protective exit.
 
+    A named tuple (immutable, built in C: a backtest makes one per signal, most of them
+    rejections); its id is derived from `key` when read, as only the service stores it.
+
     Attributes:
-        decision_id: Deterministic id (UUIDv5 of the signal id, or of the order id).
+        key: What the id derives from: the signal id, or the order id of an exit.
         signal_id: The signal decided, None for a stop-loss or protective exit.
         order_id: The emitted order, None when rejected.
         symbol: Exchange symbol.
@@ -89,7 +91,7 @@ class Decision:
         ts_ms: Decision time, Unix epoch milliseconds UTC.
     """
 
-    decision_id: str
+    key: str
     signal_id: str | None
     order_id: str | None
     symbol: str
@@ -100,6 +102,11 @@ class Decision:
     approved_size: float
     values: dict[str, float | str]
     ts_ms: int
+
+    @property
+    def decision_id(self) -> str:
+        """Deterministic id: the UUIDv5 of `decision|key`."""
+        return fast_derive_id("decision|" + self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +133,11 @@ class StateChange:
     halt_began: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RiskOutput:
+class RiskOutput(NamedTuple):
     """Everything one engine call asks the service to record and publish.
 
     Outputs are read-only: calls that produce nothing may return the shared `EMPTY_OUTPUT`, so
-    never append to these lists.
+    never append to these lists. A named tuple: built in C, once per engine call.
 
     Attributes:
         orders: Orders to publish, in emission order.
@@ -140,9 +146,9 @@ class RiskOutput:
         state_change: The resulting state when it changed during the call, else None.
     """
 
-    orders: list[Order] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
+    orders: list[Order]
+    alerts: list[Alert]
+    decisions: list[Decision]
     state_change: StateChange | None = None
 
     @property
@@ -151,7 +157,7 @@ class RiskOutput:
         return not (self.orders or self.alerts or self.decisions or self.state_change)
 
 
-EMPTY_OUTPUT = RiskOutput()
+EMPTY_OUTPUT = RiskOutput([], [], [])
 """The output of a call that produced nothing (shared; never mutate it)."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.common.events import Alert, AlertLevel, Order, OrderReason, derive_id
+from services.common.events import Alert, AlertLevel, Order, OrderReason, Signal, derive_id
 from services.risk_manager.models import (
     LAYERS,
     Decision,
@@ -85,21 +85,13 @@ class Out:
         values: dict[str, float | str],
     ) -> None:
         """Add a decision; its id is a UUIDv5 of `decision_key` (signal or order id)."""
-        self.decisions.append(
-            Decision(
-                decision_id=derive_id("decision", decision_key),
-                signal_id=signal_id,
-                order_id=order_id,
-                symbol=symbol,
-                side=side,
-                outcome=outcome,
-                check=check,
-                requested_size=requested,
-                approved_size=approved,
-                values=values,
-                ts_ms=self.now,
-            )
-        )
+        self.decisions.append(Decision(decision_key, signal_id, order_id, symbol, side, outcome,
+                                       check, requested, approved, values, self.now))
+
+    def reject(self, sig: Signal, check: str, values: dict[str, float | str]) -> None:
+        """Add the decision rejecting the signal `sig` under `check`."""
+        self.decide(sig.signal_id, sig.signal_id, None, sig.symbol, sig.direction, "rejected",
+                    check, sig.size, 0.0, values)
 
     def order(
         self,
@@ -154,3 +146,41 @@ class Out:
         )
         self.orders.append(order)
         return order
+
+
+class LeanOut(Out):
+    """An `Out` that drops alerts and decisions (a lean engine's; see `RiskEngine`).
+
+    The engine's rules never read either back, so its state, orders and state changes are
+    those of a full `Out`; only what a run's report would show of them is missing.
+    """
+
+    __slots__ = ()
+
+    def alert(
+        self,
+        code: str,
+        level: AlertLevel,
+        message: str,
+        context: dict[str, Any],
+        *id_parts: object,
+    ) -> None:
+        """Drop the alert."""
+
+    def decide(
+        self,
+        decision_key: str,
+        signal_id: str | None,
+        order_id: str | None,
+        symbol: str,
+        side: Side,
+        outcome: Outcome,
+        check: str,
+        requested: float,
+        approved: float,
+        values: dict[str, float | str],
+    ) -> None:
+        """Drop the decision."""
+
+    def reject(self, sig: Signal, check: str, values: dict[str, float | str]) -> None:
+        """Drop the decision (the signal's id is never read)."""

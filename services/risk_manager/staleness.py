@@ -61,15 +61,14 @@ class StaleData:
 
     def next_due(self) -> int | None:
         """The earliest deadline not fired yet, None when none is pending."""
-        span = self.span_ms
         stale = self.stale
-        due: int | None = None
-        if not self.paused and self.last_ms is not None:
-            due = self.last_ms + span
-        for symbol, seen in self.seen.items():
-            if symbol not in stale and (due is None or seen + span < due):
-                due = seen + span
-        return due
+        seen = self.seen
+        earliest = min(seen.values() if not stale else
+                       (t for s, t in seen.items() if s not in stale), default=None)
+        if not self.paused and self.last_ms is not None and (
+                earliest is None or self.last_ms < earliest):
+            earliest = self.last_ms
+        return None if earliest is None else earliest + self.span_ms
 
     def fire(self, out: Out) -> bool:
         """Fire every deadline at or before `out.now` (the earliest pending one).

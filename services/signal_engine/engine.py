@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from services.common.events import (
     Alert,
@@ -54,6 +54,7 @@ from services.common.events import (
     Signal,
     fast_derive_id,
 )
+from services.common.text import storable
 from services.signal_engine.config import SignalConfig
 from services.signal_engine.positions import PositionBook
 from services.strategies.api import Bar, Buy, Position, RawBar, Sell, Strategy
@@ -82,6 +83,68 @@ class StrategyTimeout(Exception):
 
 class BadIntent(Exception):
     """A strategy returned something that is not a valid intent."""
+
+
+def signal_id_of(symbol: str, end: int, direction: str) -> str:
+    """The id of the signal of `symbol` and `direction` at the interval ending at `end`."""
+    return fast_derive_id(f"signal|{symbol}|{end}|{direction}")
+
+
+def signal_event_id(signal_id: str) -> str:
+    """The event id of the signal with `signal_id`."""
+    return fast_derive_id("signal-event|" + signal_id)
+
+
+class LeanSignal:
+    """A signal as a lean engine hands it over: the fields of `Signal`, its ids when read.
+
+    The values are the ones a `Signal` would hold (the engine checked the intent they come
+    from, the way `Signal` validates them), and the ids the same, derived from the same text:
+    only when first read, as a trial's risk engine rejects most signals without reading
+    them. For in-process runs only; `signal` gives the validated event.
+    """
+
+    __slots__ = ("_signal_id", "direction", "fraction", "market_event_id", "reason",
+                 "signal_strength", "size", "symbol", "timestamp")
+
+    type = "signals"
+    schema_version = 1
+
+    def __init__(self, timestamp: int, symbol: str, direction: Direction, size: float,
+                 strength: float, market_event_id: str, reason: str,
+                 fraction: float | None) -> None:
+        """Keep the values (see `Signal` for each)."""
+        self.timestamp = timestamp
+        self.symbol = symbol
+        self.direction = direction
+        self.size = size
+        self.signal_strength = strength
+        self.market_event_id = market_event_id
+        self.reason = reason
+        self.fraction = fraction
+        self._signal_id: str | None = None
+
+    @property
+    def signal_id(self) -> str:
+        """The signal's id (`signal_id_of`)."""
+        found = self._signal_id
+        if found is None:
+            found = self._signal_id = signal_id_of(self.symbol, self.timestamp, self.direction)
+        return found
+
+    @property
+    def event_id(self) -> str:
+        """The event's id (`signal_event_id`)."""
+        return signal_event_id(self.signal_id)
+
+    @property
+    def signal(self) -> Signal:
+        """The validated `Signal` with these values."""
+        extra = {} if self.fraction is None else {"fraction": self.fraction}
+        return Signal(event_id=self.event_id, timestamp=self.timestamp, symbol=self.symbol,
+                      direction=self.direction, size=self.size,
+                      signal_strength=self.signal_strength, signal_id=self.signal_id,
+                      market_event_id=self.market_event_id, reason=self.reason, **extra)
 
 
 class _Context:
@@ -140,6 +203,7 @@ class SignalEngine:
         config: SignalConfig,
         strategy: Strategy[Any] | None = None,
         runner: Runner | None = None,
+        lean: bool = False,
     ) -> None:
         """Create an engine with no history.
 
@@ -150,8 +214,12 @@ class SignalEngine:
                 `config.strategy_params` (raises `StrategyError` when that fails).
             runner: Runs each strategy call (the live service's time budget); None calls
                 directly.
+            lean: Hand out `LeanSignal`s (the same values, not validated again, ids derived
+                when first read) for an in-process risk engine that rejects most of them
+                unread, such as an optimisation trial's; never for the bus.
         """
         self._config = config
+        self._lean = lean
         if strategy is None:
             from services.signal_engine.config import build_strategy
 
@@ -270,52 +338,75 @@ class SignalEngine:
             The signals of the interval this event closed (usually none: then a shared empty
             list; never mutate a result).
         """
-        symbol = md.symbol
-        ts = md.timestamp
-        price = md.price
-        # The open bar is the newest entry of the symbol's series between two closes (no
-        # strategy code runs then); a close hands over only bars of the interval it closes.
-        # Bars are kept as plain tuples (`RawBar`): a `Bar` is built only for `on_bar`.
-        bars = self._history.get(symbol)
-        if bars is None:
-            if self._n_whitelist and symbol not in self._whitelist:
-                return _NO_SIGNALS
-            if not 0.0 < price < _INF:
-                return _NO_SIGNALS
-            bars = self._track(symbol)
-            bar = None
-        else:
-            bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
-            if ts <= bar[8] or not 0.0 < price < _INF:
-                if ts < bar[8]:
-                    self.late_market_data += 1
-                return _NO_SIGNALS
-        interval = self._interval
-        end = ((ts - 1) // interval + 1) * interval
+        return self.on_market_batch((md,))
+
+    def on_market_batch(self, events: Iterable[MarketData]) -> list[Signal]:
+        """Apply market data events in order, exactly as `on_market_data` one by one.
+
+        A backtest hands over a whole bar (every symbol's candle of one minute) at once.
+
+        Args:
+            events: The market data events, in arrival order.
+
+        Returns:
+            The signals of the intervals these events closed, in order (usually none: then a
+            shared empty list; never mutate a result).
+        """
         signals = _NO_SIGNALS
-        open_end = self._open_end
-        if open_end is None or end > open_end:
-            if open_end is not None and not self._closed:
-                signals = self._close(open_end, md.event_id)
-            self._open_end = open_end = end
-            self._closed = False
-            self._at_end = 0
-        elif end < open_end or self._closed:
-            self.late_events += 1
-            return signals
-        if bar is None or bar[1] != end:
-            bars.append((symbol, end, price, price, price, price, md.volume, ts, ts, 1))
-        else:
-            high, low = bar[3], bar[4]
-            bars[-1] = (symbol, end, bar[2], price if price > high else high,
-                        price if price < low else low, price, bar[6] + md.volume, bar[7], ts,
-                        bar[9] + 1)
-        self._last_event_id = md.event_id
-        if ts == end and self._n_whitelist:
-            self._at_end += 1
-            if self._at_end == self._n_whitelist:
-                closed = self._close(end, md.event_id)
-                signals = signals + closed if signals else closed
+        history = self._history
+        whitelist = self._whitelist
+        n_whitelist = self._n_whitelist
+        interval = self._interval
+        for md in events:
+            symbol = md.symbol
+            ts = md.timestamp
+            price = md.price
+            # The open bar is the newest entry of the symbol's series between two closes (no
+            # strategy code runs then); a close hands over only bars of the interval it
+            # closes. Bars are kept as plain tuples (`RawBar`): a `Bar` is built only for
+            # `on_bar`.
+            bars = history.get(symbol)
+            if bars is None:
+                if n_whitelist and symbol not in whitelist:
+                    continue
+                if not 0.0 < price < _INF:
+                    continue
+                bars = self._track(symbol)
+                bar = None
+            else:
+                bar = bars[-1]  # (symbol, time, open, high, low, close, volume, first, last, n)
+                if ts <= bar[8] or not 0.0 < price < _INF:
+                    if ts < bar[8]:
+                        self.late_market_data += 1
+                    continue
+            open_end = self._open_end
+            # The interval's end: the open one's for the usual event stamped at it.
+            end = ts if ts == open_end else ((ts - 1) // interval + 1) * interval
+            if open_end is None or end > open_end:
+                if open_end is not None and not self._closed:
+                    closed = self._close(open_end, md.event_id)
+                    if closed:
+                        signals = signals + closed if signals else closed
+                self._open_end = open_end = end
+                self._closed = False
+                self._at_end = 0
+            elif end < open_end or self._closed:
+                self.late_events += 1
+                continue
+            if bar is None or bar[1] != end:
+                bars.append((symbol, end, price, price, price, price, md.volume, ts, ts, 1))
+            else:
+                high, low = bar[3], bar[4]
+                bars[-1] = (symbol, end, bar[2], price if price > high else high,
+                            price if price < low else low, price, bar[6] + md.volume, bar[7],
+                            ts, bar[9] + 1)
+            self._last_event_id = md.event_id
+            if ts == end and n_whitelist:
+                self._at_end += 1
+                if self._at_end == n_whitelist:
+                    closed = self._close(end, md.event_id)
+                    if closed:
+                        signals = signals + closed if signals else closed
         return signals
 
     def flush(self, now_ms: int) -> list[Signal]:
@@ -457,6 +548,9 @@ class SignalEngine:
             raise BadIntent(f"{kind.__name__} strength {strength!r} is not in 0..1")
         if type(reason) is not str:
             raise BadIntent(f"{kind.__name__} reason is not text")
+        if not storable(reason[:_REASON_MAX]):  # the part a signal keeps
+            raise BadIntent(f"{kind.__name__} reason holds a NUL character or a lone "
+                            "surrogate")
 
     def _failure(self, hook: str, symbol: str, end: int, error: str) -> None:
         self.errors += 1
@@ -528,10 +622,14 @@ class SignalEngine:
             if key in seen:
                 continue
             seen.add(key)
-            signal_id = fast_derive_id(f"signal|{symbol}|{end}|{direction}")
-            event_id = fast_derive_id("signal-event|" + signal_id)
             reason = (intent.reason or f"{name} {direction}")[:_REASON_MAX]
             strength = float(intent.strength)
+            if self._lean:
+                signals.append(cast("Signal", LeanSignal(
+                    end, symbol, direction, size, strength, market_event_id, reason, fraction)))
+                continue
+            signal_id = signal_id_of(symbol, end, direction)
+            event_id = signal_event_id(signal_id)
             if fraction is None:  # validating a None would cost a failed union: leave it out
                 signal = Signal(
                     event_id=event_id, timestamp=end, symbol=symbol, direction=direction,

@@ -25,6 +25,9 @@ SYMBOL_STALE_TIMEOUT_SEC); STRATEGY_PARAMS overrides them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from operator import itemgetter
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.strategies.api import (
@@ -40,6 +43,8 @@ from services.strategies.api import (
     Sell,
     Strategy,
 )
+
+_bar_time = itemgetter(TIME)
 
 _DEFAULT_STRENGTH_SCALE = 0.02
 """Momentum (fraction) that gives full strength when the threshold is zero."""
@@ -79,8 +84,12 @@ class MomentumParams(BaseModel):
 
 def strength(momentum: float, threshold: float) -> float:
     """Map a momentum to 0..1: full strength at four times the (absolute) threshold."""
-    scale = 4.0 * threshold if threshold > 0 else _DEFAULT_STRENGTH_SCALE
-    return min(1.0, abs(momentum) / scale)
+    return min(1.0, abs(momentum) / _full_strength(threshold))
+
+
+def _full_strength(threshold: float) -> float:
+    """The momentum of full strength for a threshold (`strength` divides by it)."""
+    return 4.0 * threshold if threshold > 0 else _DEFAULT_STRENGTH_SCALE
 
 
 class Momentum(Strategy[MomentumParams]):
@@ -94,6 +103,10 @@ class Momentum(Strategy[MomentumParams]):
         self._stale_ms = p.stale_timeout_sec * 1000
         self._buy_threshold = p.min_momentum_pct / 100.0
         self._sell_threshold = p.sell_momentum_pct / 100.0
+        # `strength`'s divisors and the sells' reason tail, worked out once.
+        self._buy_scale = _full_strength(self._buy_threshold)
+        self._sell_scale = _full_strength(-self._sell_threshold)
+        self._below_text = f"% below {p.sell_momentum_pct:.2f}%"
         self.top: tuple[str, ...] = ()
         self._below: set[str] = set()
 
@@ -130,9 +143,7 @@ class Momentum(Strategy[MomentumParams]):
                 start = first[CLOSE]
                 i += 1
             else:
-                i = 0
-                while i < n and bars[i][TIME] < cutoff:
-                    i += 1
+                i = bisect_left(bars, cutoff, key=_bar_time)  # the first bar not before it
                 if i == n:
                     continue
                 first = bars[i]
@@ -178,12 +189,12 @@ class Momentum(Strategy[MomentumParams]):
             top.append(symbol)
             if symbol not in previous_top:
                 intents.append(Buy(
-                    symbol, strength(momentum, buy_threshold), None,
+                    symbol, min(1.0, abs(momentum) / self._buy_scale), None,
                     f"momentum {momentum * 100:.2f}% rank {rank}/{n_candidates}"))
         self.top = tuple(top)
-        sell_pct = self.params.sell_momentum_pct
+        scale = self._sell_scale
+        below_text = self._below_text
         for symbol, momentum in sells:
-            intents.append(Sell(
-                symbol, 1.0, strength(momentum, -sell_threshold),
-                f"momentum {momentum * 100:.2f}% below {sell_pct:.2f}%"))
+            intents.append(Sell(symbol, 1.0, min(1.0, abs(momentum) / scale),
+                                f"momentum {momentum * 100:.2f}{below_text}"))
         return intents

@@ -67,5 +67,10 @@ def test_the_optimize_benchmark_reports_throughput_memory_and_digest_equality(
     assert float(out["optimize_trials_per_s"]) > 0
     assert int(out["optimize_candles_per_s_per_trial"]) > 0
     assert 0.0 <= float(out["optimize_outside_engines_in_trials"]) <= 1.0
+    assert 0.0 <= float(out["optimize_outside_engines_in_trials_cpu"]) <= 1.0
+    cpu, engine_cpu = (float(out["optimize_trial_cpu_s_mean"]),
+                       float(out["optimize_engine_cpu_s_mean"]))
+    assert 0.0 < engine_cpu <= cpu
+    assert float(out["optimize_cpu_bound_wall_s_1000_trials"]) > 0
     assert 0.0 < float(out["optimize_peak_rss_mb_per_worker"]) < 1024
     assert out["optimize_best_equals_plain_backtest"] == "True"

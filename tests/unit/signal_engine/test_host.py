@@ -310,3 +310,52 @@ def test_alerts_per_interval_are_capped_but_every_failure_is_counted() -> None:
     engine = SignalEngine(SignalConfig(whitelist=symbols), Raiser(NoParams()))
     minute(engine, 0, dict.fromkeys(symbols, 1.0))
     assert len(engine.take_alerts()) == 20 and engine.errors == 30
+
+
+# ------------------------------------------------------------------ unstorable reasons
+
+
+class Nul(Strategy[NoParams]):
+    """Buys A with a reason PostgreSQL could not store, B with a clean one."""
+
+    def on_bar(self, bar: Bar, ctx: Context) -> Intents:
+        return Buy(bar.symbol, reason="bad\x00reason" if bar.symbol == A else "fine")
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_a_reason_with_a_nul_character_is_dropped_with_an_alert_and_the_engine_goes_on(
+    lean: bool,
+) -> None:
+    engine = SignalEngine(SignalConfig(whitelist=(A, B), strategy_max_failures=2),
+                          Nul(NoParams()), lean=lean)
+    signals = minute(engine, 0, {A: 1.0, B: 2.0})  # one interval, closed by its last candle
+    assert [s.symbol for s in signals] == [B]
+    alerts = engine.take_alerts()
+    assert [a.code for a in alerts] == ["STRATEGY_ERROR"]
+    assert "NUL" in alerts[0].context["error"] and alerts[0].context["symbol"] == A
+
+
+# ------------------------------------------------------------------ lean signals
+
+
+class Churn(Strategy[NoParams]):
+    """A buy and a partial sell of every symbol each interval (lean and full compared)."""
+
+    def on_interval(self, ctx: Context) -> Intents:
+        return [Buy(s, 0.5, None, f"up {ctx.now}") for s in ctx.symbols] + [
+            Sell(s, 0.25, 1.0, "") for s in ctx.symbols]
+
+
+def test_a_lean_engine_hands_out_the_values_and_ids_of_the_validated_signals() -> None:
+    full = engine_for(Churn(NoParams()))
+    lean = SignalEngine(SignalConfig(whitelist=(A, B), strategy_max_failures=2),
+                        Churn(NoParams()), lean=True)
+    got_full: list[Any] = []
+    got_lean: list[Any] = []
+    for i in range(4):
+        got_full += minute(full, i, {A: 1.0 + i, B: 2.0})
+        got_lean += minute(lean, i, {A: 1.0 + i, B: 2.0})
+    assert len(got_full) == 16 and len(got_lean) == 16
+    assert [s.signal for s in got_lean] == got_full
+    assert [s.signal_id for s in got_lean] == [s.signal_id for s in got_full]
+    assert [s.event_id for s in got_lean] == [s.event_id for s in got_full]
