@@ -1,4 +1,5 @@
-"""Fixtures of the tests on a real single-node cluster (opt-in: CDB_E2E_CLUSTER=1).
+"""Fixtures of the tests on a real single-node cluster (opt-in: CDB_E2E_CLUSTER=1, which
+.ci/run sets).
 
 One cluster for this package's tests (the shared real-cluster tool: pods run), started and
 always stopped after its last test (package scope: before the container smoke sets up podman's
@@ -46,6 +47,9 @@ OFFLINE_VALUES = ROOT / "k8s" / "values-offline.yaml"
 SYMBOLS: list[str] = yaml.safe_load(OFFLINE_VALUES.read_text())["tradingSystem"]["spec"][
     "symbols"]
 """The symbols the simulator serves and the account trades."""
+AUTOMATIC = ("circuit_breaker", "stale_data")
+"""The risk manager's automatic refusals of a buy that come before its manual pause and its
+limits (layers 2 and 3): a signal they decide says nothing of those."""
 TIMINGS: dict[str, float] = {}
 """Seconds per phase (image build, cluster start, installs, ...), printed at the end."""
 
@@ -91,8 +95,8 @@ def real() -> Iterator[RealCluster]:
     failure; its stop must leave no process, mount, bridge, network namespace or iptables
     chain behind."""
     if os.environ.get("CDB_E2E_CLUSTER") != "1":
-        pytest.skip("real-cluster tests: set CDB_E2E_CLUSTER=1 (opt-in, also for .ci/run) on a "
-                    "machine with the real-cluster tool (root, containerd from Debian)")
+        pytest.skip("real-cluster tests are opt-in: CDB_E2E_CLUSTER=1 (.ci/run sets it unless "
+                    "given 0) on a machine with the real-cluster tool (root, containerd)")
     try:
         cluster = RealCluster()
         cluster.check_machine()
@@ -275,9 +279,22 @@ class Release:
         return self._secret[key]
 
     def risk_state(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.service_url('risk-manager')}/risk/state", timeout=10)
-        response.raise_for_status()
-        return dict(response.json())
+        """GET /risk/state; an unreachable risk manager (its pod replaced, the Service's
+        endpoints not yet updated by kube-proxy, a slow answer on a busy node) is retried for
+        a minute, then raises AssertionError (so that `wait_for` keeps polling)."""
+        def fetch() -> dict[str, Any] | None:
+            try:
+                response = httpx.get(f"{self.service_url('risk-manager')}/risk/state",
+                                     timeout=10)
+            except httpx.TransportError as exc:
+                raise AssertionError(f"risk manager unreachable: {exc!r}") from exc
+            if response.status_code >= 500:
+                raise AssertionError(f"risk manager answered {response.status_code}")
+            response.raise_for_status()
+            return dict(response.json())
+
+        state: dict[str, Any] = wait_for(fetch, 60, "GET /risk/state", 1)
+        return state
 
     def halt(self, reason: str) -> None:
         """POST /risk/halt with the admin token (what `cdb risk halt` sends)."""
@@ -312,47 +329,81 @@ class Release:
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         """Rows of one query on the account's PostgreSQL."""
         async def fetch() -> list[tuple[Any, ...]]:
-            conn = await asyncpg.connect(self.database_url(), timeout=10)
+            conn = await asyncpg.connect(self.database_url(), timeout=20)
             try:
                 return [tuple(r) for r in await conn.fetch(query)]
             finally:
                 await conn.close()
 
-        return asyncio.run(fetch())
+        def attempt() -> list[list[tuple[Any, ...]]]:
+            try:
+                return [asyncio.run(fetch())]
+            except (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                    asyncpg.CannotConnectNowError, asyncpg.InterfaceError) as exc:
+                raise AssertionError(f"PostgreSQL unreachable: {exc!r}") from exc
+
+        rows: list[list[tuple[Any, ...]]] = wait_for(attempt, 60, "PostgreSQL", 1)
+        return rows[0]
 
     def count(self, table: str, where: str = "true") -> int:
         return int(self.sql(f"SELECT count(*) FROM {table} WHERE {where}")[0][0])
 
-    def inject_buy_signal(self, reason: str) -> str:
-        """Publish one buy signal on the account's `signals` stream, closed by the newest
-        market data event (what the signal engine publishes); returns its signal id."""
+    def signal_size(self) -> float:
+        """The size of the buy signals the account's signal engine publishes
+        (SIGNAL_NOTIONAL of its values)."""
+        env = ((self.values.get("services") or {}).get("signalEngine") or {}).get("env") or {}
+        return float(env.get("SIGNAL_NOTIONAL", 0.005))
+
+    def tradable_symbol(self) -> str | None:
+        """A symbol whose buy only the account's own rules decide: None while an automatic
+        pause holds, else a symbol with no stale data, one not held if there is one (so that
+        the position limit does not decide either)."""
+        state = self.risk_state()
+        if state["pause_reasons"]:
+            return None
+        fresh = [s for s in SYMBOLS if s not in state["stale_symbols"]]
+        held = state["positions"]
+        return min(fresh, key=lambda s: (s in held, SYMBOLS.index(s)), default=None)
+
+    def inject_buy_signal(self, reason: str, symbol: str | None = None) -> str:
+        """Publish one buy signal on the account's `signals` stream as the signal engine
+        publishes it (its size, closed by the newest market data event of `symbol`, of any
+        symbol when None); returns its signal id."""
         prefix = str((self.values.get("config") or {}).get("streamPrefix") or "")
         r = self.redis_client()
         try:
-            ((_, fields),) = r.xrevrange(f"{prefix}market_data", count=1)
-            md = parse_event("market_data", fields[b"data"])
-            assert isinstance(md, MarketData)
+            for _, fields in r.xrevrange(f"{prefix}market_data", count=1000):
+                md = parse_event("market_data", fields[b"data"])
+                assert isinstance(md, MarketData)
+                if symbol is None or md.symbol == symbol:
+                    break
+            else:
+                raise AssertionError(f"no recent market data of {symbol}")
             signal = Signal(timestamp=md.timestamp, symbol=md.symbol, direction="buy",
-                            size=0.02, signal_strength=1.0, signal_id=new_id(),
+                            size=self.signal_size(), signal_strength=1.0, signal_id=new_id(),
                             market_event_id=md.event_id, reason=reason)
             r.xadd(f"{prefix}signals", {b"data": dump_event(signal)})
         finally:
             r.close()
         return signal.signal_id
 
-    def decide_buy(self, reason: str) -> tuple[str, str, str]:
-        """Inject a buy signal once no automatic pause holds (the circuit breaker decides
-        before the manual pause and the halt) and wait for its decision; again if the breaker
-        tripped meanwhile. Returns (signal id, outcome, deciding check)."""
-        for _ in range(3):
-            wait_for(lambda: self.risk_state()["pause_reasons"] == [], 150,
-                     "no automatic pause", 2)
-            signal_id = self.inject_buy_signal(reason)
-            outcome, check = wait_for(lambda: self.decision(signal_id), 60,  # noqa: B023
+    def decide_buy(self, reason: str, attempts: int = 4) -> tuple[str, str, str]:
+        """Inject a buy signal once no automatic pause holds, for a symbol with fresh data,
+        and wait for its decision; again if an automatic refusal (`AUTOMATIC`) decided it
+        anyway (the breaker tripped, the symbol went stale meanwhile). Returns (signal id,
+        outcome, deciding check)."""
+        seen: list[tuple[str, str]] = []
+        for _ in range(attempts):
+            symbol: str = wait_for(self.tradable_symbol, 240,
+                                   "no automatic pause and a symbol with fresh data", 2)
+            signal_id = self.inject_buy_signal(reason, symbol)
+            # a signal waits while an order of the account awaits its result
+            outcome, check = wait_for(lambda: self.decision(signal_id), 180,  # noqa: B023
                                       "the signal decided", 1)
-            if check != "circuit_breaker":
+            if check not in AUTOMATIC:
                 return signal_id, outcome, check
-        raise AssertionError("the circuit breaker tripped at every attempt")
+            seen.append((outcome, check))
+        raise AssertionError(f"an automatic refusal decided every attempt: {seen}")
 
     def decision(self, signal_id: str) -> tuple[str, str] | None:
         """(outcome, deciding check) of one signal, None while it is undecided."""

@@ -20,6 +20,7 @@ from tests.cluster.real.conftest import (
     RELEASE,
     SYMBOLS,
     TIMINGS,
+    Images,
     Release,
     ready,
     wait_pods_settled,
@@ -50,6 +51,21 @@ def applied(release: Release) -> bool:
                 and release.condition("ConfigApplied") == "True")
 
 
+def observed_cycles(release: Release, cycles: int) -> list[str]:
+    """Wait until the operator has observed the account `cycles` more times (its status
+    timer: `status.lastObserved`); returns the observation times."""
+    seen = [str(release.status().get("lastObserved"))]
+
+    def another() -> bool:
+        now = str(release.status().get("lastObserved"))
+        if now != seen[-1]:
+            seen.append(now)
+        return len(seen) > cycles
+
+    wait_for(another, 60 * cycles, f"{cycles} status observations", 1)
+    return seen
+
+
 def decided_twice(release: Release) -> list[tuple[Any, ...]]:
     """Signals with more than one risk decision, orders with more than one fill."""
     return [*release.sql("SELECT signal_id, count(*) FROM risk_decisions "
@@ -59,10 +75,22 @@ def decided_twice(release: Release) -> list[tuple[Any, ...]]:
 
 
 def test_helm_install_wait_brings_every_pod_ready_and_helm_test_passes(
-    account_a: Release,
+    account_a: Release, images: Images, real: RealCluster,
 ) -> None:
     pods = wait_pods_settled(account_a)
     assert set(pods) == set(WORKLOADS), pods
+    # the image podman built from the Dockerfile, as loaded into the node, runs every service
+    held = real.node_images()
+    for pod in account_a.pods():
+        for container in pod["spec"]["containers"]:
+            assert container["image"] in held, (pod["metadata"]["name"], container["image"])
+    built = {c["image"] for c in account_a.pods_of("operator")[0]["spec"]["containers"]}
+    assert built == {images.app}
+    # the datastores run as their images' own users (values; the stand-ins are Debian-based)
+    for component, (uid, gid) in (("postgresql", images.postgres_ids),
+                                  ("redis", images.redis_ids)):
+        ids = account_a.exec(pods[component], "sh", "-c", "id -u; id -g").split()
+        assert ids == [str(uid), str(gid)], (component, ids)
     for component in ("ws-screener", "rest-screener"):
         code, body = http_json(account_a, component, "/ready")
         assert code == 200 and all(body["checks"].values()), (component, body)
@@ -198,9 +226,9 @@ def test_the_halt_is_released_only_through_spec_release_once_per_id(
     wait_for(lambda: account_a.status().get("tradingState") == "HALTED", 60, "HALTED again", 2)
     account_a.patch_spec({"release": {"id": request, "by": "e2e", "reason": "once more"}})
     wait_for(lambda: applied(account_a), 60, "the edit seen", 2)
-    time.sleep(10)  # several status cycles (3 s): nothing may happen
+    observations = observed_cycles(account_a, 3)  # nothing may happen meanwhile
     assert account_a.risk_state()["state"] == "HALTED"
-    assert account_a.status()["lastRelease"] == last
+    assert account_a.status()["lastRelease"] == last, observations
     assert len([e for e in account_a.events("Released") if request in e["message"]]) == 1
     second = f"rel-{uuid.uuid4().hex[:8]}"
     account_a.patch_spec({"release": {"id": second, "by": "e2e", "reason": "second drill"}})

@@ -57,8 +57,19 @@ def account_b(real: RealCluster, images: Images, account_a: Release,
 def test_a_second_account_runs_beside_the_first_with_its_own_streams_and_schema(
     account_a: Release, account_b: Release,
 ) -> None:
-    wait_pods_settled(account_b)
-    assert account_b.status().get("tradingState") in ("ACTIVE", "PAUSED")
+    pods = wait_pods_settled(account_b)
+    # B's release renders no datastore and no simulator of its own: its Secret holds the URLs
+    # of A's (there is no Service `cdb-redis` in B's namespace, nor a Redis password)
+    assert set(pods) == {"ws-screener", "rest-screener", "signal-engine", "risk-manager",
+                         "execution", "operator"}, pods
+    assert account_b.get("statefulsets")["items"] == []
+    services = {s["metadata"]["name"] for s in account_b.get("services")["items"]}
+    assert not services & {f"{RELEASE}-redis", f"{RELEASE}-postgresql",
+                           f"{RELEASE}-market-simulator"}
+    assert set(account_b.get("secret", RELEASE)["data"]) == {
+        "RISK_ADMIN_TOKEN", "REDIS_URL", "DATABASE_URL"}
+    wait_for(lambda: account_b.status().get("tradingState") in ("ACTIVE", "PAUSED"), 120,
+             "B's status observed", 2)
     wait_for(lambda: account_b.count("risk_decisions") > 0, 300, "B decides", 5)
     r = account_a.redis_client()
     assert r.xlen(f"{PREFIX}market_data") > 0  # B's screeners publish into B's streams
