@@ -261,9 +261,10 @@ def operator_errors(release: Release, pod: str) -> list[dict[str, Any]]:
 def test_killing_the_operator_pod_loses_no_change_made_meanwhile(account_a: Release) -> None:
     old = account_a.ready_pod("operator")
     assert old is not None
+    # Deleted and gone (kubectl waits for it): the change below can only be the new pod's.
     account_a.real.kubectl("-n", account_a.namespace, "delete", "pod", old["metadata"]["name"],
-                           "--wait=false")
-    account_a.patch_spec({"risk": {"maxPositionPct": 0.08}})  # while no operator runs
+                           "--wait=true", "--timeout=120s")
+    account_a.patch_spec({"risk": {"maxPositionPct": 0.08}})  # before the new pod is Ready
 
     def new_operator() -> bool:
         pod = account_a.ready_pod("operator")
