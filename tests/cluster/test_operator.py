@@ -263,7 +263,13 @@ def test_a_patched_parameter_restarts_exactly_the_services_that_read_it(
     assert {c for c in COMPONENTS if after[c] != before[c]} == readers
     # The controller-manager rolls exactly those Deployments: a new ReplicaSet each.
     expected = {c: n + (c in readers) for c, n in sets_before.items()}
-    wait_for(lambda: replicasets(cluster) == expected, message="new ReplicaSets of the readers")
+
+    def new_sets() -> bool:
+        got = replicasets(cluster)
+        assert got == expected, f"ReplicaSets {got}, expected {expected}"
+        return True
+
+    wait_for(new_sets, 120, "new ReplicaSets of the readers")
     restarting = [e["message"] for e in events(cluster, "Restarting")]
     assert any(all(r.replace("-", "_") in m for r in readers) for m in restarting), restarting
 
@@ -321,7 +327,13 @@ def test_a_strategy_change_restarts_the_signal_engine_and_an_exit_change_the_ris
     after = annotations(cluster)
     assert {c for c in COMPONENTS if after[c] != before[c]} == components
     expected = {c: n + (c in components) for c, n in sets_before.items()}
-    wait_for(lambda: replicasets(cluster) == expected, message="new ReplicaSets of the readers")
+
+    def new_sets() -> bool:
+        got = replicasets(cluster)
+        assert got == expected, f"ReplicaSets {got}, expected {expected}"
+        return True
+
+    wait_for(new_sets, 120, "new ReplicaSets of the readers")
 
 
 def test_the_pause_switch_reaches_the_risk_manager_and_back(
