@@ -520,9 +520,6 @@ class EmbeddedPostgres:
             finally:
                 pwfile.unlink(missing_ok=True)
             self._create_database_offline()
-            created = True
-        else:
-            created = False
         self._clear_stale_pid()
         self.port = self.port or free_port()
         log = self.data_dir / "postgres.log"
@@ -544,7 +541,7 @@ class EmbeddedPostgres:
         if on_spawn is not None:
             on_spawn(self.process.pid)
         _wait_port(self.port, self.process, 30, log)
-        self._wait_ready(created)
+        self._wait_ready()
         logger.info("embedded postgres listening", extra={"port": self.port})
         return self
 
@@ -590,7 +587,7 @@ class EmbeddedPostgres:
                 f"this command: stop it (kill -INT {running}) or pass another --data-dir"
             )
 
-    def _wait_ready(self, created: bool) -> None:
+    def _wait_ready(self) -> None:
         psql = str(_pg_bin() / "psql")
         env = {**os.environ, "PGPASSWORD": self.password}
         base = ["-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-v", "ON_ERROR_STOP=1",
@@ -613,7 +610,6 @@ class EmbeddedPostgres:
                 [psql, *base, "-d", "postgres", "-c", f"CREATE DATABASE {PG_DB}"],
                 check=True, capture_output=True, env=env,
             )
-        del created
 
     def stop(self, timeout: float = 15) -> None:
         """Fast shutdown (SIGINT), then SIGKILL after `timeout`."""
